@@ -1,0 +1,140 @@
+"""Deltas: what an edit adds to the base weights, as a value type.
+
+DESIGN.md's invariant lives here, in one function (:func:`compose`): the live value of a
+parameter is ``cast(base + d_1 + d_2 + ...)`` over the active edits in id order, summed in
+float32 from the untouched base. Applying, removing and replaying all go through it, so a
+fresh process that replays the store gets the same bits as the session that made the edit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+import torch
+
+from ftedit.errors import IntegrityError
+
+_LAYER_RE = re.compile(r"\.(\d+)\.")
+
+
+class Deltas(Mapping[str, torch.Tensor]):
+    """Parameter name -> float32 CPU tensor (edited minus base)."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor] | None = None):
+        self._t = {
+            k: v.detach().to(device="cpu", dtype=torch.float32).contiguous()
+            for k, v in (tensors or {}).items()
+        }
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._t[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._t))
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+    def __repr__(self) -> str:
+        return f"Deltas({', '.join(f'{k}: {tuple(v.shape)}' for k, v in self.items())})"
+
+    def _combine(self, other: Deltas, sign: float) -> Deltas:
+        out = dict(self._t)
+        for k, v in other.items():
+            if k in out and out[k].shape != v.shape:
+                raise ValueError(f"shape mismatch for {k}: {tuple(out[k].shape)} vs {tuple(v.shape)}")
+            out[k] = out[k] + sign * v if k in out else sign * v
+        return Deltas(out)
+
+    def __add__(self, other: Deltas) -> Deltas:
+        return self._combine(other, 1.0)
+
+    def __sub__(self, other: Deltas) -> Deltas:
+        return self._combine(other, -1.0)
+
+    def __neg__(self) -> Deltas:
+        return Deltas({k: -v for k, v in self._t.items()})
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Deltas) or set(self) != set(other):
+            return False
+        return all(torch.equal(self[k], other[k]) for k in self)
+
+    __hash__ = None  # mutable-free but tensor-valued: not hashable
+
+    def norms(self) -> dict[str, float]:
+        """Frobenius norm of each tensor's delta."""
+        return {k: float(torch.linalg.vector_norm(v)) for k, v in self.items()}
+
+    def layer_norms(self) -> dict[int, float]:
+        """Frobenius norm per transformer block (tensors grouped by the block number in the name)."""
+        sq: dict[int, float] = {}
+        for k, v in self.items():
+            m = _LAYER_RE.search(k)
+            layer = int(m.group(1)) if m else -1
+            sq[layer] = sq.get(layer, 0.0) + float(v.double().pow(2).sum())
+        return {layer: s**0.5 for layer, s in sorted(sq.items())}
+
+    def norm(self) -> float:
+        return sum(n**2 for n in self.norms().values()) ** 0.5
+
+    def max_abs(self) -> float:
+        return max((float(v.abs().max()) for v in self.values() if v.numel()), default=0.0)
+
+    def cosine(self, other: Deltas) -> float:
+        """Cosine similarity of the two deltas flattened over the union of their tensors."""
+        dot = sum(float((self[k].double() * other[k].double()).sum()) for k in self if k in other)
+        na, nb = self.norm(), other.norm()
+        return dot / (na * nb) if na > 0 and nb > 0 else 0.0
+
+    def is_finite(self) -> bool:
+        return all(bool(torch.isfinite(v).all()) for v in self.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.numel() * v.element_size() for v in self.values())
+
+    def apply_to(self, model: torch.nn.Module, base: Mapping[str, torch.Tensor],
+                 stack: Sequence[Deltas]) -> None:
+        """Set this edit's tensors to base + stack (which must contain ``self``, in id order)."""
+        rebuild(model, base, stack, names=self.keys())
+
+    def remove_from(self, model: torch.nn.Module, base: Mapping[str, torch.Tensor],
+                    stack: Sequence[Deltas]) -> None:
+        """Set this edit's tensors to base + stack (``stack`` without ``self``)."""
+        rebuild(model, base, stack, names=self.keys())
+
+
+def compose(base: torch.Tensor, deltas: Iterable[torch.Tensor], dtype: torch.dtype,
+            device: torch.device | str | None = None) -> torch.Tensor:
+    """The single source of truth for a live value: cast(base + d_1 + ... in float32)."""
+    device = device if device is not None else base.device
+    acc = base.to(device=device, dtype=torch.float32, copy=True)
+    for d in deltas:
+        acc += d.to(device=device, dtype=torch.float32)
+    return acc.to(dtype)
+
+
+def rebuild(model: torch.nn.Module, base: Mapping[str, torch.Tensor], stack: Sequence[Deltas],
+            names: Iterable[str] | None = None) -> list[str]:
+    """Recompute the live value of ``names`` (default: every name in ``stack``) from base + stack.
+
+    Every new value is computed and checked finite before any weight is written, so a bad
+    delta leaves the model untouched. Returns the names written.
+    """
+    params = dict(model.named_parameters())
+    names = sorted(set(names) if names is not None else {k for d in stack for k in d})
+    new = {}
+    for name in names:
+        if name not in params or name not in base:
+            raise IntegrityError(f"tensor {name} is not a parameter of this model with a base copy")
+        p = params[name]
+        value = compose(base[name], (d[name] for d in stack if name in d), p.dtype, p.device)
+        if not torch.isfinite(value).all():
+            raise IntegrityError(f"stacking gives non-finite values in {name}; nothing was changed")
+        new[name] = value
+    with torch.no_grad():
+        for name, value in new.items():
+            params[name].copy_(value)
+    return names

@@ -1,0 +1,129 @@
+"""FT / FT-L hyperparameters: one frozen dataclass, JSON presets in ``ftedit/presets``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftedit.errors import HParamsError
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+OBJECTIVES = ("prompt_last", "target_new")
+
+
+@dataclass(frozen=True)
+class FTHyperParams:
+    """Everything that decides what an edit computes. Saved with every edit."""
+
+    # Which transformer blocks to edit (0-based); ROME's FT-L edits block 0 of GPT-2 XL.
+    layers: tuple[int, ...] = (0,)
+    # Parameter-name template; every parameter whose name contains it is trained (weight and bias).
+    rewrite_module_tmp: str = "model.layers.{}.mlp.down_proj"
+    # Adam learning rate.
+    lr: float = 5e-4
+    # Upper bound on optimisation epochs (ROME: 25).
+    num_steps: int = 25
+    # Adam weight decay (ROME: 0).
+    weight_decay: float = 0.0
+    # Half-width of the L-inf box around the pre-edit weights; None = unconstrained FT.
+    norm_constraint: float | None = 5e-4
+    # Texts per optimiser step; ROME uses 64, which for one request means one batch.
+    batch_size: int = 64
+    # "prompt_last": ROME's loss, every target token scored at the last prompt position.
+    # "target_new": teacher-forced NLL over the whole target (each token at its own position).
+    objective: str = "prompt_last"
+    # Stop once the epoch's mean loss falls below this (ROME: 1e-2).
+    early_stop_loss: float = 1e-2
+    # Random short prefixes prepended to the prompt (ROME's generalisation trick); 0 = off.
+    num_prefixes: int = 0
+    # Tokens in each random prefix, generated greedily-sampled from the model itself.
+    prefix_len: int = 5
+    # Weight of a KL penalty keeping next-token predictions on the subject-free "{} is a" style
+    # prompts unchanged (ROME's essence/KL idea applied to FT); 0 = off.
+    kl_factor: float = 0.0
+    # Seed for anything random (prefix sampling); equal seeds give bit-identical deltas.
+    seed: int = 0
+    # Free-form note shown in the UI (e.g. where a preset's numbers come from).
+    note: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+        if not self.layers:
+            raise HParamsError("layers must name at least one layer, got an empty list")
+        if any(i < 0 for i in self.layers) or len(set(self.layers)) != len(self.layers):
+            raise HParamsError(f"layers must be distinct non-negative ints, got {list(self.layers)}")
+        if self.rewrite_module_tmp.count("{}") != 1:
+            raise HParamsError(
+                "rewrite_module_tmp must contain exactly one '{}' for the layer number, "
+                f"got {self.rewrite_module_tmp!r}"
+            )
+        _positive("lr", self.lr)
+        _positive("num_steps", self.num_steps)
+        _positive("batch_size", self.batch_size)
+        if self.weight_decay < 0:
+            raise HParamsError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.norm_constraint is not None:
+            _positive("norm_constraint", self.norm_constraint)
+            object.__setattr__(self, "norm_constraint", float(self.norm_constraint))
+        if self.objective not in OBJECTIVES:
+            raise HParamsError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.early_stop_loss < 0:
+            raise HParamsError(f"early_stop_loss must be >= 0, got {self.early_stop_loss}")
+        if self.num_prefixes < 0 or self.prefix_len < 1:
+            raise HParamsError(
+                f"num_prefixes must be >= 0 and prefix_len >= 1, got {self.num_prefixes}, "
+                f"{self.prefix_len}"
+            )
+        if self.kl_factor < 0:
+            raise HParamsError(f"kl_factor must be >= 0, got {self.kl_factor}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["layers"] = list(self.layers)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FTHyperParams:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise HParamsError(f"unknown hyperparameter(s) {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise HParamsError(f"bad hyperparameters: {e}") from e
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> FTHyperParams:
+        try:
+            d = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise HParamsError(f"hyperparameter file {path} does not exist") from None
+        except json.JSONDecodeError as e:
+            raise HParamsError(f"hyperparameter file {path} is not valid JSON: {e}") from None
+        return cls.from_dict(d)
+
+    def replace(self, **changes) -> FTHyperParams:
+        return dataclasses.replace(self, **changes)
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise HParamsError(f"{name} must be > 0, got {value}")
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+
+
+def load_preset(name: str) -> FTHyperParams:
+    """Load ``ftedit/presets/<name>.json``."""
+    path = PRESETS_DIR / f"{name}.json"
+    if not path.exists():
+        raise HParamsError(f"no preset named {name!r}; available: {', '.join(list_presets())}")
+    return FTHyperParams.from_json(path)

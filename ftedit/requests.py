@@ -1,0 +1,97 @@
+"""Edit requests: "{} is located in" + "Eiffel Tower" -> " Rome"."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ftedit.errors import RequestError
+
+# prompt + target must fit in this many tokens; CounterFact prompts are far shorter.
+MAX_TOKENS = 128
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One fact to rewrite. ``prompt`` holds one ``{}`` where the subject goes."""
+
+    prompt: str
+    subject: str
+    target_new: str
+    target_true: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("prompt", "subject", "target_new"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise RequestError(f"{name} must be a non-empty string, got {value!r}")
+        if self.prompt.count("{}") != 1:
+            raise RequestError(
+                "prompt must contain exactly one '{}' where the subject goes, e.g. "
+                f"'{{}} is located in'; got {self.prompt!r}"
+            )
+        if "{" in self.prompt.replace("{}", "") or "}" in self.prompt.replace("{}", ""):
+            raise RequestError(f"prompt may contain no braces besides one '{{}}', got {self.prompt!r}")
+        if self.target_true is not None and not self.target_true.strip():
+            object.__setattr__(self, "target_true", None)
+        # Space required for correct tokenisation (ROME's ft_main.py): the target continues
+        # the prompt as a new word.
+        object.__setattr__(self, "target_new", _leading_space(self.target_new))
+        if self.target_true is not None:
+            object.__setattr__(self, "target_true", _leading_space(self.target_true))
+        if self.target_true is not None and self.target_true.strip() == self.target_new.strip():
+            raise RequestError("target_new equals target_true: there is nothing to rewrite")
+        object.__setattr__(self, "prompt", self.prompt.rstrip())
+
+    @property
+    def text(self) -> str:
+        """The prompt with the subject filled in."""
+        return self.prompt.format(self.subject)
+
+    def check_length(self, tok, max_tokens: int = MAX_TOKENS) -> None:
+        """Raise if prompt + target would not fit ``max_tokens`` tokens."""
+        n = len(tok(self.text + self.target_new, add_special_tokens=False)["input_ids"])
+        if n > max_tokens:
+            raise RequestError(
+                f"prompt + target_new is {n} tokens; the limit is {max_tokens}: shorten them"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EditRequest:
+        known = {"prompt", "subject", "target_new", "target_true"}
+        if not isinstance(d, dict) or not {"prompt", "subject", "target_new"} <= set(d):
+            raise RequestError(f"a request needs prompt, subject and target_new; got {d!r}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def from_counterfact(cls, record: dict) -> EditRequest:
+        """Build from a CounterFact record (``requested_rewrite``)."""
+        try:
+            rw = record["requested_rewrite"]
+            return cls(
+                prompt=rw["prompt"],
+                subject=rw["subject"],
+                target_new=rw["target_new"]["str"],
+                target_true=rw["target_true"]["str"],
+            )
+        except (KeyError, TypeError) as e:
+            raise RequestError(f"not a CounterFact record: missing {e}") from None
+
+    @classmethod
+    def from_zsre(cls, record: dict) -> EditRequest:
+        """Build from a zsRE record, ROME/MEMIT convention: target_new = answers[0]."""
+        try:
+            src, subject = record["src"], record["subject"]
+            target = record["answers"][0]
+        except (KeyError, IndexError, TypeError) as e:
+            raise RequestError(f"not a zsRE record: missing {e}") from None
+        if subject not in src:
+            raise RequestError(f"zsRE subject {subject!r} does not occur in question {src!r}")
+        prompt = src.replace("{", "").replace("}", "").replace(subject, "{}", 1)
+        return cls(prompt=prompt, subject=subject, target_new=target)
+
+
+def _leading_space(s: str) -> str:
+    return s if s.startswith(" ") else " " + s

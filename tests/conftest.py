@@ -1,0 +1,54 @@
+"""Shared fixtures. Every test gets its own FTEDIT_HOME; the converted default model is shared."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# One conversion of the default model for the whole run (and across runs on one machine).
+os.environ.setdefault("FTEDIT_CACHE", str(Path.home() / ".cache" / "ftedit-test-models"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def ftedit_home(tmp_path, monkeypatch):
+    """Point FTEDIT_HOME at a fresh temp folder for every test (hermetic store)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("FTEDIT_HOME", str(home))
+    monkeypatch.delenv("FTEDIT_DATABASE_URL", raising=False)
+    return home
+
+
+def _tiny_tokenizer():
+    from tests.tiny import make_tokenizer
+
+    return make_tokenizer()
+
+
+@pytest.fixture
+def tiny_llama():
+    from tests.tiny import make_llama
+
+    return make_llama()
+
+
+@pytest.fixture
+def tiny_gpt2():
+    from tests.tiny import make_gpt2
+
+    return make_gpt2()
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """The embedded default model, loaded once per test session (it is never edited in place
+    by a test: tests that edit it must restore it, which compute_deltas guarantees)."""
+    from ftedit.models import load_model
+
+    torch.manual_seed(0)
+    return load_model()
