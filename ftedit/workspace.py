@@ -1,0 +1,304 @@
+"""Workspace: one model plus one store, kept in step by DESIGN.md's invariant.
+
+For every tensor an edit touches, ``live = compose(base, deltas of the ACTIVE edits in id
+order)`` (:func:`ftedit.deltas.compose`). Base copies of touched tensors are kept on CPU in
+their original dtype, so revert / reapply / checkout recompute only the tensors involved and
+never reload the model. Every public method holds ``self.lock``; every store write also holds
+the home's file lock (the CLI and the app may share a home) and re-reads the active set first.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from ftedit.deltas import Deltas, rebuild
+from ftedit.errors import IntegrityError, StoreError
+from ftedit.ft import compute_deltas
+from ftedit.hparams import FTHyperParams, load_preset
+from ftedit.metrics import complete, rewrite_report
+from ftedit.models import LoadedModel, load_model, num_layers, rewrite_template, tensor_sha256
+from ftedit.requests import EditRequest
+from storage import editfile
+from storage.records import EditInfo, EventInfo, OpResult, VerifyReport
+from storage.store import Store, crash_point
+
+__all__ = ["EditInfo", "EventInfo", "OpResult", "VerifyReport", "Workspace"]
+log = logging.getLogger(__name__)
+_ARCH_PRESETS = {"gpt2": "gpt2-xl-ft-l", "gptj": "gpt-j-ft-l"}
+
+
+class Workspace:
+    """A model whose weights follow the store: edit, revert, reapply, checkout, diff, verify."""
+
+    def __init__(self, model: str | None = None, home: str | Path | None = None, *,
+                 database_url: str | None = None, loaded: LoadedModel | None = None,
+                 dtype: str | None = None, device: str | None = None):
+        self.lock = threading.RLock()
+        self.loaded = loaded or load_model(model, dtype=dtype, device=device)
+        self.model, self.tok = self.loaded.model, self.loaded.tok
+        self.fingerprint = self.loaded.fingerprint
+        self.store = Store(home, database_url)
+        self.home = self.store.home
+        self._base_id = self.store.base_id(self.fingerprint.to_dict())
+        self._base: dict[str, torch.Tensor] = {}  # name -> CPU clone of the untouched tensor
+        self._base_sha: dict[str, str] = {}
+        self._deltas: dict[int, Deltas] = {}  # blob contents, read once (sha256-checked)
+        self.broken: dict[int, str] = {}  # edit id -> why its blob cannot be used
+        self._db_active: list[int] = []  # active ids as the database says
+        self._active: list[int] = []  # ids composing the live weights (db active minus broken)
+        self._touched: dict[int, list[str]] = {}  # edit id -> tensor names (immutable per edit)
+        with self.lock:
+            self._sync()  # the replay: live weights = base + active edits
+
+    # ---- the invariant ------------------------------------------------------------------
+    def _ensure_base(self, names: Iterable[str]) -> None:
+        """Copy base values before the first write; every write goes through here first."""
+        params = dict(self.model.named_parameters())
+        for name in names:
+            if name not in self._base and name in params:
+                self._base[name] = params[name].detach().to("cpu", copy=True)
+
+    def base_sha(self, name: str) -> str:
+        if name not in self._base_sha:
+            self._ensure_base([name])
+            self._base_sha[name] = tensor_sha256(self._base[name])
+        return self._base_sha[name]
+
+    def read_deltas(self, edit: EditInfo) -> Deltas:
+        """An edit's deltas straight from its blob: sha256, names and base tensors checked."""
+        label = f"edit #{edit.id}"
+        data = self.store.blobs.get(edit.blob_sha256, what=label)
+        tensors, meta = editfile.decode(data)
+        base_tensors = editfile.parse_metadata(meta)["base_tensors"]
+        if sorted(tensors) != sorted(edit.tensor_names):
+            raise IntegrityError(f"{label}: its blob holds other tensors than its row lists")
+        for name in tensors:
+            if base_tensors.get(name) != self.base_sha(name):
+                raise IntegrityError(f"{label} was made for another base model ({name} differs)")
+        return Deltas(tensors)
+
+    def _deltas_of(self, edit: EditInfo) -> Deltas:
+        if edit.id not in self._deltas:
+            self._deltas[edit.id] = self.read_deltas(edit)
+        return self._deltas[edit.id]
+
+    def _stack(self, ids: Sequence[int]) -> list[Deltas]:
+        return [self._deltas[i] for i in sorted(ids)]
+
+    def _apply(self, active: Sequence[int], names: Iterable[str]) -> None:
+        """Set ``names`` to base + the deltas of ``active`` (finiteness checked before writing)."""
+        names = sorted(set(names))
+        self._ensure_base(names)
+        rebuild(self.model, self._base, self._stack(active), names)
+        self._active = sorted(active)
+
+    def _names(self, ids: Iterable[int]) -> set[str]:
+        """Tensors the edits ``ids`` touch (from their rows: also works for broken blobs)."""
+        ids = set(ids)
+        if not ids <= set(self._touched):
+            self._touched.update({e.id: e.tensor_names for e in self.store.edits(self._base_id)})
+        return {n for i in ids for n in self._touched[i]}
+
+    def _sync(self) -> None:
+        """Follow the database's active set (another process may have changed it)."""
+        ids = self.store.active_ids(self._base_id)
+        if ids == self._db_active and set(ids) - set(self.broken) == set(self._active):
+            return
+        missing = [i for i in ids if i not in self._deltas and i not in self.broken]
+        rows = {e.id: e for e in self.store.edits(self._base_id)} if missing else {}
+        for edit in (rows[i] for i in missing):
+            try:
+                self._deltas_of(edit)
+            except IntegrityError as e:
+                self.broken[edit.id] = str(e)
+                log.warning("skipping %s", e)
+        usable = [i for i in ids if i not in self.broken]
+        changed = set(usable) ^ set(self._active)
+        self._apply(usable, self._names(changed | set(self.broken) & set(ids)))
+        self._db_active = ids
+
+    def _commit_status(self, changes: dict[int, str], note: str | None = None) -> None:
+        """Rebuild the live weights for ``changes``, then record them; undo on failure."""
+        old = list(self._active)
+        new_db = sorted(set(self._db_active) - {i for i, s in changes.items() if s != "active"}
+                        | {i for i, s in changes.items() if s == "active"})
+        names = self._names(changes)
+        self._apply([i for i in new_db if i not in self.broken], names)
+        try:
+            self.store.set_status(changes, note=note)
+        except BaseException:
+            self._apply(old, names)
+            raise
+        self._db_active = new_db
+
+    # ---- edits ----------------------------------------------------------------------------
+    def default_hparams(self) -> FTHyperParams:
+        """Preset "default" for the default model's architecture, else the closest FT-L preset,
+        with layers limited to those this model has."""
+        template = rewrite_template(self.model)
+        hp = load_preset("default")
+        if template != hp.rewrite_module_tmp:
+            arch = getattr(self.model.config, "model_type", "")
+            hp = load_preset(_ARCH_PRESETS[arch]) if arch in _ARCH_PRESETS else (
+                FTHyperParams(rewrite_module_tmp=template) if template else FTHyperParams())
+        n = num_layers(self.model)
+        return hp.replace(layers=tuple(i for i in hp.layers if i < n) or (0,))
+
+    def edit(self, requests: EditRequest | Sequence[EditRequest],
+             hparams: FTHyperParams | None = None,
+             callback: Callable[[int, int, float], None] | None = None) -> EditInfo:
+        """Train an edit on the live stack, store it (blob, then row), and make it live."""
+        requests = [requests] if isinstance(requests, EditRequest) else list(requests)
+        hp = hparams or self.default_hparams()
+        with self.lock:
+            self._sync()
+            before = [rewrite_report(self.model, self.tok, r) for r in requests]
+            result = compute_deltas(self.model, self.tok, requests, hp, callback)
+            names = sorted(result.deltas)
+            data = editfile.encode(result.deltas, self._metadata(requests, hp, names))
+            return self._add(result.deltas, data, requests, hp, before, origin="trained",
+                             losses=result.losses, steps=result.steps, seconds=result.seconds)
+
+    def _metadata(self, requests: Sequence[EditRequest], hp: FTHyperParams,
+                  names: Iterable[str]) -> dict[str, str]:
+        return editfile.edit_metadata(
+            base=self.fingerprint.to_dict(), base_tensors={n: self.base_sha(n) for n in names},
+            requests=[r.to_dict() for r in requests], hparams=hp.to_dict())
+
+    def _add(self, deltas: Deltas, data: bytes, requests: list[EditRequest], hp: FTHyperParams,
+             before: list[dict], *, origin: str, losses=(), steps=0, seconds=0.0) -> EditInfo:
+        """Make ``deltas`` live on top of the stack, score it, then persist it durably."""
+        names = sorted(deltas)
+        self._ensure_base(names)
+        old = list(self._active)
+        rebuild(self.model, self._base, self._stack(old) + [deltas], names)  # tentative: last
+        try:
+            after = [rewrite_report(self.model, self.tok, r) for r in requests]
+            with self.store.file_lock:
+                sha = self.store.blobs.put(data)  # durable before any row points at it
+                crash_point("after_blob")
+                info = self.store.add_edit(
+                    self._base_id, requests=requests, hparams=hp, losses=list(losses),
+                    metrics={"before": before, "after": after}, steps=steps, seconds=seconds,
+                    blob_sha256=sha, tensor_names=names, origin=origin)
+        except BaseException:
+            self._apply(old, names)
+            raise
+        self._deltas[info.id] = deltas
+        self._sync()  # exact final value (also picks up edits other processes committed)
+        return info
+
+    def revert(self, edit_id: int) -> OpResult:
+        """Remove an edit from the live stack (exact); warns if later edits were built on it."""
+        with self.lock, self.store.file_lock:
+            self._sync()
+            _, warning = self.store.plan_revert(edit_id, self._base_id)
+            self._commit_status({edit_id: "reverted"})
+        return OpResult(self.get(edit_id), warning)
+
+    def reapply(self, edit_id: int) -> OpResult:
+        """Put a reverted edit back; it takes its id-order place in the stack."""
+        with self.lock, self.store.file_lock:
+            self._sync()
+            edit = self.store.plan_reapply(edit_id, self._base_id)
+            self.broken.pop(edit_id, None)
+            self._deltas.pop(edit_id, None)
+            self._deltas_of(edit)  # raises (naming the edit) before anything changes
+            self._commit_status({edit_id: "active"})
+        return OpResult(self.get(edit_id), None)
+
+    def checkout(self, version: int) -> list[int]:
+        """Make the active set what it was right after event ``version``; returns active ids.
+
+        Recorded as reverted/reapplied events noted "checkout v<N>": the log stays append-only.
+        """
+        version = _version_number(version)
+        with self.lock, self.store.file_lock:
+            self._sync()
+            changes = self.store.plan_checkout(version, self._base_id)
+            for edit_id, status in changes.items():
+                if status == "active":
+                    self._deltas_of(self.store.get(edit_id))
+            if changes:
+                self._commit_status(changes, note=f"checkout v{version}")
+            return list(self._db_active)
+
+    # ---- queries ---------------------------------------------------------------------------
+    def history(self) -> list[EditInfo]:
+        return self.store.edits(self._base_id)
+
+    def events(self) -> list[EventInfo]:
+        return self.store.events(self._base_id)
+
+    def get(self, edit_id: int) -> EditInfo:
+        return self.store.get(edit_id, self._base_id)
+
+    def active_ids(self) -> list[int]:
+        with self.lock:
+            self._sync()
+            return list(self._db_active)
+
+    def report(self, request: EditRequest) -> dict:
+        """Greedy completion and target probabilities on the live stack."""
+        with self.lock:
+            self._sync()
+            return rewrite_report(self.model, self.tok, request)
+
+    def generate(self, prompt: str, max_new_tokens: int = 20, base: bool = False) -> str:
+        """Greedy continuation; ``base=True`` answers as the unedited model (restored exactly)."""
+        with self.lock:
+            self._sync()
+            if not base:
+                return complete(self.model, self.tok, prompt, max_new_tokens)
+            names = sorted(self._base)
+            try:
+                rebuild(self.model, self._base, [], names)
+                return complete(self.model, self.tok, prompt, max_new_tokens)
+            finally:
+                rebuild(self.model, self._base, self._stack(self._active), names)
+
+    def save_model(self, directory: str | Path) -> Path:
+        """Write the live (stacked) model as a transformers folder that from_pretrained loads."""
+        out = Path(directory)
+        with self.lock:
+            self._sync()
+            self.model.save_pretrained(out)
+            self.tok.save_pretrained(out)
+        return out
+
+    # ---- verify / files / compare (in their own modules) -----------------------------------
+    def verify(self) -> VerifyReport:
+        from ftedit.workspace_files import verify
+
+        return verify(self)
+
+    def collect_orphans(self) -> list[str]:
+        """Delete blobs no edit refers to (left by interrupted edits)."""
+        return self.store.collect_orphans()
+
+    def export(self, ids: int | Sequence[int], path: str | Path) -> Path:
+        from ftedit.workspace_files import export
+
+        return export(self, ids, path)
+
+    def import_(self, path: str | Path) -> EditInfo:
+        from ftedit.workspace_files import import_edit
+
+        return import_edit(self, path)
+
+    def diff(self, a: int | str, b: int | str) -> dict:
+        from ftedit.workspace_diff import diff
+
+        return diff(self, a, b)
+
+
+def _version_number(version: int | str) -> int:
+    text = str(version).strip().lower().removeprefix("v")
+    if not text.isdigit():
+        raise StoreError(f"a version is an event id like 12 or 'v12', got {version!r}")
+    return int(text)

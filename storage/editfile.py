@@ -1,0 +1,110 @@
+"""The edit file format: a safetensors file of float32 deltas plus string metadata.
+
+Tensors are keyed by the model's own parameter names. ``__metadata__`` holds the format
+version, the base fingerprint (with the sha256 of every touched base tensor), the request(s)
+and the hyperparameters, and no timestamp, so identical edits give identical bytes. The bytes
+are written here (sorted keys, fixed JSON separators) rather than by ``safetensors.save``
+so they are stable by construction; any safetensors reader loads them.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+
+from ftedit.errors import ImportRefusedError
+
+FORMAT = "ftedit.edit"
+FORMAT_VERSION = "1"
+REQUIRED_KEYS = ("format", "format_version", "base", "base_tensors", "requests", "hparams")
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def edit_metadata(base: Mapping, base_tensors: Mapping[str, str], requests: list[dict],
+                  hparams: Mapping, **extra: str) -> dict[str, str]:
+    """The ``__metadata__`` block: every value a JSON string (safetensors allows only strings)."""
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "base": _dumps(dict(base)),
+        "base_tensors": _dumps(dict(base_tensors)),
+        "requests": _dumps(list(requests)),
+        "hparams": _dumps(dict(hparams)),
+    }
+    meta.update(extra)
+    return meta
+
+
+def encode(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """Deterministic safetensors bytes: float32 tensors in name order, sorted JSON header."""
+    header: dict = {"__metadata__": dict(sorted(metadata.items()))}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().to(device="cpu", dtype=torch.float32).contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    head = _dumps(header).encode()
+    head += b" " * (-len(head) % 8)  # safetensors pads the header to 8-byte alignment
+    return struct.pack("<Q", len(head)) + head + b"".join(chunks)
+
+
+def read_header(data: bytes) -> dict:
+    """The parsed JSON header (tensor entries and ``__metadata__``) without loading tensors."""
+    if len(data) < 8:
+        raise ImportRefusedError("not a safetensors file: shorter than its 8-byte header length")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8:
+        raise ImportRefusedError("not a safetensors file: header length runs past the end")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ImportRefusedError(f"not a safetensors file: bad header ({e})") from None
+    if not isinstance(header, dict):
+        raise ImportRefusedError("not a safetensors file: header is not an object")
+    return header
+
+
+def decode(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of an edit file (callers check sha256 first)."""
+    header = read_header(data)
+    meta = header.get("__metadata__") or {}
+    try:
+        tensors = st_load(data)
+    except SafetensorError as e:
+        raise ImportRefusedError(f"not a readable safetensors file: {e}") from None
+    return tensors, meta
+
+
+def parse_metadata(meta: Mapping[str, str]) -> dict:
+    """Decode the JSON values of an edit file's metadata; refuse files that are not edits."""
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing or meta.get("format") != FORMAT:
+        raise ImportRefusedError(
+            f"not an ftedit edit file (metadata lacks {missing or ['format=' + FORMAT]}); "
+            "export edits with `ftedit export`"
+        )
+    if meta["format_version"] != FORMAT_VERSION:
+        raise ImportRefusedError(
+            f"edit file format version {meta['format_version']} is not supported "
+            f"(this ftedit reads version {FORMAT_VERSION}); upgrade ftedit"
+        )
+    out = {"format": meta["format"], "format_version": meta["format_version"]}
+    for key in REQUIRED_KEYS[2:]:
+        try:
+            out[key] = json.loads(meta[key])
+        except json.JSONDecodeError:
+            raise ImportRefusedError(f"edit file metadata {key!r} is not valid JSON") from None
+    for key, value in meta.items():
+        out.setdefault(key, value)
+    return out

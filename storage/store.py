@@ -1,0 +1,265 @@
+"""The store: database rows plus blobs under one home, and the rules of the event log.
+
+Torch-free, so `ftedit log` / `show` / `revert` run without loading a model. The
+:class:`ftedit.workspace.Workspace` adds the model on top and keeps live weights in step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterable
+from pathlib import Path
+
+from filelock import FileLock
+from sqlalchemy import func, select
+from sqlalchemy.orm import sessionmaker
+
+from ftedit import paths
+from ftedit.errors import EditNotFoundError, StoreError
+from ftedit.hparams import FTHyperParams
+from ftedit.requests import EditRequest
+from storage.blobs import LocalBlobStore
+from storage.db import open_engine
+from storage.models import BaseModelRow, EditRow, EventRow, utcnow
+from storage.records import EditInfo, EventInfo, OpResult
+
+ACTIVE_AFTER = {"created": "active", "imported": "active", "reapplied": "active",
+                "reverted": "reverted"}
+
+
+def crash_point(name: str) -> None:
+    """Test hook: die like a power cut (SIGKILL, no cleanup) where FTEDIT_TEST_CRASH_AT says."""
+    if os.environ.get("FTEDIT_TEST_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sqlite_url(home: Path) -> str:
+    return f"sqlite:///{Path(home) / 'ftedit.db'}"
+
+
+class Store:
+    """Rows and blobs of one home. Writers hold ``file_lock`` (shared by the CLI and the app)."""
+
+    def __init__(self, home: str | Path | None = None, database_url: str | None = None):
+        self.home = Path(home) if home is not None else paths.home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        url = database_url or os.environ.get("FTEDIT_DATABASE_URL") or sqlite_url(self.home)
+        self.file_lock = FileLock(str(self.home / ".ftedit.lock"))
+        with self.file_lock:  # two processes opening a blank home must not both migrate it
+            self.engine = open_engine(url)
+        self.session = sessionmaker(self.engine, expire_on_commit=False)
+        self.blobs = LocalBlobStore(self.home / "blobs")
+
+    # ---- base models -------------------------------------------------------------------
+    def base_id(self, fingerprint: dict, create: bool = True) -> int | None:
+        """Row id of this base model (created on first use unless ``create`` is False)."""
+        key = {k: fingerprint[k] for k in ("name", "file_sha256", "dtype")}
+        with self.session() as s:
+            row = s.scalars(select(BaseModelRow).filter_by(**key)).first()
+            if row is None and create:
+                row = BaseModelRow(source=fingerprint.get("source", ""),
+                                   revision=fingerprint.get("revision"), **key)
+                s.add(row)
+                s.commit()
+            return row.id if row is not None else None
+
+    # ---- queries -----------------------------------------------------------------------
+    def _edit_query(self, base_id: int | None):
+        q = select(EditRow, BaseModelRow.name).join(BaseModelRow).order_by(EditRow.id)
+        return q if base_id is None else q.where(EditRow.base_model_id == base_id)
+
+    def edits(self, base_id: int | None = None) -> list[EditInfo]:
+        """Every edit (of one base, or of all), in id order."""
+        with self.session() as s:
+            return [_info(row, name) for row, name in s.execute(self._edit_query(base_id))]
+
+    def get(self, edit_id: int, base_id: int | None = None) -> EditInfo:
+        with self.session() as s:
+            hit = s.execute(self._edit_query(base_id).where(EditRow.id == edit_id)).first()
+        if hit is None:
+            raise EditNotFoundError(f"no edit #{edit_id} in this store; `ftedit log` lists them")
+        return _info(*hit)
+
+    def events(self, base_id: int | None = None) -> list[EventInfo]:
+        q = select(EventRow).order_by(EventRow.id)
+        if base_id is not None:
+            q = q.join(EditRow).where(EditRow.base_model_id == base_id)
+        with self.session() as s:
+            return [_event(e) for e in s.scalars(q)]
+
+    def active_ids(self, base_id: int | None = None) -> list[int]:
+        q = select(EditRow.id).where(EditRow.status == "active").order_by(EditRow.id)
+        if base_id is not None:
+            q = q.where(EditRow.base_model_id == base_id)
+        with self.session() as s:
+            return list(s.scalars(q))
+
+    def state_at(self, version: int) -> tuple[int, dict[int, str]]:
+        """(base id, {edit id: status}) as it was right after event ``version``."""
+        with self.session() as s:
+            ev = s.get(EventRow, version)
+            if ev is None:
+                last = s.scalar(select(func.max(EventRow.id)))
+                raise StoreError(f"no version v{version}; versions are event ids 1..{last or 0} "
+                                 "(see `ftedit log --events`)")
+            base = s.get(EditRow, ev.edit_id).base_model_id
+            q = (select(EventRow.edit_id, EventRow.kind).join(EditRow)
+                 .where(EditRow.base_model_id == base, EventRow.id <= version)
+                 .order_by(EventRow.id))
+            state: dict[int, str] = {}
+            for edit_id, kind in s.execute(q):
+                state[edit_id] = ACTIVE_AFTER[kind]
+        return base, state
+
+    def later_sharing(self, edit: EditInfo, base_id: int | None) -> list[int]:
+        """Active edits made after ``edit`` that touch any of its tensors (trained on top of it)."""
+        names = set(edit.tensor_names)
+        return [e.id for e in self.edits(base_id) if e.id > edit.id and e.active
+                and names & set(e.tensor_names)]
+
+    # ---- writes ------------------------------------------------------------------------
+    def add_edit(self, base_id: int, *, requests: list[EditRequest], hparams: FTHyperParams,
+                 metrics: dict, losses: list[float], steps: int, seconds: float,
+                 blob_sha256: str, tensor_names: Iterable[str], origin: str = "trained",
+                 note: str | None = None) -> EditInfo:
+        """Insert an edit and its created/imported event in one transaction.
+
+        Call only after the blob is durable: a crash before the commit leaves an orphan blob
+        (harmless, collectable), never a row without its blob.
+        """
+        crash_point("before_commit")
+        with self.session() as s, s.begin():
+            row = EditRow(
+                base_model_id=base_id, requests=[r.to_dict() for r in requests],
+                hparams=hparams.to_dict(), method=_method(hparams), objective=hparams.objective,
+                origin=origin, metrics=metrics, losses=list(losses), steps=steps,
+                seconds=seconds, blob_sha256=blob_sha256, tensor_names=sorted(tensor_names),
+                status="active", created_at=utcnow(),
+            )
+            s.add(row)
+            s.flush()
+            crash_point("mid_commit")
+            kind = "imported" if origin == "imported" else "created"
+            s.add(EventRow(edit_id=row.id, kind=kind, created_at=utcnow(), note=note))
+            edit_id = row.id
+        return self.get(edit_id)
+
+    def set_metrics(self, edit_id: int, metrics: dict) -> None:
+        with self.session() as s, s.begin():
+            s.get(EditRow, edit_id).metrics = metrics
+
+    def set_status(self, changes: dict[int, str], note: str | None = None) -> list[EventInfo]:
+        """Move edits to new statuses, one event each, in one transaction (ids in order)."""
+        out = []
+        with self.session() as s, s.begin():
+            for edit_id in sorted(changes):
+                row = s.get(EditRow, edit_id)
+                row.status = changes[edit_id]
+                kind = "reverted" if changes[edit_id] == "reverted" else "reapplied"
+                ev = EventRow(edit_id=edit_id, kind=kind, created_at=utcnow(), note=note)
+                s.add(ev)
+                s.flush()
+                out.append(_event(ev))
+        return out
+
+    # ---- plans: checks shared by the CLI (store only) and the Workspace (store + model) ----
+    def plan_revert(self, edit_id: int, base_id: int | None = None) -> tuple[EditInfo, str | None]:
+        edit = self.get(edit_id, base_id)
+        if not edit.active:
+            raise StoreError(f"edit #{edit_id} is already reverted; `ftedit reapply {edit_id}` "
+                             "brings it back")
+        later = self.later_sharing(edit, base_id)
+        warning = None
+        if later:
+            ids = ", ".join(f"#{i}" for i in later)
+            warning = (f"edit{'s' if len(later) > 1 else ''} {ids} "
+                       f"{'were' if len(later) > 1 else 'was'} trained on top of it; removing it "
+                       "is exact arithmetic, not 'never made'")
+        return edit, warning
+
+    def plan_reapply(self, edit_id: int, base_id: int | None = None) -> EditInfo:
+        edit = self.get(edit_id, base_id)
+        if edit.active:
+            raise StoreError(f"edit #{edit_id} is already active")
+        self.blobs.get(edit.blob_sha256, what=f"edit #{edit_id}")  # refuse a corrupt blob now
+        return edit
+
+    def plan_checkout(self, version: int, base_id: int | None = None) -> dict[int, str]:
+        """{edit id: new status} for every edit whose status differs from version ``version``."""
+        base, state = self.state_at(version)
+        if base_id is not None and base != base_id:
+            raise StoreError(f"version v{version} belongs to another base model")
+        return {e.id: state.get(e.id, "reverted") for e in self.edits(base)
+                if state.get(e.id, "reverted") != e.status}
+
+    # ---- store-only operations (CLI; the Workspace wraps these with a model rebuild) ----
+    def revert(self, edit_id: int) -> OpResult:
+        with self.file_lock:
+            _, warning = self.plan_revert(edit_id)
+            self.set_status({edit_id: "reverted"})
+        return OpResult(self.get(edit_id), warning)
+
+    def reapply(self, edit_id: int) -> OpResult:
+        with self.file_lock:
+            self.plan_reapply(edit_id)
+            self.set_status({edit_id: "active"})
+        return OpResult(self.get(edit_id), None)
+
+    def checkout(self, version: int) -> list[int]:
+        with self.file_lock:
+            changes = self.plan_checkout(version)
+            for edit_id, status in changes.items():
+                if status == "active":
+                    self.plan_reapply(edit_id)
+            self.set_status(changes, note=f"checkout v{version}")
+            base, _ = self.state_at(version)
+        return self.active_ids(base)
+
+    # ---- blobs and housekeeping ---------------------------------------------------------
+    def referenced_blobs(self) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(EditRow.blob_sha256).distinct()))
+
+    def orphans(self) -> list[str]:
+        """Blobs no edit refers to (an edit killed before its commit), and temp leftovers."""
+        used = self.referenced_blobs()
+        stray = [str(p) for p in self.blobs.temp_files()]
+        return [sha for sha in self.blobs.list() if sha not in used] + stray
+
+    def collect_orphans(self) -> list[str]:
+        """Delete orphan blobs and temp files; returns what was removed."""
+        with self.file_lock:
+            gone = self.orphans()
+            for item in gone:
+                if os.sep in item:
+                    Path(item).unlink(missing_ok=True)
+                else:
+                    self.blobs.delete(item)
+        return gone
+
+    def status_problems(self, base_id: int | None = None) -> list[str]:
+        """Edits whose status column disagrees with their newest event."""
+        last: dict[int, str] = {}
+        for ev in self.events(base_id):
+            last[ev.edit_id] = ACTIVE_AFTER[ev.kind]
+        return [f"edit #{e.id}: status {e.status!r} but its log says {last.get(e.id)!r}"
+                for e in self.edits(base_id) if last.get(e.id) != e.status]
+
+
+def _method(hp: FTHyperParams) -> str:
+    return "FT" if hp.norm_constraint is None else "FT-L"
+
+
+def _info(row: EditRow, base_name: str = "") -> EditInfo:
+    return EditInfo(
+        id=row.id, requests=[EditRequest.from_dict(r) for r in row.requests],
+        hparams=FTHyperParams.from_dict(row.hparams), status=row.status,
+        created_at=row.created_at, steps=row.steps, seconds=row.seconds, losses=row.losses,
+        metrics=row.metrics, blob_sha256=row.blob_sha256, tensor_names=row.tensor_names,
+        method=row.method, objective=row.objective, origin=row.origin, base_model=base_name,
+    )
+
+
+def _event(e: EventRow) -> EventInfo:
+    return EventInfo(id=e.id, edit_id=e.edit_id, kind=e.kind, created_at=e.created_at, note=e.note)
