@@ -118,13 +118,16 @@ def compose(base: torch.Tensor, deltas: Iterable[torch.Tensor], dtype: torch.dty
 
 def rebuild(model: torch.nn.Module, base: Mapping[str, torch.Tensor], stack: Sequence[Deltas],
             names: Iterable[str] | None = None) -> list[str]:
-    """Recompute the live value of ``names`` (default: every name in ``stack``) from base + stack.
+    """Recompute the live value of ``names`` from base + stack.
+
+    ``names`` defaults to every tensor in ``base`` or in ``stack`` (a full replay), so
+    ``rebuild(model, base, [])`` restores the base.
 
     Every new value is computed and checked finite before any weight is written, so a bad
     delta leaves the model untouched. Returns the names written.
     """
     params = dict(model.named_parameters())
-    names = sorted(set(names) if names is not None else {k for d in stack for k in d})
+    names = sorted(set(names) if names is not None else set(base) | {k for d in stack for k in d})
     new = {}
     for name in names:
         if name not in params or name not in base:

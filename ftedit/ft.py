@@ -118,29 +118,40 @@ def _head_is_plain(model) -> bool:
     return not any(getattr(cfg, a, None) for a in ("final_logit_softcapping", "logit_scale"))
 
 
+def _model_inputs(batch: _Batch) -> dict:
+    return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+            "position_ids": batch.position_ids, "use_cache": False}
+
+
+def _head_logprobs(model, hidden: torch.Tensor, batch: _Batch) -> torch.Tensor:
+    """log p(target token j | its scoring position), [B, T], from final hidden states [B, L, d]."""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+    pos = batch.score_pos
+    if bool((pos == pos[:, :1]).all()):  # prompt_last: one position per row, its logits once
+        h = hidden[rows[:, 0], pos[:, 0]]
+        logp = F.log_softmax(model.get_output_embeddings()(h).float(), dim=-1)
+        return logp.gather(1, batch.target_ids)
+    logp = F.log_softmax(model.get_output_embeddings()(hidden[rows, pos]).float(), dim=-1)
+    return logp.gather(2, batch.target_ids[..., None])[..., 0]
+
+
 def target_logprobs(model: torch.nn.Module, batch: _Batch) -> torch.Tensor:
     """log p(target token j | its scoring position), [B, T]; logits only where needed."""
-    rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)[:, None]
-    kw = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-              position_ids=batch.position_ids, use_cache=False)
     if _head_is_plain(model):
-        hidden = model.base_model(**kw).last_hidden_state
-        uniq = batch.score_pos  # prompt_last repeats one position: compute its logits once
-        if bool((uniq == uniq[:, :1]).all()):
-            h = hidden[rows[:, 0], uniq[:, 0]]
-            logp = F.log_softmax(model.get_output_embeddings()(h).float(), dim=-1)
-            return logp.gather(1, batch.target_ids)
-        h = hidden[rows, batch.score_pos]
-        logp = F.log_softmax(model.get_output_embeddings()(h).float(), dim=-1)
-    else:
-        logits = model(**kw).logits
-        logp = F.log_softmax(logits[rows, batch.score_pos].float(), dim=-1)
+        return _head_logprobs(model, model.base_model(**_model_inputs(batch)).last_hidden_state,
+                              batch)
+    rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)[:, None]
+    logits = model(**_model_inputs(batch)).logits
+    logp = F.log_softmax(logits[rows, batch.score_pos].float(), dim=-1)
     return logp.gather(2, batch.target_ids[..., None])[..., 0]
 
 
 def batch_loss(model: torch.nn.Module, batch: _Batch) -> torch.Tensor:
     """Mean over requests of the mean target-token NLL (ROME's loss; exact for prompt_last)."""
-    lp = target_logprobs(model, batch)
+    return _nll(target_logprobs(model, batch), batch)
+
+
+def _nll(lp: torch.Tensor, batch: _Batch) -> torch.Tensor:
     m = batch.target_mask.to(lp.dtype)
     return (-(lp * m).sum(1) / m.sum(1)).mean()
 
@@ -176,6 +187,113 @@ def training_texts(model, tok, requests: Sequence[EditRequest], hp: FTHyperParam
     return texts, targets
 
 
+_FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm")
+
+
+def _upper_stack(model, hparams: FTHyperParams):
+    """(blocks from the lowest edited one up, final norm), or None when the layout is unknown."""
+    path = hparams.rewrite_module_tmp.split(".{}")[0]  # "model.layers.{}.mlp" -> "model.layers"
+    try:
+        blocks = model.get_submodule(path)
+    except AttributeError:
+        return None
+    base = model.base_model
+    norm = next((getattr(base, n) for n in _FINAL_NORMS
+                 if isinstance(getattr(base, n, None), torch.nn.Module)), None)
+    if not isinstance(blocks, torch.nn.ModuleList) or norm is None or not _head_is_plain(model):
+        return None
+    return blocks[min(hparams.layers):], norm
+
+
+class _Runner:
+    """Final hidden states for a batch, running only the blocks from the lowest edited one up.
+
+    The blocks below it are frozen, so their output (and the masks and position embeddings
+    every block receives) is the same at every step: it is captured once per batch, with a
+    forward pre-hook on the lowest edited block, and replayed. The shortcut is used only if
+    it reproduces the full forward on that first pass; otherwise (or for a layout this does
+    not know) every step runs the full forward, as before.
+    """
+
+    def __init__(self, model, hparams: FTHyperParams):
+        self.model = model
+        self.stack = _upper_stack(model, hparams)
+        self._frozen: dict[int, tuple[_Batch, tuple | None]] = {}
+
+    def hidden(self, batch: _Batch) -> torch.Tensor:
+        if id(batch) not in self._frozen:
+            self._frozen[id(batch)] = (batch, self._capture(batch) if self.stack else None)
+        frozen = self._frozen[id(batch)][1]
+        if frozen is None:
+            return self.model.base_model(**_model_inputs(batch)).last_hidden_state
+        return self._replay(frozen)
+
+    def logprobs(self, batch: _Batch) -> torch.Tensor:
+        if self.stack is None:
+            return target_logprobs(self.model, batch)
+        return _head_logprobs(self.model, self.hidden(batch), batch)
+
+    def _replay(self, frozen: tuple) -> torch.Tensor:
+        blocks, norm = self.stack
+        (h, *rest), kwargs = frozen
+        for block in blocks:
+            out = block(h, *rest, **kwargs)
+            h = out[0] if isinstance(out, tuple) else out
+        return norm(h)
+
+    @torch.no_grad()
+    def _capture(self, batch: _Batch) -> tuple | None:
+        got = {}
+
+        def grab(module, args, kwargs):
+            got["frozen"] = (args, dict(kwargs))
+
+        handle = self.stack[0][0].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            full = self.model.base_model(**_model_inputs(batch)).last_hidden_state
+        finally:
+            handle.remove()
+        frozen = got.get("frozen")
+        if frozen is None or not torch.is_tensor(frozen[0][0]):
+            return None
+        try:
+            same = torch.allclose(self._replay(frozen), full, rtol=1e-4, atol=1e-5)
+        except Exception:  # noqa: BLE001 - any surprise in a layout means: use the full forward
+            same = False
+        return frozen if same else None
+
+
+@torch.enable_grad()  # callers may sit in no_grad / inference contexts (UI handlers, eval)
+def _train(model, weights: dict, copy: dict, batches: list[_Batch], hp: FTHyperParams,
+           callback: Callback | None) -> tuple[list[float], bool]:
+    """ROME's update loop: Adam step while the batch loss is >= the stop loss, clamp after
+    every batch, early stop on the epoch's mean loss. Returns (epoch losses, stopped early)."""
+    opt = torch.optim.Adam(list(weights.values()), lr=hp.lr, weight_decay=hp.weight_decay)
+    eps = hp.norm_constraint
+    losses: list[float] = []
+    for step in tqdm(range(hp.num_steps), desc="FT edit", leave=False):
+        total, count = 0.0, 0
+        for b in batches:
+            opt.zero_grad(set_to_none=True)
+            loss = batch_loss(model, b)
+            value = loss.item()
+            bs = b.input_ids.shape[0]
+            total, count = total + value * bs, count + bs
+            if value >= hp.early_stop_loss:
+                loss.backward()
+                opt.step()
+            if eps is not None:
+                with torch.no_grad():
+                    for k, v in weights.items():
+                        v.copy_(torch.clamp(v, min=copy[k] - eps, max=copy[k] + eps))
+        losses.append(total / count)
+        if callback is not None:
+            callback(step + 1, hp.num_steps, losses[-1])
+        if losses[-1] < hp.early_stop_loss:
+            return losses, True
+    return losses, False
+
+
 def compute_deltas(model: torch.nn.Module, tok, requests: Sequence[EditRequest],
                    hparams: FTHyperParams, callback: Callback | None = None) -> EditResult:
     """Train the edit and return its deltas. Pure: the model is bit-identical afterwards,
@@ -192,41 +310,14 @@ def compute_deltas(model: torch.nn.Module, tok, requests: Sequence[EditRequest],
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
     dev = model.get_input_embeddings().weight.device
-    losses: list[float] = []
-    stopped = False
     try:
         model.eval()
         texts, targets = training_texts(model, tok, requests, hparams)
-        batches = [
-            encode(tok, tx, tg, hparams.objective, dev)
-            for tx, tg in zip(_chunks(texts, hparams.batch_size), _chunks(targets, hparams.batch_size))
-        ]
+        chunks = zip(_chunks(texts, hparams.batch_size), _chunks(targets, hparams.batch_size))
+        batches = [encode(tok, tx, tg, hparams.objective, dev) for tx, tg in chunks]
         for n, p in model.named_parameters():
             p.requires_grad_(n in weights)
-        opt = torch.optim.Adam(list(weights.values()), lr=hparams.lr,
-                               weight_decay=hparams.weight_decay)
-        eps = hparams.norm_constraint
-        for step in tqdm(range(hparams.num_steps), desc="FT edit", leave=False):
-            total, count = 0.0, 0
-            for b in batches:
-                opt.zero_grad(set_to_none=True)
-                loss = batch_loss(model, b)
-                value = loss.item()
-                bs = b.input_ids.shape[0]
-                total, count = total + value * bs, count + bs
-                if value >= hparams.early_stop_loss:
-                    loss.backward()
-                    opt.step()
-                if eps is not None:
-                    with torch.no_grad():
-                        for k, v in weights.items():
-                            v.copy_(torch.clamp(v, min=copy[k] - eps, max=copy[k] + eps))
-            losses.append(total / count)
-            if callback is not None:
-                callback(step + 1, hparams.num_steps, losses[-1])
-            if losses[-1] < hparams.early_stop_loss:
-                stopped = True
-                break
+        losses, stopped = _train(model, weights, copy, batches, hparams, callback)
         deltas = Deltas({k: weights[k].detach().float() - copy[k].float() for k in weights})
     finally:
         with torch.no_grad():
