@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +15,7 @@ from ftedit.hparams import FTHyperParams
 from ftedit.metrics import rewrite_report
 from ftedit.requests import EditRequest
 from storage import editfile
-from storage.blobs import sha256_bytes
+from storage.blobs import sha256_bytes, write_file_atomic
 from storage.records import EditInfo, VerifyReport
 
 if TYPE_CHECKING:
@@ -61,20 +59,6 @@ def verify(ws: Workspace) -> VerifyReport:
     return report
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export(ws: Workspace, ids: int | Sequence[int], path: str | Path) -> Path:
     """Write edits as one edit file. One edit: its stored blob, byte for byte. Several: their
     deltas summed in id order, with all their requests (the first edit's hparams)."""
@@ -94,7 +78,7 @@ def export(ws: Workspace, ids: int | Sequence[int], path: str | Path) -> Path:
             meta["combined_from"] = json.dumps([e.hparams.to_dict() for e in edits],
                                                sort_keys=True, separators=(",", ":"))
             data = editfile.encode(total, meta)
-    _write_atomic(path, data)
+    write_file_atomic(path, data)
     return path
 
 

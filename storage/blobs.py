@@ -45,19 +45,8 @@ class LocalBlobStore:
         dest = self.path(sha)
         if dest.exists() and self._ok(dest, sha):
             return sha  # identical edits deduplicate
-        dest.parent.mkdir(parents=True, exist_ok=True)
         # The temp file lives in the destination folder so os.replace is a same-filesystem rename.
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(dest.parent)
+        write_file_atomic(dest, data)
         return sha
 
     def get(self, sha256: str, what: str = "") -> bytes:
@@ -91,6 +80,24 @@ class LocalBlobStore:
     @staticmethod
     def _ok(path: Path, sha: str) -> bool:
         return sha256_bytes(path.read_bytes()) == sha
+
+
+def write_file_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` all or nothing (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
 
 
 def _fsync_dir(folder: Path) -> None:

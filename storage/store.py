@@ -102,7 +102,7 @@ class Store:
             if ev is None:
                 last = s.scalar(select(func.max(EventRow.id)))
                 raise StoreError(f"no version v{version}; versions are event ids 1..{last or 0} "
-                                 "(see `ftedit log --events`)")
+                                 "(see `ftedit events`)")
             base = s.get(EditRow, ev.edit_id).base_model_id
             q = (select(EventRow.edit_id, EventRow.kind).join(EditRow)
                  .where(EditRow.base_model_id == base, EventRow.id <= version)
