@@ -269,23 +269,25 @@ def _train(model, weights: dict, copy: dict, batches: list[_Batch], hp: FTHyperP
     """ROME's update loop: Adam step while the batch loss is >= the stop loss, clamp after
     every batch, early stop on the epoch's mean loss. Returns (epoch losses, stopped early)."""
     opt = torch.optim.Adam(list(weights.values()), lr=hp.lr, weight_decay=hp.weight_decay)
+    runner = _Runner(model, hp)  # frozen blocks below the lowest edited one run once
     eps = hp.norm_constraint
+    # The box is the same at every step: its bounds are computed once, the clamp is in place.
+    box = {k: (c - eps, c + eps) for k, c in copy.items()} if eps is not None else {}
     losses: list[float] = []
     for step in tqdm(range(hp.num_steps), desc="FT edit", leave=False):
         total, count = 0.0, 0
         for b in batches:
             opt.zero_grad(set_to_none=True)
-            loss = batch_loss(model, b)
+            loss = _nll(runner.logprobs(b), b)
             value = loss.item()
             bs = b.input_ids.shape[0]
             total, count = total + value * bs, count + bs
             if value >= hp.early_stop_loss:
                 loss.backward()
                 opt.step()
-            if eps is not None:
-                with torch.no_grad():
-                    for k, v in weights.items():
-                        v.copy_(torch.clamp(v, min=copy[k] - eps, max=copy[k] + eps))
+            with torch.no_grad():
+                for k, (lo, hi) in box.items():
+                    weights[k].clamp_(min=lo, max=hi)
         losses.append(total / count)
         if callback is not None:
             callback(step + 1, hp.num_steps, losses[-1])
