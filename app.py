@@ -1,0 +1,199 @@
+"""ftedit web app: rewrite a fact in a language model, review the history, revert, compare, share.
+
+``python app.py`` loads the default model and serves the page on http://127.0.0.1:7860
+(``--model``, ``--host``, ``--port``, ``--share``). On a Hugging Face Space this is the app_file.
+Importing this module builds ``demo`` without loading a model; the one shared Workspace is made
+on the first request (or at launch). The handlers live in ``ui/handlers.py`` as plain functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import gradio as gr
+
+from ftedit.hparams import OBJECTIVES, list_presets
+from ui import state, views
+from ui.handlers import (  # noqa: F401  (re-exported: the app's handlers, testable directly)
+    AUTO,
+    checkout,
+    compare,
+    details,
+    edit,
+    export,
+    generate,
+    history,
+    import_file,
+    preset_fields,
+    reapply,
+    refresh,
+    revert,
+    run_edit,
+    select_edit,
+    verify,
+)
+
+# Every event that reads or writes the model waits in this one queue (the Workspace locks too).
+MODEL_QUEUE = {"concurrency_limit": 1, "concurrency_id": "model"}
+PRIVATE = {"api_visibility": "private"}
+EXAMPLES = [
+    ["{} is located in the city of", "The Eiffel Tower", "Rome", "Paris"],
+    ["The mother tongue of {} is", "Danielle Darrieux", "English", "French"],
+    ["{} plays the sport of", "LeBron James", "football", "basketball"],
+    ["The capital of {} is", "France", "Lyon", "Paris"],
+]
+CSS = """
+.gradio-container {max-width: 1200px !important}
+#summary {min-height: 3em}
+"""
+INTRO = """# ftedit · rewrite a fact inside a language model
+Fine-tune a few MLP weights (ROME's FT / FT-L baseline) so the model states a new fact, then
+review, revert, compare and share every edit. Edits are versioned: revert is exact."""
+
+
+def launch_options() -> dict:
+    """What ``launch()`` needs besides host and port (also used by the tests)."""
+    return {"theme": gr.themes.Soft(primary_hue="indigo"), "css": CSS,
+            "max_file_size": os.environ.get("FTEDIT_MAX_UPLOAD", "512mb"),
+            "footer_links": ["api", "gradio"]}
+
+
+with gr.Blocks(title="ftedit") as demo:
+    gr.Markdown(INTRO)
+    with gr.Tabs():
+        with gr.Tab("Edit", id="edit"), gr.Row():
+            with gr.Column(scale=1):
+                prompt = gr.Textbox(label="Prompt, with {} where the subject goes",
+                                    placeholder="{} is located in the city of")
+                subject = gr.Textbox(label="Subject", placeholder="The Eiffel Tower")
+                with gr.Row():
+                    target_new = gr.Textbox(label="New target", placeholder="Rome")
+                    target_true = gr.Textbox(label="True target (optional)",
+                                             placeholder="Paris")
+                with gr.Accordion("Advanced", open=False):
+                    preset = gr.Dropdown(
+                        [("auto: the default for this model", AUTO), *list_presets()],
+                        value=AUTO, label="Preset")
+                    preset_note = gr.Markdown()
+                    layers = gr.Textbox(label="Layers (block numbers)")
+                    with gr.Row():
+                        lr = gr.Number(label="Learning rate")
+                        num_steps = gr.Number(label="Max steps", precision=0)
+                        norm = gr.Number(label="Norm constraint (0 = none)")
+                    objective = gr.Dropdown(list(OBJECTIVES), label="Objective")
+                run_btn = gr.Button("Rewrite the fact", variant="primary", elem_id="run")
+                gr.Examples(EXAMPLES, [prompt, subject, target_new, target_true],
+                            label="Facts to try")
+            with gr.Column(scale=1):
+                summary = gr.Markdown(elem_id="summary")
+                before_after = gr.Dataframe(label="Before / after", interactive=False,
+                                            elem_id="before-after")
+                scores = gr.Dataframe(label="Efficacy: the rewrite and paraphrases",
+                                      interactive=False)
+                loss_plot = gr.LinePlot(x="step", y="loss", label="Training loss",
+                                        height=220)
+        with gr.Tab("History", id="history"):
+            edits_df = gr.Dataframe(headers=views.HISTORY_COLUMNS, interactive=False,
+                                    label="Edits, newest first (click a row)", elem_id="edits")
+            with gr.Row(equal_height=True):
+                edit_id = gr.Number(label="Selected edit", precision=0, elem_id="edit-id")
+                revert_btn = gr.Button("Revert", variant="stop", elem_id="revert")
+                reapply_btn = gr.Button("Re-apply", elem_id="reapply")
+                download_btn = gr.DownloadButton("Download edit file", elem_id="download")
+                refresh_btn = gr.Button("Refresh")
+            op_message = gr.Markdown(elem_id="op-message")
+            with gr.Row():
+                edit_details = gr.Markdown()
+                with gr.Column():
+                    hp_code = gr.Code(language="json", label="Hyperparameters")
+                    detail_loss = gr.LinePlot(x="step", y="loss", label="Loss", height=200)
+            events_df = gr.Dataframe(headers=views.EVENT_COLUMNS, interactive=False,
+                                     label="Events: each is a version you can check out")
+            with gr.Row(equal_height=True):
+                version = gr.Textbox(label="Version", placeholder="v3")
+                checkout_btn = gr.Button("Check out this version")
+                verify_btn = gr.Button("Verify live weights = replay of the store")
+            verify_out = gr.JSON(label="Verify")
+        with gr.Tab("Compare", id="compare"):
+            with gr.Row(equal_height=True):
+                side_a = gr.Dropdown(label="A: edit or version", allow_custom_value=True)
+                side_b = gr.Dropdown(label="B: edit or version", allow_custom_value=True)
+                compare_btn = gr.Button("Compare", variant="primary")
+            compare_md = gr.Markdown()
+            norms_plot = gr.BarPlot(x="layer", y="delta norm", color="side",
+                                    label="Delta norm per layer", height=260)
+            behaviour_df = gr.Dataframe(label="Each involved prompt's probabilities under A and B",
+                                        interactive=False)
+        with gr.Tab("Playground", id="playground"):
+            with gr.Row(equal_height=True):
+                free_prompt = gr.Textbox(label="Prompt", scale=4,
+                                         placeholder="The Eiffel Tower is located in the city of")
+                max_tokens = gr.Slider(1, 128, value=24, step=1, label="Max new tokens")
+            generate_btn = gr.Button("Complete", variant="primary")
+            with gr.Row():
+                base_out = gr.Textbox(label="Base model", lines=4)
+                stack_out = gr.Textbox(label="Current stack of edits", lines=4)
+        with gr.Tab("Import", id="import"):
+            gr.Markdown("Upload an edit file (a `.safetensors` from History → Download). It is "
+                        "checked against this model before anything changes.")
+            upload = gr.File(label="Edit file", file_types=[".safetensors"], type="filepath")
+            import_btn = gr.Button("Import", variant="primary")
+            import_msg = gr.Markdown()
+
+    tables = [edits_df, events_df]
+    refreshed = [*tables, side_a, side_b]
+    demo.load(refresh, None, refreshed, **PRIVATE)
+    demo.load(preset_fields, preset, [layers, lr, num_steps, norm, objective, preset_note],
+              **PRIVATE)
+    preset.change(preset_fields, preset, [layers, lr, num_steps, norm, objective, preset_note],
+                  **PRIVATE)
+    run_btn.click(edit, [prompt, subject, target_new, target_true, preset, layers, lr,
+                         num_steps, norm, objective],
+                  [summary, before_after, scores, loss_plot], api_name="edit", **MODEL_QUEUE
+                  ).success(refresh, None, refreshed, **PRIVATE)
+    refresh_btn.click(history, None, tables, api_name="history")
+    show = [edit_details, hp_code, detail_loss, download_btn]
+    edits_df.select(select_edit, edits_df, edit_id, **PRIVATE).success(
+        details, edit_id, show, **PRIVATE)
+    edit_id.submit(details, edit_id, show, api_name="details")
+    download_btn.click(export, edit_id, download_btn, api_name="export")
+    for btn, fn in ((revert_btn, revert), (reapply_btn, reapply)):
+        btn.click(fn, edit_id, [op_message, *tables, edit_details], api_name=fn.__name__,
+                  **MODEL_QUEUE).success(refresh, None, refreshed, **PRIVATE)
+    checkout_btn.click(checkout, version, [op_message, *tables], api_name="checkout",
+                       **MODEL_QUEUE).success(refresh, None, refreshed, **PRIVATE)
+    verify_btn.click(verify, None, verify_out, api_name="verify", **MODEL_QUEUE)
+    compare_btn.click(compare, [side_a, side_b], [compare_md, norms_plot, behaviour_df],
+                      api_name="compare", **MODEL_QUEUE)
+    generate_btn.click(generate, [free_prompt, max_tokens], [base_out, stack_out],
+                       api_name="generate", **MODEL_QUEUE)
+    import_btn.click(import_file, upload, [import_msg, *tables], api_name="import",
+                     **MODEL_QUEUE).success(refresh, None, refreshed, **PRIVATE)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Serve the ftedit web app.")
+    p.add_argument("--model", help="HF id, local folder or .gguf (default: $FTEDIT_MODEL, "
+                   "else the embedded SmolLM2-135M-Instruct)")
+    # Spaces set GRADIO_SERVER_NAME=0.0.0.0; anywhere else the app stays on localhost.
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    state.configure(args.model)
+    ws = state.workspace()
+    print(f"Loaded {ws.fingerprint.name} on {ws.loaded.device} ({len(ws.history())} edits in "
+          f"{ws.home}) in {time.perf_counter() - t0:.1f} s", flush=True)
+    _, local_url, share_url = demo.queue().launch(
+        server_name=args.host, server_port=args.port, share=args.share,
+        prevent_thread_lock=True, quiet=True, **launch_options())
+    print(f"ftedit is serving at {local_url}" + (f" and {share_url}" if share_url else "")
+          + f" ({time.perf_counter() - t0:.1f} s after start)", flush=True)
+    demo.block_thread()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""Event handlers: plain functions over the shared Workspace, callable without a server.
+
+Every domain error (:class:`ftedit.errors.FteditError`) is turned into ``gr.Error`` here, at the
+edge, so the page shows what was wrong and how to fix it, and nothing changes.
+"""
+
+import contextvars
+import math
+import tempfile
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from pathlib import Path
+
+import gradio as gr
+
+from ftedit.errors import FteditError, HParamsError
+from ftedit.hparams import FTHyperParams, load_preset
+from ftedit.metrics import target_nll
+from ftedit.requests import EditRequest
+from ui import state, views
+
+AUTO = "auto"  # the preset choice meaning Workspace.default_hparams()
+# Short fixed contexts in front of the rewritten prompt: a cheap paraphrase check.
+PARAPHRASE_PREFIXES = ("Fun fact: ", "Here is what I know. ", "Quiz time! ")
+EXPORT_DIR = Path(tempfile.gettempdir()) / "ftedit-exports"
+
+
+@contextmanager
+def _edge():
+    try:
+        yield
+    except FteditError as e:
+        raise gr.Error(str(e)) from e
+
+
+def _edit_id(edit_id) -> int:
+    if edit_id is None or str(edit_id).strip() in ("", "nan"):
+        raise gr.Error("Select an edit in the History table first (or type its id).")
+    try:
+        return int(float(str(edit_id).strip().lstrip("#")))
+    except ValueError:
+        raise gr.Error(f"An edit id is a number like 3, got {edit_id!r}.") from None
+
+
+# ---- hyperparameters ----------------------------------------------------------------------
+def _parse_layers(text) -> tuple[int, ...]:
+    if isinstance(text, (list, tuple)):
+        return tuple(int(x) for x in text)
+    try:
+        return tuple(int(x) for x in str(text).replace(",", " ").split())
+    except ValueError:
+        raise HParamsError(f"layers are block numbers separated by commas, like '4, 5', "
+                           f"got {text!r}") from None
+
+
+def _preset(preset: str | None) -> FTHyperParams:
+    if not preset or preset == AUTO:
+        return state.workspace().default_hparams()
+    return load_preset(preset)
+
+
+def build_hparams(preset=AUTO, layers=None, lr=None, num_steps=None, norm_constraint=None,
+                  objective=None) -> FTHyperParams:
+    """The preset with the advanced fields laid over it; blank fields keep the preset's value.
+    ``norm_constraint`` 0 means unconstrained FT (no box)."""
+    changes = {}
+    if layers not in (None, "") and str(layers).strip():
+        changes["layers"] = _parse_layers(layers)
+    if lr not in (None, ""):
+        changes["lr"] = float(lr)
+    if num_steps not in (None, ""):
+        changes["num_steps"] = int(num_steps)
+    if norm_constraint not in (None, ""):
+        changes["norm_constraint"] = float(norm_constraint) or None
+    if objective:
+        changes["objective"] = objective
+    return _preset(preset).replace(**changes)
+
+
+def preset_fields(preset=AUTO):
+    """Fill the advanced fields from a preset: layers, lr, steps, norm constraint, objective."""
+    with _edge():
+        hp = _preset(preset)
+    return (", ".join(map(str, hp.layers)), hp.lr, hp.num_steps, hp.norm_constraint or 0,
+            hp.objective, hp.note or hp.rewrite_module_tmp)
+
+
+# ---- edit ------------------------------------------------------------------------------------
+def _probabilities(ws, prompts: list[str], targets: list[str | None]) -> list[list[float | None]]:
+    """P(target | prompt) for every prompt and each target (None stays None), one batch."""
+    real = [t for t in targets if t]
+    nll = iter(target_nll(ws.model, ws.tok, [p for p in prompts for _ in real],
+                          [t for _ in prompts for t in real]))
+    out = []
+    for _ in prompts:
+        got = {t: math.exp(-next(nll)[0]) for t in real}
+        out.append([got.get(t) if t else None for t in targets])
+    return out
+
+
+def train_edit(request: EditRequest, hp: FTHyperParams, losses: list[float] | None = None):
+    """Train and commit one edit; score the rewrite and its paraphrases before and after.
+
+    Returns (EditInfo, rival target, per-prompt scores). Holds the Workspace lock throughout,
+    so the "before" numbers are those of the stack the edit was trained on.
+    """
+    ws = state.workspace()
+    losses = [] if losses is None else losses
+    with ws.lock:
+        ws.active_ids()  # follow the store (another process may have changed the stack)
+        request.check_length(ws.tok)
+        before_report = ws.report(request) if not request.target_true else {}
+        rival = views.rival_target(request, before_report)
+        prompts = [request.text] + [p + request.text for p in PARAPHRASE_PREFIXES]
+        before = _probabilities(ws, prompts, [request.target_new, rival])
+        info = ws.edit(request, hp, callback=lambda step, n, loss: losses.append(loss))
+        after = _probabilities(ws, prompts, [request.target_new, rival])
+    scores = []
+    for prompt, (nb, rb), (na, ra) in zip(prompts, before, after, strict=True):
+        won = na > ra if rival else na > 0.5
+        scores.append({"prompt": prompt, "p_new_before": nb, "p_new_after": na,
+                       "p_rival_before": rb, "p_rival_after": ra, "success_after": won})
+    return info, rival, scores
+
+
+def edit(prompt, subject, target_new, target_true=None, preset=AUTO, layers=None, lr=None,
+         num_steps=None, norm_constraint=None, objective=None,
+         progress=gr.Progress(track_tqdm=True)):
+    """Rewrite one fact. Yields the live loss curve while training, then the results:
+    (summary markdown, before/after table, efficacy table, loss curve)."""
+    with _edge():
+        request = EditRequest(prompt or "", subject or "", target_new or "", target_true or None)
+        hp = build_hparams(preset, layers, lr, num_steps, norm_constraint, objective)
+    losses: list[float] = []
+    # Train in a worker so this generator can stream the loss curve; the copied context
+    # carries gradio's progress tracker (track_tqdm) into that thread.
+    pool = ThreadPoolExecutor(1, thread_name_prefix="ftedit-edit")
+    try:
+        job = pool.submit(contextvars.copy_context().run, train_edit, request, hp, losses)
+        while not wait([job], timeout=0.5).done:
+            status = f"Training… step {len(losses)}/{hp.num_steps}" + (
+                f", loss {losses[-1]:.4f}" if losses else " (waiting for the model)")
+            yield status, gr.skip(), gr.skip(), views.loss_frame(losses)
+        with _edge():
+            info, rival, scores = job.result()
+    finally:
+        pool.shutdown(wait=False)
+    m = info.metrics
+    yield (views.edit_summary(info, rival, scores),
+           views.before_after_frame(m["before"][0], m["after"][0]),
+           views.scores_frame(scores), views.loss_frame(info.losses))
+
+
+def run_edit(*args, **kwargs):
+    """:func:`edit` run to completion: its final results."""
+    *_, last = edit(*args, **kwargs)
+    return last
+
+
+# ---- history ---------------------------------------------------------------------------------
+def history():
+    """(edits table, events table), newest first."""
+    ws = state.workspace()
+    return views.history_frame(ws.history()), views.events_frame(ws.events())
+
+
+def select_edit(table, evt: gr.SelectData):
+    """The id of the History row that was clicked."""
+    row = evt.row_value if evt.row_value is not None else table.iloc[evt.index[0]].tolist()
+    return int(row[0])
+
+
+def export(edit_id):
+    """Write the edit as a ``.safetensors`` edit file and return its path."""
+    edit_id = _edit_id(edit_id)
+    with _edge():
+        ws = state.workspace()
+        info = ws.get(edit_id)
+        path = EXPORT_DIR / f"ftedit-edit-{edit_id}-{info.blob_sha256[:12]}.safetensors"
+        if not path.exists():
+            EXPORT_DIR.mkdir(parents=True, exist_ok=True)
+            ws.export([edit_id], path)
+    return str(path)
+
+
+def details(edit_id):
+    """(details markdown, hparams JSON, loss curve, edit file path) of one edit."""
+    edit_id = _edit_id(edit_id)
+    with _edge():
+        info = state.workspace().get(edit_id)
+    return views.details_md(info), views.hparams_json(info), views.loss_frame(info.losses), \
+        export(edit_id)
+
+
+def _status_change(op, edit_id, verb: str):
+    edit_id = _edit_id(edit_id)
+    with _edge():
+        result = op(edit_id)
+    message = f"Edit #{edit_id} {verb}: now **{result.edit.status}**."
+    if result.warning:
+        gr.Warning(result.warning)
+        message += f"\n\n⚠️ {result.warning}"
+    return (message, *history(), views.details_md(result.edit))
+
+
+def revert(edit_id):
+    """Take an edit off the stack (exact). (message, edits, events, details)"""
+    return _status_change(lambda i: state.workspace().revert(i), edit_id, "reverted")
+
+
+def reapply(edit_id):
+    """Put a reverted edit back on the stack. (message, edits, events, details)"""
+    return _status_change(lambda i: state.workspace().reapply(i), edit_id, "re-applied")
+
+
+def checkout(version):
+    """Make the active set what it was at a version (``v12`` or 12). (message, edits, events)"""
+    if not str(version or "").strip():
+        raise gr.Error("Type a version from the events table, like v3.")
+    with _edge():
+        active = state.workspace().checkout(str(version))
+    return f"Checked out {version}: active edits {active or 'none'}.", *history()
+
+
+def verify():
+    """Prove the live weights equal the replay of the store."""
+    with _edge():
+        return state.workspace().verify().to_dict()
+
+
+def compare_choices():
+    """Dropdown choices: every edit, and every version (event)."""
+    ws = state.workspace()
+    edits = [(f"edit #{e.id}: {views.fact(e.request)[:60]}", str(e.id)) for e in
+             reversed(ws.history())]
+    versions = [(f"version v{e.id} (after {e.kind} #{e.edit_id})", f"v{e.id}") for e in
+                reversed(ws.events())]
+    return edits + versions
+
+
+def refresh():
+    """Everything a page (re)load shows: the two tables and the compare choices, twice."""
+    choices = compare_choices()
+    return (*history(), gr.Dropdown(choices=choices), gr.Dropdown(choices=choices))
+
+
+# ---- compare / playground / import -----------------------------------------------------------
+def compare(a, b):
+    """Two edits (ids) or two versions (v<event id>): (summary, per-layer norms, behaviour)."""
+    if not str(a or "").strip() or not str(b or "").strip():
+        raise gr.Error("Pick two edits (e.g. 1 and 2) or two versions (e.g. v1 and v3).")
+    with _edge():
+        d = state.workspace().diff(str(a).strip(), str(b).strip())
+    return views.compare_md(d), views.norms_frame(d), views.behaviour_frame(d)
+
+
+def generate(prompt, max_new_tokens=20):
+    """Greedy completion by the base model and by the current stack: (base, stack)."""
+    if not (prompt or "").strip():
+        raise gr.Error("Type a prompt to complete, e.g. 'The Eiffel Tower is located in'.")
+    n = int(max_new_tokens or 20)
+    if not 1 <= n <= 256:
+        raise gr.Error(f"max new tokens must be between 1 and 256, got {n}.")
+    ws = state.workspace()
+    with _edge(), ws.lock:
+        return ws.generate(prompt, n, base=True), ws.generate(prompt, n)
+
+
+def import_file(file):
+    """Validate and add an edit file; a refused file changes nothing. (message, edits, events)"""
+    if not file:
+        raise gr.Error("Choose an edit file (.safetensors, from History → Download) first.")
+    path = getattr(file, "name", file)
+    with _edge():
+        info = state.workspace().import_(path)
+    return f"Imported as edit #{info.id}: {views.fact(info.request)} ({info.status}).", *history()

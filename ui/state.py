@@ -1,0 +1,53 @@
+"""The app's one Workspace: created on first use (or at launch), shared by every session.
+
+The store is the truth, so every handler reads from this Workspace and a page reload shows the
+same history and model state as before.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+_lock = threading.Lock()
+_workspace = None
+_model_spec: str | None = None
+
+
+def spaces_home() -> Path | None:
+    """``/data`` on a Hugging Face Space with persistent storage, else None."""
+    data = Path("/data")
+    if os.environ.get("SPACE_ID") and data.is_dir() and os.access(data, os.W_OK):
+        return data
+    return None
+
+
+def configure(model: str | None = None) -> None:
+    """Pick the model the Workspace loads (``--model``; default: env FTEDIT_MODEL, then the
+    embedded default). Has no effect once the Workspace exists."""
+    global _model_spec
+    _model_spec = model or os.environ.get("FTEDIT_MODEL") or None
+    if not os.environ.get("FTEDIT_HOME") and (data := spaces_home()):
+        os.environ["FTEDIT_HOME"] = str(data)
+
+
+def workspace():
+    """The shared Workspace, loading the model on the first call."""
+    global _workspace
+    if _workspace is None:
+        with _lock:
+            if _workspace is None:
+                from ftedit.workspace import Workspace
+
+                if _model_spec is None:
+                    configure(None)
+                _workspace = Workspace(_model_spec)
+    return _workspace
+
+
+def set_workspace(ws) -> None:
+    """Use ``ws`` from now on (tests build one around an already loaded model)."""
+    global _workspace
+    with _lock:
+        _workspace = ws
