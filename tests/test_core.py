@@ -1,0 +1,161 @@
+"""Requests, hyperparameters and deltas: validation and value-type behaviour."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ftedit.deltas import Deltas, compose, rebuild
+from ftedit.errors import HParamsError, IntegrityError, RequestError
+from ftedit.ft import compute_deltas
+from ftedit.hparams import FTHyperParams, list_presets, load_preset
+from ftedit.requests import EditRequest
+from tests.tiny import assert_params_equal, make_gpt2, make_llama, params_snapshot
+
+DATA = "../shared/data"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        (dict(prompt="The Eiffel Tower is in", subject="x", target_new="Rome"), "'{}'"),
+        (dict(prompt="{} and {} are", subject="x", target_new="Rome"), "'{}'"),
+        (dict(prompt="{} is in", subject="  ", target_new="Rome"), "subject"),
+        (dict(prompt="{} is in", subject="x", target_new=""), "target_new"),
+        (dict(prompt="", subject="x", target_new="Rome"), "prompt"),
+        (dict(prompt="{} is in {0}", subject="x", target_new="Rome"), "braces"),
+        (dict(prompt="{} is in", subject="x", target_new="Rome", target_true=" Rome"),
+         "nothing to rewrite"),
+    ],
+)
+def test_bad_requests_name_the_field(kwargs, field):
+    with pytest.raises(RequestError, match=field):
+        EditRequest(**kwargs)
+
+
+def test_target_gets_leading_space_and_roundtrips():
+    r = EditRequest("{} is located in", "Eiffel Tower", "Rome", "Paris")
+    assert r.target_new == " Rome" and r.target_true == " Paris"
+    assert r.text == "Eiffel Tower is located in"
+    assert EditRequest.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
+def test_too_long_request_refused_and_model_unchanged():
+    model, tok = make_llama()
+    snap = params_snapshot(model)
+    r = EditRequest("the {} is located in" + " the" * 200, "Eiffel Tower", "Rome")
+    with pytest.raises(RequestError, match="limit"):
+        compute_deltas(model, tok, [r], FTHyperParams())
+    assert_params_equal(model, snap)
+
+
+def test_from_counterfact_and_zsre_records():
+    cf = json.load(open(f"{DATA}/counterfact-sample.json"))
+    zs = json.load(open(f"{DATA}/zsre-sample.json"))
+    r = EditRequest.from_counterfact(cf[0])
+    rw = cf[0]["requested_rewrite"]
+    assert r.text == rw["prompt"].format(rw["subject"])
+    assert r.target_new == " " + rw["target_new"]["str"].lstrip()
+    assert r.target_true.strip() == rw["target_true"]["str"]
+    built = [EditRequest.from_zsre(x) for x in zs[:50] if x["subject"] in x["src"]]
+    assert len(built) > 40
+    assert built[0].text == zs[0]["src"] and built[0].target_new.strip() == zs[0]["answers"][0]
+    with pytest.raises(RequestError, match="CounterFact"):
+        EditRequest.from_counterfact({"prompt": "x"})
+    with pytest.raises(RequestError, match="does not occur"):
+        EditRequest.from_zsre({"src": "What is it?", "subject": "Nope", "answers": ["a"]})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(lr=0), "lr"),
+        (dict(num_steps=0), "num_steps"),
+        (dict(norm_constraint=-1.0), "norm_constraint"),
+        (dict(objective="mse"), "objective"),
+        (dict(layers=()), "layers"),
+        (dict(layers=(1, 1)), "distinct"),
+        (dict(rewrite_module_tmp="model.layers.mlp"), "exactly one"),
+        (dict(weight_decay=-0.1), "weight_decay"),
+    ],
+)
+def test_bad_hparams(kwargs, match):
+    with pytest.raises(HParamsError, match=match):
+        FTHyperParams(**kwargs)
+
+
+def test_hparams_json_roundtrip_and_presets(tmp_path):
+    assert {"gpt2-xl-ft-l", "gpt-j-ft-l", "smollm2-ft-l"} <= set(list_presets())
+    rome = load_preset("gpt2-xl-ft-l")
+    assert (rome.layers, rome.lr, rome.num_steps, rome.norm_constraint, rome.objective) == (
+        (0,), 5e-4, 25, 5e-4, "prompt_last")
+    assert rome.rewrite_module_tmp == "transformer.h.{}.mlp.c_proj"
+    p = tmp_path / "h.json"
+    p.write_text(rome.to_json())
+    assert FTHyperParams.from_json(p) == rome
+    with pytest.raises(HParamsError, match="unknown"):
+        FTHyperParams.from_dict({"lr": 1e-3, "lrr": 1})
+    with pytest.raises(HParamsError, match="no preset"):
+        load_preset("nope")
+    p.write_text("{not json")
+    with pytest.raises(HParamsError, match="not valid JSON"):
+        FTHyperParams.from_json(p)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [(dict(layers=(5,)), "out of range"), (dict(rewrite_module_tmp="model.blocks.{}.ffn"), "matches no")],
+)
+def test_hparams_that_do_not_fit_the_model(kwargs, match):
+    model, tok = make_llama()
+    snap = params_snapshot(model)
+    with pytest.raises(HParamsError, match=match):
+        compute_deltas(model, tok, [EditRequest("{} is in", "Paris", "Rome")], FTHyperParams(**kwargs))
+    assert_params_equal(model, snap)
+
+
+def test_deltas_algebra():
+    a = Deltas({"x": torch.ones(2, 2), "y": torch.full((3,), 2.0)})
+    b = Deltas({"x": torch.full((2, 2), 3.0)})
+    s = a + b
+    assert torch.equal(s["x"], torch.full((2, 2), 4.0)) and torch.equal(s["y"], a["y"])
+    assert (s - b) == a and (-a)["x"].sum() == -4 and (a + (-a)).max_abs() == 0
+    assert a.norms()["x"] == pytest.approx(2.0)
+    assert b.cosine(b) == pytest.approx(1.0) and b.cosine(-b) == pytest.approx(-1.0)
+    assert Deltas({"y": torch.ones(3)}).cosine(b) == 0.0
+    layered = Deltas({"m.layers.0.w": torch.ones(4), "m.layers.3.w": torch.ones(9)})
+    assert layered.layer_norms() == {0: pytest.approx(2.0), 3: pytest.approx(3.0)}
+    assert not Deltas({"x": torch.tensor([float("nan")])}).is_finite()
+    assert a.nbytes == 7 * 4
+
+
+def test_compose_is_float32_sum_in_order_then_cast():
+    base = torch.tensor([1.0, 2.0], dtype=torch.bfloat16)
+    d1, d2 = torch.tensor([1e-3, 0.5]), torch.tensor([-1e-3, 0.25])
+    out = compose(base, [d1, d2], torch.bfloat16)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, (base.float() + d1 + d2).to(torch.bfloat16))
+
+
+def test_rebuild_is_exact_and_refuses_non_finite():
+    model, _ = make_gpt2()
+    names = ["transformer.h.0.mlp.c_proj.weight", "transformer.h.1.mlp.c_proj.bias"]
+    params = dict(model.named_parameters())
+    base = {n: params[n].detach().clone() for n in names}
+    snap = params_snapshot(model)
+    g = torch.Generator().manual_seed(0)
+    d1 = Deltas({n: torch.randn(base[n].shape, generator=g) * 1e-3 for n in names})
+    d2 = Deltas({names[0]: torch.randn(base[names[0]].shape, generator=g) * 1e-3})
+    d1.apply_to(model, base, [d1])
+    d2.apply_to(model, base, [d1, d2])
+    assert torch.equal(params[names[0]].detach(), compose(base[names[0]], [d1[names[0]], d2[names[0]]],
+                                                          torch.float32))
+    d1.remove_from(model, base, [d2])
+    d2.remove_from(model, base, [])
+    assert_params_equal(model, snap)  # revert-all == base, bit for bit
+    bad = Deltas({names[0]: torch.full(base[names[0]].shape, float("inf"))})
+    with pytest.raises(IntegrityError, match="non-finite"):
+        bad.apply_to(model, base, [bad])
+    assert_params_equal(model, snap)
