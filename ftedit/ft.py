@@ -187,6 +187,49 @@ def training_texts(model, tok, requests: Sequence[EditRequest], hp: FTHyperParam
     return texts, targets
 
 
+# Stand-ins for "some other subject" in the KL prompts: the request's own relation prompt
+# with these in the subject's place should keep its pre-edit prediction, which pushes the
+# edit onto the subject rather than onto the relation (where it would move every neighbour).
+KL_SUBJECTS = ("it", "this one", "the other one")
+
+
+def kl_texts(requests: Sequence[EditRequest]) -> list[str]:
+    """Prompts whose next-token distribution the KL penalty keeps: ROME's essence prompt
+    ("{subject} is a") and each relation prompt with stand-in subjects."""
+    out = [f"{r.subject} is a" for r in requests]
+    out += [r.prompt.format(s) for r in requests for s in KL_SUBJECTS]
+    return list(dict.fromkeys(out))
+
+
+@dataclass
+class _KL:
+    batch: _Batch
+    logp0: torch.Tensor  # [B, V] pre-edit next-token log-probs at each prompt's last token
+
+
+@torch.no_grad()
+def _kl_reference(model, tok, requests, dev) -> _KL:
+    texts = kl_texts(requests)
+    batch = encode(tok, texts, [" a"] * len(texts), "prompt_last", dev)  # target unused
+    return _KL(batch, _last_logprobs(model, _final_hidden(model, batch), batch))
+
+
+def _final_hidden(model, batch: _Batch) -> torch.Tensor:
+    return model.base_model(**_model_inputs(batch)).last_hidden_state
+
+
+def _last_logprobs(model, hidden: torch.Tensor, batch: _Batch) -> torch.Tensor:
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    h = hidden[rows, batch.score_pos[:, 0]]
+    return F.log_softmax(model.get_output_embeddings()(h).float(), dim=-1)
+
+
+def _kl_loss(model, runner, kl: _KL) -> torch.Tensor:
+    """Mean KL(pre-edit || current) of the next-token distributions on the KL prompts."""
+    logp = _last_logprobs(model, runner.hidden(kl.batch), kl.batch)
+    return F.kl_div(logp, kl.logp0, log_target=True, reduction="batchmean")
+
+
 _FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm")
 
 
@@ -265,7 +308,7 @@ class _Runner:
 
 @torch.enable_grad()  # callers may sit in no_grad / inference contexts (UI handlers, eval)
 def _train(model, weights: dict, copy: dict, batches: list[_Batch], hp: FTHyperParams,
-           callback: Callback | None) -> tuple[list[float], bool]:
+           callback: Callback | None, kl: _KL | None = None) -> tuple[list[float], bool]:
     """ROME's update loop: Adam step while the batch loss is >= the stop loss, clamp after
     every batch, early stop on the epoch's mean loss. Returns (epoch losses, stopped early)."""
     opt = torch.optim.Adam(list(weights.values()), lr=hp.lr, weight_decay=hp.weight_decay)
@@ -279,7 +322,9 @@ def _train(model, weights: dict, copy: dict, batches: list[_Batch], hp: FTHyperP
         for b in batches:
             opt.zero_grad(set_to_none=True)
             loss = _nll(runner.logprobs(b), b)
-            value = loss.item()
+            value = loss.item()  # the edit's own loss: what early stopping and callers see
+            if kl is not None:
+                loss = loss + hp.kl_factor * _kl_loss(model, runner, kl)
             bs = b.input_ids.shape[0]
             total, count = total + value * bs, count + bs
             if value >= hp.early_stop_loss:
@@ -302,8 +347,6 @@ def compute_deltas(model: torch.nn.Module, tok, requests: Sequence[EditRequest],
     also when this raises or is interrupted (weights and ``requires_grad`` restored in finally)."""
     if not requests:
         raise RequestError("no requests given: pass at least one EditRequest")
-    if hparams.kl_factor:
-        raise HParamsError("kl_factor > 0 is not implemented yet; set it to 0")
     for r in requests:
         r.check_length(tok)
     weights = weights_to_edit(model, hparams)
@@ -319,7 +362,8 @@ def compute_deltas(model: torch.nn.Module, tok, requests: Sequence[EditRequest],
         batches = [encode(tok, tx, tg, hparams.objective, dev) for tx, tg in chunks]
         for n, p in model.named_parameters():
             p.requires_grad_(n in weights)
-        losses, stopped = _train(model, weights, copy, batches, hparams, callback)
+        kl = _kl_reference(model, tok, requests, dev) if hparams.kl_factor else None
+        losses, stopped = _train(model, weights, copy, batches, hparams, callback, kl)
         deltas = Deltas({k: weights[k].detach().float() - copy[k].float() for k in weights})
     finally:
         with torch.no_grad():
