@@ -40,6 +40,10 @@ class UTCDateTime(TypeDecorator):
     def process_result_value(self, value, dialect):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
+        elif value is not None:
+            # PostgreSQL hands back the session's zone (e.g. ZoneInfo("Etc/UTC") or the
+            # server's local zone): normalise so every backend returns timezone.utc itself.
+            value = value.astimezone(timezone.utc)
         return value
 
 

@@ -24,6 +24,27 @@ def ftedit_home(tmp_path, monkeypatch):
     return home
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request, ftedit_home, monkeypatch):
+    """The test's database: SQLite under its home, or a fresh PostgreSQL database of its own.
+
+    Postgres sets FTEDIT_DATABASE_URL, so every Store/Workspace the test opens on its home (and
+    child processes) uses it; extra homes get databases of their own (tests/pgkit.py). A module
+    runs on both with ``pytestmark = pytest.mark.usefixtures("database_url")``.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{ftedit_home / 'ftedit.db'}"
+        return
+    from tests import pgkit
+
+    url = pgkit.fresh_url()
+    monkeypatch.setenv("FTEDIT_DATABASE_URL", url)
+    try:
+        yield url
+    finally:
+        pgkit.drop_all()
+
+
 def _tiny_tokenizer():
     from tests.tiny import make_tokenizer
 
