@@ -115,8 +115,12 @@ class Store:
     def later_sharing(self, edit: EditInfo, base_id: int | None) -> list[int]:
         """Active edits made after ``edit`` that touch any of its tensors (trained on top of it)."""
         names = set(edit.tensor_names)
-        return [e.id for e in self.edits(base_id) if e.id > edit.id and e.active
-                and names & set(e.tensor_names)]
+        q = (select(EditRow.id, EditRow.tensor_names)
+             .where(EditRow.id > edit.id, EditRow.status == "active").order_by(EditRow.id))
+        if base_id is not None:
+            q = q.where(EditRow.base_model_id == base_id)
+        with self.session() as s:
+            return [i for i, tensors in s.execute(q) if names & set(tensors)]
 
     # ---- writes ------------------------------------------------------------------------
     def add_edit(self, base_id: int, *, requests: list[EditRequest], hparams: FTHyperParams,
