@@ -31,9 +31,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--preset", action="append", default=[], help="preset name (repeatable)")
     p.add_argument("--hparams", action="append", default=[], help="hparams JSON file (repeatable)")
     p.add_argument("--unedited", action="store_true", help="also score the unedited model")
-    p.add_argument("--split", choices=sorted(ev.SPLITS), default="dev")
+    p.add_argument("--dataset", choices=["counterfact", "zsre"], default="counterfact")
+    p.add_argument("--split", choices=sorted(ev.SPLITS), default="dev",
+                   help="CounterFact split (zsRE: the first --n records of the sample)")
     p.add_argument("--n", type=int, default=None, help="first N records of the split")
-    p.add_argument("--data", default=str(ev.DATA_DIR / "counterfact-sample.json"))
+    p.add_argument("--data", default=None, help="records file (default: ../shared/data/...)")
     p.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2)")
     p.add_argument("--gen-prompts", type=int, default=2, help="generation prompts per record")
     p.add_argument("--gen-tokens", type=int, default=40, help="new tokens per generation")
@@ -57,7 +59,10 @@ def main(argv=None) -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = ev.load_records(args.data, args.split, args.n)
+    zsre = args.dataset == "zsre"
+    data = args.data or ev.DATA_DIR / f"{args.dataset}-sample.json"
+    records = ev.load_records(data, None if zsre else args.split, args.n)
+    metrics = ev.ZSRE_METRICS if zsre else ev.CF_METRICS
     lm = load_model(args.model)
     todo = methods(args)
     summaries, all_rows = {}, {}
@@ -72,16 +77,18 @@ def main(argv=None) -> None:
                       f"neigh={row['neighborhood']:.2f} ({time.perf_counter() - t0:.0f} s)",
                       flush=True)
 
-            rows = ev.evaluate(lm.model, lm.tok, records, hp, "counterfact", progress,
-                               gen_prompts=args.gen_prompts, gen_tokens=args.gen_tokens)
-            all_rows[name], summaries[name] = rows, ev.summarize(rows)
-    lo = ev.SPLITS[args.split][0]
-    title = (f"CounterFact {args.split} (records {lo}-{lo + len(records) - 1}), "
-             f"{lm.fingerprint.name}, one edit at a time")
-    table = ev.markdown_table(summaries)
+            kw = {} if zsre else {"gen_prompts": args.gen_prompts, "gen_tokens": args.gen_tokens}
+            rows = ev.evaluate(lm.model, lm.tok, records, hp, args.dataset, progress, **kw)
+            all_rows[name], summaries[name] = rows, ev.summarize(rows, metrics)
+    lo = 0 if zsre else ev.SPLITS[args.split][0]
+    where = "zsRE (MEMIT convention)" if zsre else f"CounterFact {args.split}"
+    title = (f"{where}, records {lo}-{lo + len(records) - 1}, {lm.fingerprint.name}, "
+             "one edit at a time")
+    table = ev.markdown_table(summaries, metrics)
     (out / "results.md").write_text(f"{title}\n\n{table}")
     (out / "results.json").write_text(json.dumps({
-        "title": title, "split": args.split, "records": len(records),
+        "title": title, "dataset": args.dataset, "split": None if zsre else args.split,
+        "records": len(records),
         "gen_prompts": args.gen_prompts, "gen_tokens": args.gen_tokens,
         "hparams": {k: (v.to_dict() if v else None) for k, v in todo.items()},
         "summaries": summaries, "rows": all_rows,

@@ -1,0 +1,145 @@
+"""Sequential editing: stack N CounterFact test edits one after another, each trained on top of
+the ones before (DESIGN.md's invariant: live = base + d_1 + ... + d_k, summed in float32).
+
+    .venv/bin/python bench/sequential.py --preset default --n 100 --out bench/results/sequential
+
+Every ``--every`` edits it scores the rewrite prompts of all edits so far (efficacy so far) and
+the neighbourhood prompts of all N records (the probe whose unedited score is the baseline);
+at the end, ROME's three scores over all N edits under the full stack.
+Writes sequential.md / .json / .png under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
+
+from ftedit import evaluate as ev
+from ftedit.deltas import rebuild
+from ftedit.ft import compute_deltas, weights_to_edit
+from ftedit.hparams import FTHyperParams, load_preset
+from ftedit.metrics import _prefers
+from ftedit.models import load_model
+from ftedit.requests import EditRequest
+
+
+def efficacy(model, tok, records) -> float:
+    """Share of records whose rewrite prompt prefers target_new (ROME's efficacy)."""
+    hits = []
+    for r in records:
+        rw = r["requested_rewrite"]
+        ((ok, _),) = _prefers(model, tok, [rw["prompt"].format(rw["subject"])],
+                              rw["target_new"]["str"], rw["target_true"]["str"])
+        hits.append(ok)
+    return 100 * statistics.fmean(hits)
+
+
+def neighborhood(model, tok, records) -> float:
+    """Share of neighbour prompts (all records) still preferring target_true."""
+    hits = []
+    for r in records:
+        rw = r["requested_rewrite"]
+        hits += [ok for ok, _ in _prefers(model, tok, r["neighborhood_prompts"],
+                                          rw["target_true"]["str"], rw["target_new"]["str"])]
+    return 100 * statistics.fmean(hits)
+
+
+def run(model, tok, records, hp: FTHyperParams, every: int) -> dict:
+    names = list(weights_to_edit(model, hp))
+    params = dict(model.named_parameters())
+    base = {k: params[k].detach().clone() for k in names}
+    curve = [{"edits": 0, "efficacy_so_far": None,
+              "neighborhood": neighborhood(model, tok, records)}]
+    stack, per_edit = [], []
+    t0 = time.perf_counter()
+    for i, rec in enumerate(records, 1):
+        res = compute_deltas(model, tok, [EditRequest.from_counterfact(rec)], hp)
+        stack.append(res.deltas)
+        rebuild(model, base, stack, names=names)  # live = base + every delta so far
+        per_edit.append({"case_id": rec["case_id"], "steps": res.steps,
+                         "seconds": res.seconds, "final_loss": res.losses[-1],
+                         "efficacy_now": efficacy(model, tok, [rec]),
+                         "delta_norm": res.deltas.norm()})
+        if i % every == 0 or i == len(records):
+            curve.append({"edits": i, "efficacy_so_far": efficacy(model, tok, records[:i]),
+                          "neighborhood": neighborhood(model, tok, records)})
+            print(f"{i} edits ({time.perf_counter() - t0:.0f} s): {curve[-1]}", flush=True)
+    final = ev.summarize([ev.score_counterfact(model, tok, r, gen_tokens=0) for r in records])
+    rebuild(model, base, [], names=names)
+    return {"curve": curve, "per_edit": per_edit, "final": final,
+            "stack_norm": sum(stack[1:], stack[0]).norm() if stack else 0.0}
+
+
+def plot(result: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and in CI
+    import matplotlib.pyplot as plt
+
+    c = result["curve"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    ax.plot([p["edits"] for p in c[1:]], [p["efficacy_so_far"] for p in c[1:]], "o-",
+            label="efficacy over all edits so far")
+    ax.plot([p["edits"] for p in c], [p["neighborhood"] for p in c], "s-",
+            label="neighborhood (all records' neighbours)")
+    ax.set_xlabel("edits stacked")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.1f}"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="default")
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--split", choices=sorted(ev.SPLITS), default="test")
+    p.add_argument("--every", type=int, default=10, help="score the stack every K edits")
+    p.add_argument("--data", default=str(ev.DATA_DIR / "counterfact-sample.json"))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = ev.load_records(args.data, args.split, args.n)
+    lm = load_model()
+    hp = load_preset(args.preset)
+    result = run(lm.model, lm.tok, records, hp, args.every)
+    title = (f"{len(records)} sequential CounterFact {args.split} edits, preset "
+             f"{args.preset!r}, {lm.fingerprint.name}")
+    f, c0 = result["final"], result["curve"][0]
+    md = (f"{title}\n\n| after | n | Efficacy | Paraphrase | Neighborhood |\n"
+          "|---|---|---|---|---|\n"
+          f"| unedited (neighbourhood probe) | {len(records)} | | | {c0['neighborhood']:.1f} |\n"
+          f"| all {len(records)} edits stacked | {f['n']} | {f['efficacy']:.1f} | "
+          f"{f['paraphrase']:.1f} | {f['neighborhood']:.1f} |\n\n"
+          "| edits | efficacy over edits so far | neighborhood |\n|---|---|---|\n"
+          + "".join(f"| {p['edits']} | {_fmt(p['efficacy_so_far'])} | "
+                    f"{p['neighborhood']:.1f} |\n" for p in result["curve"]))
+    (out / "sequential.md").write_text(md)
+    (out / "sequential.json").write_text(json.dumps(
+        {"title": title, "hparams": hp.to_dict(), **result}, indent=1))
+    plot(result, out / "sequential.png", title)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
