@@ -8,6 +8,7 @@ model replays the store. Commands that need weights load the model lazily.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -39,6 +40,18 @@ class _Ctx:
 
             self._store = Store(self.home)
         return self._store
+
+    def log_json(self) -> str:
+        """`log --json`: the stdlib-sqlite fast path when it applies (no SQLAlchemy import)."""
+        import os
+
+        from ftedit import paths
+        from storage import fastlog
+
+        home = Path(self.home) if self.home else paths.home()
+        url = os.environ.get("FTEDIT_DATABASE_URL") or f"sqlite:///{home / 'ftedit.db'}"
+        fast = fastlog.log_json(url)
+        return fast if fast is not None else self.store().log_json()
 
     def workspace(self, model: str | None = None, dtype: str | None = None):
         if self._ws is None:
@@ -126,14 +139,16 @@ def generate(c: _Ctx, prompt: str, base: bool, max_new_tokens: int) -> None:
 
 # ---- history (store only: no model load) ---------------------------------------------------------
 @cli.command("log")
-@click.option("--json", "as_json", is_flag=True, help="print a JSON array of edits")
+@click.option("--json", "as_json", is_flag=True,
+              help="print a JSON array: id, status, created_at, requests, method, origin, "
+                   "steps, seconds, tensor_names, blob_sha256, base_model")
 @pass_ctx
 def log_(c: _Ctx, as_json: bool) -> None:
-    """List every edit, oldest first."""
-    edits = c.store().edits()
+    """List every edit, oldest first (`show ID` gives one edit in full)."""
     if as_json:
-        _json([e.to_dict() for e in edits])
+        sys.stdout.write(c.log_json() + "\n")  # megabytes: skip click.echo's per-call work
         return
+    edits = c.store().edits()
     if not edits:
         click.echo("no edits yet: `ftedit edit --help` shows how to make one")
     for e in edits:

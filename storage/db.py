@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
@@ -55,9 +56,15 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
-def open_engine(url: str) -> Engine:
-    """Make the engine and bring its schema up to date."""
+def open_engine(url: str, lock: AbstractContextManager | None = None) -> Engine:
+    """Make the engine and bring its schema up to date.
+
+    ``lock`` (held only when a migration is due, so readers never wait on writers) keeps two
+    processes opening one blank store from both creating its tables.
+    """
     engine = make_engine(url)
     if current_revision(engine) != HEAD:
-        migrate(engine)
+        with lock or nullcontext():
+            if current_revision(engine) != HEAD:
+                migrate(engine)
     return engine

@@ -6,13 +6,14 @@ Torch-free, so `ftedit log` / `show` / `revert` run without loading a model. The
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterable
 from pathlib import Path
 
 from filelock import FileLock
-from sqlalchemy import func, select
+from sqlalchemy import Text, func, select, type_coerce
 from sqlalchemy.orm import sessionmaker
 
 from ftedit import paths
@@ -46,8 +47,8 @@ class Store:
         self.home.mkdir(parents=True, exist_ok=True)
         url = database_url or os.environ.get("FTEDIT_DATABASE_URL") or sqlite_url(self.home)
         self.file_lock = FileLock(str(self.home / ".ftedit.lock"))
-        with self.file_lock:  # two processes opening a blank home must not both migrate it
-            self.engine = open_engine(url)
+        # The lock is taken only to migrate: readers (`ftedit log`) never wait on it.
+        self.engine = open_engine(url, lock=self.file_lock)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
         self.blobs = LocalBlobStore(self.home / "blobs")
 
@@ -73,6 +74,32 @@ class Store:
         """Every edit (of one base, or of all), in id order."""
         with self.session() as s:
             return [_info(row, name) for row, name in s.execute(self._edit_query(base_id))]
+
+    def log_json(self, base_id: int | None = None) -> str:
+        """A JSON array with one object per edit, in id order: what `ftedit log --json` prints.
+
+        Keys: id, status, created_at, requests, method, origin, steps, seconds, tensor_names,
+        blob_sha256, base_model. This path must stay fast over 10,000s of edits, so it reads
+        only these columns through Core and splices the stored JSON text into the output
+        without decoding it; `get` / `ftedit show` give the full record.
+        """
+        raw = {c: type_coerce(getattr(EditRow, c), Text) for c in ("requests", "tensor_names")}
+        q = (select(EditRow.id, EditRow.status, EditRow.created_at, EditRow.method,
+                    EditRow.origin, EditRow.steps, EditRow.seconds, EditRow.blob_sha256,
+                    BaseModelRow.name, raw["requests"], raw["tensor_names"])
+             .join(BaseModelRow).order_by(EditRow.id))
+        if base_id is not None:
+            q = q.where(EditRow.base_model_id == base_id)
+        dumps = json.dumps
+        with self.engine.connect() as conn:
+            parts = [
+                f'{{"id":{i},"status":{dumps(st)},"created_at":"{at.isoformat()}",'
+                f'"method":{dumps(m)},"origin":{dumps(o)},"steps":{n},"seconds":{sec!r},'
+                f'"blob_sha256":"{sha}","base_model":{dumps(base)},'
+                f'"requests":{reqs},"tensor_names":{names}}}'
+                for i, st, at, m, o, n, sec, sha, base, reqs, names in conn.execute(q)
+            ]
+        return "[" + ",".join(parts) + "]"
 
     def get(self, edit_id: int, base_id: int | None = None) -> EditInfo:
         with self.session() as s:

@@ -78,7 +78,7 @@ def test_edit_human_output(tiny_dir):
 def test_log_show_events_json(two_edits):
     log = json.loads(run("log", "--json").stdout)
     assert [e["id"] for e in log] == [1, 2] and all(e["status"] == "active" for e in log)
-    assert log[0]["request"]["subject"] == "Eiffel Tower"
+    assert log[0]["requests"][0]["subject"] == "Eiffel Tower"
     shown = json.loads(run("show", "1", "--json").stdout)
     assert shown["id"] == 1 and set(shown["metrics"]) == {"before", "after"}
     assert shown["tensor_names"] == ["model.layers.0.mlp.down_proj.weight"]
@@ -170,3 +170,19 @@ def test_default_model_edit_persists_and_verifies():
     assert rep["ok"] is True and rep["checked_edits"] == 1
     assert "reverted edit #1" in run("revert", "1").stdout
     assert json.loads(run("verify", "--json").stdout)["ok"] is True
+
+
+def test_log_json_fast_path_matches_the_store_byte_for_byte(two_edits, ftedit_home):
+    from storage import fastlog
+    from storage.db import HEAD
+    from storage.store import Store
+
+    assert fastlog.SCHEMA == HEAD  # a new migration must update the fast query too
+    store = Store(ftedit_home)
+    store.revert(1)
+    url = f"sqlite:///{ftedit_home / 'ftedit.db'}"
+    fast = fastlog.log_json(url)
+    assert fast is not None and fast == store.log_json()
+    assert run("log", "--json").stdout == fast + "\n"
+    assert fastlog.log_json("postgresql://x/y") is None  # other backends: the Store path
+    assert fastlog.log_json(f"sqlite:///{ftedit_home / 'missing.db'}") is None
