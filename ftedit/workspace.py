@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ftedit.deltas import Deltas, rebuild
-from ftedit.errors import IntegrityError, StoreError
+from ftedit.errors import EditNotFoundError, IntegrityError, StoreError
 from ftedit.ft import compute_deltas
 from ftedit.hparams import FTHyperParams, load_preset
 from ftedit.metrics import complete, rewrite_report
@@ -52,6 +52,7 @@ class Workspace:
         self._db_active: list[int] = []  # active ids as the database says
         self._active: list[int] = []  # ids composing the live weights (db active minus broken)
         self._touched: dict[int, list[str]] = {}  # edit id -> tensor names (immutable per edit)
+        self._seen: tuple | None = None  # store.log_position() the live weights follow
         with self.lock:
             self._sync()  # the replay: live weights = base + active edits
 
@@ -105,22 +106,44 @@ class Workspace:
         return {n for i in ids for n in self._touched[i]}
 
     def _sync(self) -> None:
-        """Follow the database's active set (another process may have changed it)."""
-        ids = self.store.active_ids(self._base_id)
-        if ids == self._db_active and set(ids) - set(self.broken) == set(self._active):
+        """Follow the database: another process (a replica, the CLI) may have changed it.
+
+        One cheap query when nothing happened (the log's position); otherwise re-read the
+        active set and rebuild only the tensors of edits that entered or left it.
+        """
+        pos = self.store.log_position()  # read first: a later event only makes us re-sync
+        if pos == self._seen:
             return
+        ids = self.store.active_ids(self._base_id)
+        self._activate(ids)
+        self._db_active, self._seen = ids, pos
+
+    def activate(self, ids: Iterable[int]) -> list[int]:
+        """Make the live weights base + the deltas of ``ids`` (id order), whatever the store's
+        active set is; the next model-touching call follows the store again. Returns the ids
+        now live (edits whose blob is unusable are skipped and listed in ``broken``)."""
+        with self.lock:
+            self._seen = None
+            return self._activate(ids)
+
+    def _activate(self, ids: Iterable[int]) -> list[int]:
+        """Apply / remove only the edits that differ from the live set: their tensors are
+        rebuilt from base + the new ordered set (exact, never patched by subtraction)."""
+        ids = sorted(set(ids))
         missing = [i for i in ids if i not in self._deltas and i not in self.broken]
         rows = {e.id: e for e in self.store.edits(self._base_id)} if missing else {}
-        for edit in (rows[i] for i in missing):
+        for i in missing:
+            if i not in rows:
+                raise EditNotFoundError(f"no edit #{i} for {self.fingerprint.name} in this store")
             try:
-                self._deltas_of(edit)
+                self._deltas_of(rows[i])
             except IntegrityError as e:
-                self.broken[edit.id] = str(e)
+                self.broken[i] = str(e)
                 log.warning("skipping %s", e)
         usable = [i for i in ids if i not in self.broken]
         changed = set(usable) ^ set(self._active)
         self._apply(usable, self._names(changed | set(self.broken) & set(ids)))
-        self._db_active = ids
+        return usable
 
     def _commit_status(self, changes: dict[int, str], note: str | None = None) -> None:
         """Rebuild the live weights for ``changes``, then record them; undo on failure."""

@@ -14,14 +14,15 @@ from pathlib import Path
 
 from filelock import FileLock
 from sqlalchemy import Text, func, select, type_coerce
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.exc import IntegrityError as RowConflict
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from ftedit import paths
 from ftedit.errors import EditNotFoundError, StoreError
 from ftedit.hparams import FTHyperParams
 from ftedit.requests import EditRequest
 from storage.blobs import LocalBlobStore
-from storage.db import open_engine
+from storage.db import Sessions, describe, open_engine
 from storage.models import BaseModelRow, EditRow, EventRow, utcnow
 from storage.records import EditInfo, EventInfo, OpResult
 
@@ -47,9 +48,13 @@ class Store:
         self.home.mkdir(parents=True, exist_ok=True)
         url = database_url or os.environ.get("FTEDIT_DATABASE_URL") or sqlite_url(self.home)
         self.file_lock = FileLock(str(self.home / ".ftedit.lock"))
-        # The lock is taken only to migrate: readers (`ftedit log`) never wait on it.
-        self.engine = open_engine(url, lock=self.file_lock)
-        self.session = sessionmaker(self.engine, expire_on_commit=False)
+        try:  # the lock is taken only to migrate: readers (`ftedit log`) never wait on it
+            self.engine = open_engine(url, lock=self.file_lock)
+        except (OperationalError, InterfaceError) as e:  # a server that is down
+            raise StoreError(f"cannot open the database {describe(url)}: "
+                             f"{str(e).strip().splitlines()[0][:200]}") from e
+        # Sessions turn a lost connection (a restarted PostgreSQL) into a StoreError.
+        self.session = Sessions(self.engine, url)
         self.blobs = LocalBlobStore(self.home / "blobs")
 
     # ---- base models -------------------------------------------------------------------
@@ -62,7 +67,11 @@ class Store:
                 row = BaseModelRow(source=fingerprint.get("source", ""),
                                    revision=fingerprint.get("revision"), **key)
                 s.add(row)
-                s.commit()
+                try:
+                    s.commit()
+                except RowConflict:  # another replica registered it first: use theirs
+                    s.rollback()
+                    row = s.scalars(select(BaseModelRow).filter_by(**key)).one()
             return row.id if row is not None else None
 
     # ---- queries -----------------------------------------------------------------------
@@ -121,6 +130,17 @@ class Store:
             q = q.where(EditRow.base_model_id == base_id)
         with self.session() as s:
             return list(s.scalars(q))
+
+    def log_position(self) -> tuple[int, int]:
+        """(newest event id, number of events): changes whenever any event commits.
+
+        Replicas poll this before each model-touching call. The count is part of it because on
+        PostgreSQL ids come from a sequence: a slow transaction can commit an id lower than the
+        newest one already seen, which the max alone would miss. Events are never deleted.
+        """
+        with self.session() as s:
+            newest, count = s.execute(select(func.max(EventRow.id), func.count(EventRow.id))).one()
+        return newest or 0, count
 
     def state_at(self, version: int) -> tuple[int, dict[int, str]]:
         """(base id, {edit id: status}) as it was right after event ``version``."""
@@ -185,7 +205,13 @@ class Store:
         out = []
         with self.session() as s, s.begin():
             for edit_id in sorted(changes):
-                row = s.get(EditRow, edit_id)
+                # Row lock (PostgreSQL; SQLite writers are serialised already), taken in id
+                # order: of two replicas changing one edit at once, the second sees the first's
+                # status and refuses instead of logging a second, contradicting event.
+                row = s.get(EditRow, edit_id, with_for_update=True)
+                if row.status == changes[edit_id]:
+                    raise StoreError(f"edit #{edit_id} is already {changes[edit_id]} (changed "
+                                     "by another process just now); nothing was changed")
                 row.status = changes[edit_id]
                 kind = "reverted" if changes[edit_id] == "reverted" else "reapplied"
                 ev = EventRow(edit_id=edit_id, kind=kind, created_at=utcnow(), note=note)

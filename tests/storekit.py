@@ -10,6 +10,7 @@ from ftedit.hparams import FTHyperParams
 from ftedit.models import Fingerprint, LoadedModel
 from ftedit.requests import EditRequest
 from ftedit.workspace import Workspace
+from tests import pgkit
 from tests.tiny import make_gpt2, make_llama
 
 # Tiny models on a shared 2-core machine: one thread is ~10x faster than two fighting threads.
@@ -36,7 +37,8 @@ def loaded(seed: int = 0, arch: str = "llama", fingerprint: Fingerprint = FP) ->
 
 def open_ws(home: Path | None = None, seed: int = 0, **kw) -> Workspace:
     """A workspace on a freshly built tiny Llama (same seed = same base weights)."""
-    return Workspace(home=home, loaded=loaded(seed, **kw))
+    # Under the postgres fixture a second home gets a database of its own (None otherwise).
+    return Workspace(home=home, loaded=loaded(seed, **kw), database_url=pgkit.url_for_home(home))
 
 
 def params(ws_or_model) -> dict[str, torch.Tensor]:

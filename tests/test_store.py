@@ -22,6 +22,9 @@ from storage.models import Base
 from storage.store import Store
 from tests.storekit import HP0, REQUESTS
 
+# Every test here runs on SQLite and on PostgreSQL (tests/conftest.py: database_url).
+pytestmark = pytest.mark.usefixtures("database_url")
+
 
 def test_blank_database_upgrades_and_matches_models(tmp_path):
     engine = open_engine(f"sqlite:///{tmp_path / 'x.db'}")

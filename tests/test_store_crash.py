@@ -52,7 +52,8 @@ def test_sigkill_during_edit_loses_nothing_and_leaves_a_collectable_orphan(ftedi
     assert_replay_equal(fresh)
 
 
-def test_two_processes_editing_one_home_are_both_recorded(ftedit_home):
+def test_two_processes_editing_one_home_are_both_recorded(ftedit_home, database_url):
+    # database_url: also on PostgreSQL (the children inherit FTEDIT_DATABASE_URL)
     procs = [_child(ftedit_home, 0, 1), _child(ftedit_home, 2, 3)]
     for p in procs:
         _, err = p.communicate(timeout=180)

@@ -12,6 +12,7 @@ from safetensors.torch import save
 from ftedit.errors import ImportRefusedError, IntegrityError, StoreError
 from ftedit.models import Fingerprint
 from storage import editfile
+from tests import pgkit
 from tests.storekit import (
     FP,
     HP0,
@@ -24,6 +25,9 @@ from tests.storekit import (
     open_ws,
     params,
 )
+
+# Every test here runs on SQLite and on PostgreSQL (tests/conftest.py: database_url).
+pytestmark = pytest.mark.usefixtures("database_url")
 
 
 def test_edit_is_stored_applied_and_replayed_exactly():
@@ -228,7 +232,8 @@ def _other_base_file(tmp_path):
     fp = Fingerprint("tiny-llama-other", "test", None, "2" * 64, "float32")
     from ftedit.workspace import Workspace
 
-    ws = Workspace(home=tmp_path / "other", loaded=loaded(1, fingerprint=fp))
+    ws = Workspace(home=tmp_path / "other", loaded=loaded(1, fingerprint=fp),
+                   database_url=pgkit.url_for_home(tmp_path / "other"))  # own db on postgres
     ws.edit(REQUESTS[0], HP0)
     return ws.export(1, tmp_path / "other.safetensors")
 
