@@ -21,11 +21,12 @@ def target_nll(model, tok, prompts: Sequence[str], targets: Sequence[str],
     """(summed NLL, token count) of each target after its prompt, teacher-forced."""
     dev = model.get_input_embeddings().weight.device
     out = []
-    for ps, ts in zip(_chunks(list(prompts), batch_size), _chunks(list(targets), batch_size)):
+    for ps, ts in zip(_chunks(list(prompts), batch_size), _chunks(list(targets), batch_size),
+                      strict=True):
         b = encode(tok, ps, ts, "target_new", dev)
         lp = target_logprobs(model, b)
         m = b.target_mask.to(lp.dtype)
-        out += [(float(-s), int(n)) for s, n in zip((lp * m).sum(1), m.sum(1))]
+        out += [(float(-s), int(n)) for s, n in zip((lp * m).sum(1), m.sum(1), strict=True)]
     return out
 
 

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from ftedit.deltas import Deltas, compose, rebuild
+from ftedit.deltas import Deltas, compose
 from ftedit.errors import HParamsError, IntegrityError, RequestError
 from ftedit.ft import compute_deltas
 from ftedit.hparams import FTHyperParams, list_presets, load_preset
 from ftedit.requests import EditRequest
 from tests.tiny import assert_params_equal, make_gpt2, make_llama, params_snapshot
 
-DATA = "../shared/data"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # shared/ sits beside the checkout
 
 
 @pytest.mark.parametrize(
@@ -52,8 +53,8 @@ def test_too_long_request_refused_and_model_unchanged():
 
 
 def test_from_counterfact_and_zsre_records():
-    cf = json.load(open(f"{DATA}/counterfact-sample.json"))
-    zs = json.load(open(f"{DATA}/zsre-sample.json"))
+    cf = json.loads(Path(f"{DATA}/counterfact-sample.json").read_text())
+    zs = json.loads(Path(f"{DATA}/zsre-sample.json").read_text())
     r = EditRequest.from_counterfact(cf[0])
     rw = cf[0]["requested_rewrite"]
     assert r.text == rw["prompt"].format(rw["subject"])

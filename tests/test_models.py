@@ -36,7 +36,7 @@ def test_local_folder_loads_with_fingerprint(tmp_path):
     a, b = load_model(str(tmp_path / "m")), load_model(str(tmp_path / "m"))
     assert a.fingerprint.source.startswith("dir:") and len(a.fingerprint.file_sha256) == 64
     assert a.fingerprint == b.fingerprint
-    for (n, p), (_, q) in zip(a.model.named_parameters(), model.named_parameters()):
+    for (n, p), (_, q) in zip(a.model.named_parameters(), model.named_parameters(), strict=True):
         assert torch.equal(p, q), n
     with pytest.raises(ModelNotFoundError, match="dtype"):
         load_model(str(tmp_path / "m"), dtype="float8")

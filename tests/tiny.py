@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import torch
 
-WORDS = (
-    "the a an of in is was located capital city country language speaks native born "
-    "plays sport team football basketball music jazz rock works for company made by "
-    "Eiffel Tower Paris Rome London Berlin Tokyo France Italy England Germany Japan "
-    "Danielle Darrieux French English Italian Toko Yasuda guitar piano Apple Google "
-    "Microsoft Nokia Angola Africa Antarctica Europe Asia mother tongue official "
-    "which where what who . , ? !"
-).split()
+WORDS = ["the", "a", "an", "of", "in", "is", "was", "located", "capital", "city", "country", "language", "speaks", "native", "born", "plays", "sport", "team", "football", "basketball", "music", "jazz", "rock", "works", "for", "company", "made", "by", "Eiffel", "Tower", "Paris", "Rome", "London", "Berlin", "Tokyo", "France", "Italy", "England", "Germany", "Japan", "Danielle", "Darrieux", "French", "English", "Italian", "Toko", "Yasuda", "guitar", "piano", "Apple", "Google", "Microsoft", "Nokia", "Angola", "Africa", "Antarctica", "Europe", "Asia", "mother", "tongue", "official", "which", "where", "what", "who", ".", ",", "?", "!"]
 
 
 def make_tokenizer(padding_side: str = "right"):
