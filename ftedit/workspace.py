@@ -38,7 +38,8 @@ class Workspace:
 
     def __init__(self, model: str | None = None, home: str | Path | None = None, *,
                  database_url: str | None = None, loaded: LoadedModel | None = None,
-                 dtype: str | None = None, device: str | None = None):
+                 dtype: str | None = None, device: str | None = None,
+                 blob_url: str | None = None):
         self.lock = threading.RLock()
         self.loaded = loaded or load_model(model, dtype=dtype, device=device)
         self.model, self.tok = self.loaded.model, self.loaded.tok
@@ -46,7 +47,7 @@ class Workspace:
         # named_parameters() walks every module (~10 ms on a 30-layer model: half a revert's
         # budget), so the table is built once; the Parameter objects never change.
         self._params = dict(self.model.named_parameters())
-        self.store = Store(home, database_url)
+        self.store = Store(home, database_url, blob_url)  # blob_url: else $FTEDIT_BLOB_URL
         self.home = self.store.home
         self._base_id = self.store.base_id(self.fingerprint.to_dict())
         self._base: dict[str, torch.Tensor] = {}  # name -> CPU clone of the untouched tensor

@@ -1,18 +1,22 @@
-"""Content-addressed blob store: ``blobs/ab/<sha256>.safetensors`` under the home.
+"""Content-addressed blob store: ``<root>/ab/<sha256>.safetensors``.
 
-Behind a five-method interface (put/get/exists/list/delete) so an fsspec/S3 backend can
-replace :class:`LocalBlobStore` without touching callers. No torch here: the store moves bytes.
+Behind a five-method interface (put/get/exists/list/delete): :class:`LocalBlobStore` for a
+folder (default: ``blobs/`` under the home), :class:`FsspecBlobStore` for any fsspec URL
+(``s3://bucket/prefix``, ``memory://x``; env ``FTEDIT_BLOB_URL``). Both write all or nothing
+and check the sha256 on every read. No torch here: the store moves bytes.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Protocol
 
-from ftedit.errors import IntegrityError
+from ftedit.errors import IntegrityError, StoreError
 
 SUFFIX = ".safetensors"
 
@@ -27,6 +31,8 @@ class BlobStore(Protocol):
     def exists(self, sha256: str) -> bool: ...
     def list(self) -> list[str]: ...
     def delete(self, sha256: str) -> None: ...
+    def temp_files(self) -> list: ...
+    def discard(self, temp: str) -> None: ...
 
 
 class LocalBlobStore:
@@ -46,7 +52,10 @@ class LocalBlobStore:
         if dest.exists() and self._ok(dest, sha):
             return sha  # identical edits deduplicate
         # The temp file lives in the destination folder so os.replace is a same-filesystem rename.
-        write_file_atomic(dest, data)
+        try:
+            write_file_atomic(dest, data)
+        except OSError as e:  # ENOSPC, EACCES...: the temp file is already gone
+            raise _write_failed(self.root, e) from e
         return sha
 
     def get(self, sha256: str, what: str = "") -> bytes:
@@ -76,6 +85,10 @@ class LocalBlobStore:
     def temp_files(self) -> list[Path]:
         """Leftovers of writes interrupted before their rename."""
         return sorted(self.root.glob("??/.tmp-*"))
+
+    def discard(self, temp: str) -> None:
+        """Remove one of :meth:`temp_files`."""
+        Path(temp).unlink(missing_ok=True)
 
     @staticmethod
     def _ok(path: Path, sha: str) -> bool:
@@ -110,3 +123,102 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_failed(where, e: OSError) -> StoreError:
+    hint = "free some space" if e.errno == errno.ENOSPC else "check the blob root"
+    return StoreError(f"could not write the edit's blob to {where}: {e.strerror or e}; nothing "
+                      f"was saved ({hint}, then retry)")
+
+
+# Object stores whose single PUT is atomic (a reader sees the old object or the whole new one).
+ATOMIC_PUT = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss"}
+
+
+class FsspecBlobStore:
+    """Blobs on any fsspec filesystem, same layout and checks as :class:`LocalBlobStore`.
+
+    Object stores get one PUT (atomic there); other filesystems get a temp object and a
+    move, so a reader never sees half a blob; on failure the temp object is removed.
+    """
+
+    def __init__(self, url: str, **storage_options):
+        import fsspec
+
+        self.url = url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options)
+        protocols = {self.fs.protocol} if isinstance(self.fs.protocol, str) else self.fs.protocol
+        self.atomic_put = bool(set(protocols) & ATOMIC_PUT)
+
+    def path(self, sha256: str) -> str:
+        return f"{self.root}/{sha256[:2]}/{sha256}{SUFFIX}"
+
+    def put(self, data: bytes) -> str:
+        """Store ``data`` under its sha256 and return it; a no-op when it is already there."""
+        sha = sha256_bytes(data)
+        dest = self.path(sha)
+        if self.exists(sha) and sha256_bytes(self.fs.cat_file(dest)) == sha:
+            return sha
+        tmp = f"{self.root}/{sha[:2]}/.tmp-{uuid.uuid4().hex}{SUFFIX}"
+        try:
+            if self.atomic_put:
+                self.fs.pipe_file(dest, data)
+            else:
+                self.fs.makedirs(f"{self.root}/{sha[:2]}", exist_ok=True)
+                self.fs.pipe_file(tmp, data)
+                self.fs.mv(tmp, dest)
+        except OSError as e:
+            self._remove(tmp)
+            raise _write_failed(self.url, e) from e
+        except BaseException:
+            self._remove(tmp)
+            raise
+        return sha
+
+    def get(self, sha256: str, what: str = "") -> bytes:
+        """The blob's bytes, checked against its sha256 (``what`` names it in errors)."""
+        label = what or f"blob {sha256[:12]}"
+        try:
+            data = self.fs.cat_file(self.path(sha256))
+        except FileNotFoundError:
+            raise IntegrityError(f"{label}: its blob {self.path(sha256)} is missing "
+                                 f"from {self.url}") from None
+        if sha256_bytes(data) != sha256:
+            raise IntegrityError(f"{label}: blob {self.path(sha256)} in {self.url} is corrupt "
+                                 "(sha256 mismatch); revert it or restore it from a backup")
+        return data
+
+    def exists(self, sha256: str) -> bool:
+        return self.fs.exists(self.path(sha256))
+
+    def list(self) -> list[str]:
+        names = (p.rsplit("/", 1)[-1] for p in self.fs.glob(f"{self.root}/??/*{SUFFIX}"))
+        return sorted(n[: -len(SUFFIX)] for n in names if not n.startswith("."))
+
+    def delete(self, sha256: str) -> None:
+        self._remove(self.path(sha256))
+
+    def temp_files(self) -> list[str]:
+        """Leftovers of writes interrupted before their move."""
+        return sorted(p for p in self.fs.find(self.root)
+                      if p.rsplit("/", 1)[-1].startswith(".tmp-"))
+
+    def discard(self, temp: str) -> None:
+        self._remove(temp)
+
+    def _remove(self, path: str) -> None:
+        try:
+            self.fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+
+
+def open_blob_store(url: str | Path) -> LocalBlobStore | FsspecBlobStore:
+    """A folder path or ``file://`` URL: :class:`LocalBlobStore` (fsync + rename); any other
+    fsspec URL (``s3://bucket/prefix``, ``memory://name``): :class:`FsspecBlobStore`."""
+    text = str(url)
+    if "://" not in text:
+        return LocalBlobStore(text)
+    if text.startswith("file://"):
+        return LocalBlobStore(text.removeprefix("file://"))
+    return FsspecBlobStore(text)

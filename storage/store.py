@@ -21,7 +21,7 @@ from ftedit import paths
 from ftedit.errors import EditNotFoundError, StoreError
 from ftedit.hparams import FTHyperParams
 from ftedit.requests import EditRequest
-from storage.blobs import LocalBlobStore
+from storage.blobs import LocalBlobStore, open_blob_store
 from storage.db import Sessions, describe, open_engine
 from storage.models import BaseModelRow, EditRow, EventRow, utcnow
 from storage.records import EditInfo, EventInfo, OpResult
@@ -43,7 +43,8 @@ def sqlite_url(home: Path) -> str:
 class Store:
     """Rows and blobs of one home. Writers hold ``file_lock`` (shared by the CLI and the app)."""
 
-    def __init__(self, home: str | Path | None = None, database_url: str | None = None):
+    def __init__(self, home: str | Path | None = None, database_url: str | None = None,
+                 blob_url: str | None = None):
         self.home = Path(home) if home is not None else paths.home()
         self.home.mkdir(parents=True, exist_ok=True)
         url = database_url or os.environ.get("FTEDIT_DATABASE_URL") or sqlite_url(self.home)
@@ -55,7 +56,9 @@ class Store:
                              f"{str(e).strip().splitlines()[0][:200]}") from e
         # Sessions turn a lost connection (a restarted PostgreSQL) into a StoreError.
         self.session = Sessions(self.engine, url)
-        self.blobs = LocalBlobStore(self.home / "blobs")
+        # Blobs: a folder or any fsspec URL (FTEDIT_BLOB_URL; replicas share it), else the home.
+        blob_url = blob_url or os.environ.get("FTEDIT_BLOB_URL")
+        self.blobs = open_blob_store(blob_url) if blob_url else LocalBlobStore(self.home / "blobs")
 
     # ---- base models -------------------------------------------------------------------
     def base_id(self, fingerprint: dict, create: bool = True) -> int | None:
@@ -290,9 +293,10 @@ class Store:
         """Delete orphan blobs and temp files; returns what was removed."""
         with self.file_lock:
             gone = self.orphans()
+            stray = {str(p) for p in self.blobs.temp_files()}
             for item in gone:
-                if os.sep in item:
-                    Path(item).unlink(missing_ok=True)
+                if item in stray:
+                    self.blobs.discard(item)
                 else:
                     self.blobs.delete(item)
         return gone

@@ -21,6 +21,7 @@ def ftedit_home(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("FTEDIT_HOME", str(home))
     monkeypatch.delenv("FTEDIT_DATABASE_URL", raising=False)
+    monkeypatch.delenv("FTEDIT_BLOB_URL", raising=False)
     return home
 
 
