@@ -34,3 +34,7 @@ class ImportRefusedError(StoreError):
 
 class EditNotFoundError(StoreError):
     """No edit with that id exists in this store."""
+
+
+class LimitError(FteditError):
+    """A deployment limit (``FTEDIT_MAX_*``, rate, time) refused a request; nothing changed."""

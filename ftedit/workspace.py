@@ -21,6 +21,7 @@ from ftedit.deltas import Deltas, compose
 from ftedit.errors import EditNotFoundError, IntegrityError, StoreError
 from ftedit.ft import compute_deltas
 from ftedit.hparams import FTHyperParams, load_preset
+from ftedit.limits import Limits
 from ftedit.metrics import complete, rewrite_report
 from ftedit.models import LoadedModel, load_model, num_layers, rewrite_template, tensor_sha256
 from ftedit.requests import EditRequest
@@ -58,6 +59,7 @@ class Workspace:
         self._active: list[int] = []  # ids composing the live weights (db active minus broken)
         self._touched: dict[int, list[str]] = {}  # edit id -> tensor names (immutable per edit)
         self._seen: tuple | None = None  # store.log_position() the live weights follow
+        self.limits = Limits.from_env()  # deployment limits (FTEDIT_MAX_*; none by default)
         with self.lock:
             self._sync()  # the replay: live weights = base + active edits
 
@@ -202,6 +204,8 @@ class Workspace:
         """Train an edit on the live stack, store it (blob, then row), and make it live."""
         requests = [requests] if isinstance(requests, EditRequest) else list(requests)
         hp = hparams or self.default_hparams()
+        self.limits.check_edit(requests, self.tok, hp)  # refused before anything changes
+        callback = self.limits.timed(callback)  # past FTEDIT_EDIT_TIMEOUT training stops
         with self.lock:
             self._sync()
             before = [rewrite_report(self.model, self.tok, r) for r in requests]
