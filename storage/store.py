@@ -232,7 +232,10 @@ class Store:
         later = self.later_sharing(edit, base_id)
         warning = None
         if later:
-            ids = ", ".join(f"#{i}" for i in later)
+            # Name them all up to a dozen; past that the message would bury the point.
+            ids = ", ".join(f"#{i}" for i in later[:12])
+            if len(later) > 12:
+                ids += f" and {len(later) - 12} more"
             warning = (f"edit{'s' if len(later) > 1 else ''} {ids} "
                        f"{'were' if len(later) > 1 else 'was'} trained on top of it; removing it "
                        "is exact arithmetic, not 'never made'")
