@@ -159,16 +159,26 @@ def test_log_json_does_not_import_torch(two_edits, ftedit_home):
     assert len(json.loads(out.strip().splitlines()[0])) == 2
 
 
+def test_python_dash_m_runs_the_cli():
+    out = subprocess.run([sys.executable, "-m", "ftedit", "--help"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    assert "Usage: ftedit" in out or "Usage: python -m ftedit" in out
+
+
 @pytest.mark.real_model
-def test_default_model_edit_persists_and_verifies():
+def test_default_model_edit_persists_verifies_and_reverts_exactly():
     torch.manual_seed(0)
-    res = run(*EDIT, "--preset", "smollm2-ft-l", "--json")
+    prompt = "The Eiffel Tower is located in the city of"
+    base_answer = run("generate", prompt, "--max-new-tokens", "4").stdout
+    res = run(*EDIT, "--preset", "smollm2-ft-l", "--json")  # no --model: the embedded default
     obj = last_json(res)
     assert obj["id"] == 1 and set(obj["after"]) == REPORT_KEYS
     assert obj["after"]["p_target_new"] > obj["before"]["p_target_new"]
     rep = json.loads(run("verify", "--json").stdout)
     assert rep["ok"] is True and rep["checked_edits"] == 1
+    assert run("generate", prompt, "--max-new-tokens", "4", "--base").stdout == base_answer
     assert "reverted edit #1" in run("revert", "1").stdout
+    assert run("generate", prompt, "--max-new-tokens", "4").stdout == base_answer
     assert json.loads(run("verify", "--json").stdout)["ok"] is True
 
 
