@@ -20,6 +20,7 @@ from ui.handlers import (  # noqa: F401  (re-exported: the app's handlers, testa
     AUTO,
     checkout,
     compare,
+    compare_options,
     details,
     edit,
     export,
@@ -63,37 +64,39 @@ def launch_options() -> dict:
 with gr.Blocks(title="ftedit") as demo:
     gr.Markdown(INTRO)
     with gr.Tabs():
-        with gr.Tab("Edit", id="edit"), gr.Row():
-            with gr.Column(scale=1):
-                prompt = gr.Textbox(label="Prompt, with {} where the subject goes",
-                                    placeholder="{} is located in the city of")
-                subject = gr.Textbox(label="Subject", placeholder="The Eiffel Tower")
-                with gr.Row():
-                    target_new = gr.Textbox(label="New target", placeholder="Rome")
-                    target_true = gr.Textbox(label="True target (optional)",
-                                             placeholder="Paris")
-                with gr.Accordion("Advanced", open=False):
-                    preset = gr.Dropdown(
-                        [("auto: the default for this model", AUTO), *list_presets()],
-                        value=AUTO, label="Preset")
-                    preset_note = gr.Markdown()
-                    layers = gr.Textbox(label="Layers (block numbers)")
+        with gr.Tab("Edit", id="edit"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    prompt = gr.Textbox(label="Prompt, with {} where the subject goes",
+                                        placeholder="{} is located in the city of")
+                    subject = gr.Textbox(label="Subject", placeholder="The Eiffel Tower")
                     with gr.Row():
-                        lr = gr.Number(label="Learning rate")
-                        num_steps = gr.Number(label="Max steps", precision=0)
-                        norm = gr.Number(label="Norm constraint (0 = none)")
-                    objective = gr.Dropdown(list(OBJECTIVES), label="Objective")
-                run_btn = gr.Button("Rewrite the fact", variant="primary", elem_id="run")
-                gr.Examples(EXAMPLES, [prompt, subject, target_new, target_true],
-                            label="Facts to try")
-            with gr.Column(scale=1):
-                summary = gr.Markdown(elem_id="summary")
-                before_after = gr.Dataframe(label="Before / after", interactive=False,
-                                            elem_id="before-after")
-                scores = gr.Dataframe(label="Efficacy: the rewrite and paraphrases",
-                                      interactive=False)
-                loss_plot = gr.LinePlot(x="step", y="loss", label="Training loss",
-                                        height=220)
+                        target_new = gr.Textbox(label="New target", placeholder="Rome")
+                        target_true = gr.Textbox(label="True target (optional)",
+                                                 placeholder="Paris")
+                    with gr.Accordion("Advanced", open=False):
+                        preset = gr.Dropdown(
+                            [("auto: the default for this model", AUTO), *list_presets()],
+                            value=AUTO, label="Preset")
+                        preset_note = gr.Markdown()
+                        layers = gr.Textbox(label="Layers (block numbers)")
+                        with gr.Row():
+                            lr = gr.Number(label="Learning rate")
+                            num_steps = gr.Number(label="Max steps", precision=0)
+                            norm = gr.Number(label="Norm constraint (0 = none)")
+                        objective = gr.Dropdown(list(OBJECTIVES), label="Objective")
+                    run_btn = gr.Button("Rewrite the fact", variant="primary", elem_id="run")
+                with gr.Column(scale=1):
+                    summary = gr.Markdown(elem_id="summary")
+                    before_after = gr.Dataframe(headers=views.BEFORE_AFTER_COLUMNS,
+                                                label="Before / after", interactive=False,
+                                                elem_id="before-after")
+                    scores = gr.Dataframe(headers=views.SCORE_COLUMNS, interactive=False,
+                                          label="Efficacy: the rewrite and paraphrases")
+                    loss_plot = gr.LinePlot(x="step", y="loss", label="Training loss",
+                                            height=200)
+            gr.Examples(EXAMPLES, [prompt, subject, target_new, target_true],
+                        label="Facts to try (click one)")
         with gr.Tab("History", id="history"):
             edits_df = gr.Dataframe(headers=views.HISTORY_COLUMNS, interactive=False,
                                     label="Edits, newest first (click a row)", elem_id="edits")
@@ -143,7 +146,8 @@ with gr.Blocks(title="ftedit") as demo:
             import_msg = gr.Markdown()
 
     tables = [edits_df, events_df]
-    refreshed = [*tables, side_a, side_b]
+    sides = [side_a, side_b]
+    refreshed = [*tables, *sides]
     demo.load(refresh, None, refreshed, **PRIVATE)
     demo.load(preset_fields, preset, [layers, lr, num_steps, norm, objective, preset_note],
               **PRIVATE)
@@ -161,16 +165,16 @@ with gr.Blocks(title="ftedit") as demo:
     download_btn.click(export, edit_id, download_btn, api_name="export")
     for btn, fn in ((revert_btn, revert), (reapply_btn, reapply)):
         btn.click(fn, edit_id, [op_message, *tables, edit_details], api_name=fn.__name__,
-                  **MODEL_QUEUE).success(refresh, None, refreshed, **PRIVATE)
+                  **MODEL_QUEUE).success(compare_options, None, sides, **PRIVATE)
     checkout_btn.click(checkout, version, [op_message, *tables], api_name="checkout",
-                       **MODEL_QUEUE).success(refresh, None, refreshed, **PRIVATE)
+                       **MODEL_QUEUE).success(compare_options, None, sides, **PRIVATE)
     verify_btn.click(verify, None, verify_out, api_name="verify", **MODEL_QUEUE)
     compare_btn.click(compare, [side_a, side_b], [compare_md, norms_plot, behaviour_df],
                       api_name="compare", **MODEL_QUEUE)
     generate_btn.click(generate, [free_prompt, max_tokens], [base_out, stack_out],
                        api_name="generate", **MODEL_QUEUE)
     import_btn.click(import_file, upload, [import_msg, *tables], api_name="import",
-                     **MODEL_QUEUE).success(refresh, None, refreshed, **PRIVATE)
+                     **MODEL_QUEUE).success(compare_options, None, sides, **PRIVATE)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -116,9 +116,10 @@ def train_edit(request: EditRequest, hp: FTHyperParams, losses: list[float] | No
         info = ws.edit(request, hp, callback=lambda step, n, loss: losses.append(loss))
         after = _probabilities(ws, prompts, [request.target_new, rival])
     scores = []
-    for prompt, (nb, rb), (na, ra) in zip(prompts, before, after, strict=True):
+    contexts = ["(the prompt itself)", *(p.strip() + " …" for p in PARAPHRASE_PREFIXES)]
+    for prompt, context, (nb, rb), (na, ra) in zip(prompts, contexts, before, after, strict=True):
         won = na > ra if rival else na > 0.5
-        scores.append({"prompt": prompt, "p_new_before": nb, "p_new_after": na,
+        scores.append({"prompt": prompt, "context": context, "p_new_before": nb, "p_new_after": na,
                        "p_rival_before": rb, "p_rival_after": ra, "success_after": won})
     return info, rival, scores
 
@@ -238,10 +239,15 @@ def compare_choices():
     return edits + versions
 
 
-def refresh():
-    """Everything a page (re)load shows: the two tables and the compare choices, twice."""
+def compare_options():
+    """The two Compare dropdowns, with every edit and version as a choice."""
     choices = compare_choices()
-    return (*history(), gr.Dropdown(choices=choices), gr.Dropdown(choices=choices))
+    return gr.Dropdown(choices=choices), gr.Dropdown(choices=choices)
+
+
+def refresh():
+    """Everything a page (re)load shows: the two tables and the Compare choices."""
+    return (*history(), *compare_options())
 
 
 # ---- compare / playground / import -----------------------------------------------------------

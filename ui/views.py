@@ -10,6 +10,9 @@ from ftedit.requests import EditRequest
 
 HISTORY_COLUMNS = ["id", "fact", "status", "created (UTC)", "seconds", "steps", "efficacy"]
 EVENT_COLUMNS = ["version", "edit", "kind", "time (UTC)", "note"]
+BEFORE_AFTER_COLUMNS = ["", "before", "after"]
+SCORE_COLUMNS = ["context", "P(new) before", "P(new) after", "P(rival) before", "P(rival) after",
+                 "new wins"]
 BEHAVIOUR_COLUMNS = ["edit", "prompt", "target_new", "target_true",
                      "P(new) under A", "P(new) under B", "P(true) under A", "P(true) under B"]
 
@@ -84,7 +87,7 @@ def before_after_frame(before: dict, after: dict) -> pd.DataFrame:
         ["greedy completion", before["completion"], after["completion"]],
         ["P(target_new)", _p(before["p_target_new"]), _p(after["p_target_new"])],
         ["P(target_true)", _p(before.get("p_target_true")), _p(after.get("p_target_true"))],
-    ], columns=["", "before", "after"])
+    ], columns=BEFORE_AFTER_COLUMNS)
 
 
 def edit_summary(info, rival: str | None, scores: list[dict]) -> str:
@@ -99,11 +102,10 @@ def edit_summary(info, rival: str | None, scores: list[dict]) -> str:
 
 
 def scores_frame(scores: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([[s["prompt"], _p(s["p_new_before"]), _p(s["p_new_after"]),
+    return pd.DataFrame([[s["context"], _p(s["p_new_before"]), _p(s["p_new_after"]),
                           _p(s["p_rival_before"]), _p(s["p_rival_after"]),
                           "yes" if s["success_after"] else "no"] for s in scores],
-                        columns=["prompt", "P(new) before", "P(new) after", "P(rival) before",
-                                 "P(rival) after", "new wins"])
+                        columns=SCORE_COLUMNS)
 
 
 def details_md(info) -> str:
@@ -111,8 +113,8 @@ def details_md(info) -> str:
                      + (f" · true **{r.target_true.strip()}**" if r.target_true else "")
                      for r in info.requests)
     before, after = info.metrics.get("before") or [], info.metrics.get("after") or []
-    answers = "\n".join(f"- before: `{b['completion'].strip()}` → "
-                        f"after: `{a['completion'].strip()}` "
+    answers = "\n".join(f"- before: `{_line(b['completion'])}` → "
+                        f"after: `{_line(a['completion'])}` "
                         f"(P(new) {_p(b['p_target_new'])} → {_p(a['p_target_new'])})"
                         for b, a in zip(before, after, strict=False))
     return (f"### Edit #{info.id} · {info.status} · {info.origin}\n{reqs}\n\n{answers}\n\n"
