@@ -27,7 +27,7 @@ from ftedit.models import LoadedModel, load_model, num_layers, rewrite_template,
 from ftedit.requests import EditRequest
 from storage import editfile
 from storage.records import EditInfo, EventInfo, OpResult, VerifyReport
-from storage.store import Store, crash_point
+from storage.store import ALL, Store, crash_point
 
 __all__ = ["EditInfo", "EventInfo", "OpResult", "VerifyReport", "Workspace"]
 log = logging.getLogger(__name__)
@@ -60,6 +60,9 @@ class Workspace:
         self._touched: dict[int, list[str]] = {}  # edit id -> tensor names (immutable per edit)
         self._seen: tuple | None = None  # store.log_position() the live weights follow
         self.limits = Limits.from_env()  # deployment limits (FTEDIT_MAX_*; none by default)
+        # The branch the live weights follow: ALL (every edit: one user, the CLI), None (the
+        # published stack) or a visitor id (published + that visitor's own; use_branch).
+        self.owner: str | None = ALL
         with self.lock:
             self._sync()  # the replay: live weights = base + active edits
 
@@ -137,10 +140,10 @@ class Workspace:
         One cheap query when nothing happened (the log's position); otherwise re-read the
         active set and rebuild only the tensors of edits that entered or left it.
         """
-        pos = self.store.log_position()  # read first: a later event only makes us re-sync
+        pos = (*self.store.log_position(), self.owner)  # read first: later events re-sync
         if pos == self._seen:
             return
-        ids = self.store.active_ids(self._base_id)
+        ids = self.store.active_ids(self._base_id, self.owner)
         self._activate(ids)
         self._db_active, self._seen = ids, pos
 
@@ -236,7 +239,8 @@ class Workspace:
                 info = self.store.add_edit(
                     self._base_id, requests=requests, hparams=hp, losses=list(losses),
                     metrics={"before": before, "after": after}, steps=steps, seconds=seconds,
-                    blob_sha256=sha, tensor_names=names, origin=origin)
+                    blob_sha256=sha, tensor_names=names, origin=origin,
+                    owner=None if self.owner == ALL else self.owner)  # private on a branch
         except BaseException:
             self._apply(old, names)
             raise
@@ -248,6 +252,7 @@ class Workspace:
         """Remove an edit from the live stack (exact); warns if later edits were built on it."""
         with self.lock, self.store.file_lock:
             self._sync()
+            self.get(edit_id)  # another visitor's private edit does not exist on this branch
             edit, warning = self.store.plan_revert(edit_id, self._base_id)
             self._commit_status({edit_id: "reverted"})
         return OpResult(dataclasses.replace(edit, status="reverted"), warning)
@@ -258,6 +263,7 @@ class Workspace:
             self._sync()
             # Cached deltas were sha256-checked when read; an uncached blob is read (and
             # checked) just below, so the store need not read it a second time.
+            self.get(edit_id)  # another visitor's private edit does not exist on this branch
             edit = self.store.plan_reapply(edit_id, self._base_id, check_blob=False)
             self.broken.pop(edit_id, None)
             self._deltas_of(edit)  # raises (naming the edit) before anything changes
@@ -273,6 +279,9 @@ class Workspace:
         with self.lock, self.store.file_lock:
             self._sync()
             changes = self.store.plan_checkout(version, self._base_id)
+            if self.owner != ALL:  # on a branch: only this branch's edits change
+                mine = {e.id for e in self.history()}
+                changes = {i: s for i, s in changes.items() if i in mine}
             for edit_id, status in changes.items():
                 if status == "active":
                     self._deltas_of(self.store.get(edit_id))
@@ -282,13 +291,33 @@ class Workspace:
 
     # ---- queries ---------------------------------------------------------------------------
     def history(self) -> list[EditInfo]:
-        return self.store.edits(self._base_id)
+        return self.store.edits(self._base_id, self.owner)
 
     def events(self) -> list[EventInfo]:
-        return self.store.events(self._base_id)
+        return self.store.events(self._base_id, self.owner)
 
     def get(self, edit_id: int) -> EditInfo:
-        return self.store.get(edit_id, self._base_id)
+        return self.store.get(edit_id, self._base_id, self.owner)
+
+    # ---- branches (ftedit/branches.py: a visitor's view on a shared deployment) -------------
+    def use_branch(self, owner: str | None) -> list[int]:
+        """Follow ``owner``'s branch: the published edits plus ``owner``'s own (None: published
+        only; ``storage.store.ALL``: every edit). Only the deltas that differ between the two
+        active sets are applied or removed. Returns the ids now live."""
+        with self.lock:
+            self.owner = owner
+            self._sync()
+            return list(self._active)
+
+    def publish(self, edit_id: int) -> EditInfo:
+        """Make an edit of this branch global (every visitor's stack gains it if active)."""
+        from storage.branches import publish
+
+        with self.lock, self.store.file_lock:
+            self.get(edit_id)
+            publish(self.store, edit_id)
+            self._sync()
+            return self.store.get(edit_id)
 
     def active_ids(self) -> list[int]:
         with self.lock:

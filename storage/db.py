@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration; open_engine skips Alembic entirely when the database is already there,
 # which keeps `ftedit log` fast (tests check this equals Alembic's head).
-HEAD = "0001"
+HEAD = "0002"
 _MIGRATE_LOCK = 0x66746564  # "fted": the advisory lock id taken while migrating PostgreSQL
 
 

@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 
 # Alembic revision this query was written for (tests check it equals storage.db.HEAD).
-SCHEMA = "0001"
+SCHEMA = "0002"
 
 _QUERY = (
     "SELECT e.id, e.status, e.created_at, e.method, e.origin, e.steps, e.seconds, "

@@ -12,7 +12,8 @@ from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-EVENT_KINDS = ("created", "reverted", "reapplied", "imported")
+# "published": a visitor's edit joined the shared stack (its status does not change).
+EVENT_KINDS = ("created", "reverted", "reapplied", "imported", "published")
 STATUSES = ("active", "reverted")
 
 
@@ -93,6 +94,9 @@ class EditRow(Base):
     tensor_names: Mapped[list] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The visitor branch of an unpublished edit on a shared deployment; NULL = published
+    # (seen by everyone). Single-user stores only ever hold NULL.
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class EventRow(Base):

@@ -28,6 +28,7 @@ class EditInfo:
     objective: str = "prompt_last"
     origin: str = "trained"  # trained | imported
     base_model: str = ""
+    owner: str | None = None  # visitor branch of an unpublished edit; None = published
 
     @property
     def request(self) -> EditRequest:
@@ -56,6 +57,7 @@ class EditInfo:
             "objective": self.objective,
             "origin": self.origin,
             "base_model": self.base_model,
+            "owner": self.owner,
         }
 
 

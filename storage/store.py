@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from filelock import FileLock
-from sqlalchemy import Text, func, select, type_coerce
+from sqlalchemy import Text, func, or_, select, type_coerce
 from sqlalchemy.exc import IntegrityError as RowConflict
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -26,6 +26,9 @@ from storage.db import Sessions, describe, open_engine
 from storage.models import BaseModelRow, EditRow, EventRow, utcnow
 from storage.records import EditInfo, EventInfo, OpResult
 
+# Branch filter meaning "every edit, published or not" (single-user stores, the CLI, admins).
+# Owners are visitor session ids, which never contain "*".
+ALL = "*"
 ACTIVE_AFTER = {"created": "active", "imported": "active", "reapplied": "active",
                 "reverted": "reverted"}
 
@@ -78,14 +81,16 @@ class Store:
             return row.id if row is not None else None
 
     # ---- queries -----------------------------------------------------------------------
-    def _edit_query(self, base_id: int | None):
+    def _edit_query(self, base_id: int | None, branch: str | None = ALL):
         q = select(EditRow, BaseModelRow.name).join(BaseModelRow).order_by(EditRow.id)
+        q = visible(q, branch)
         return q if base_id is None else q.where(EditRow.base_model_id == base_id)
 
-    def edits(self, base_id: int | None = None) -> list[EditInfo]:
-        """Every edit (of one base, or of all), in id order."""
+    def edits(self, base_id: int | None = None, branch: str | None = ALL) -> list[EditInfo]:
+        """Every edit (of one base, or of all; ``branch``: see :func:`visible`), in id order."""
         with self.session() as s:
-            return [_info(row, name) for row, name in s.execute(self._edit_query(base_id))]
+            q = self._edit_query(base_id, branch)
+            return [_info(row, name) for row, name in s.execute(q)]
 
     def log_json(self, base_id: int | None = None) -> str:
         """A JSON array with one object per edit, in id order: what `ftedit log --json` prints.
@@ -113,22 +118,26 @@ class Store:
             ]
         return "[" + ",".join(parts) + "]"
 
-    def get(self, edit_id: int, base_id: int | None = None) -> EditInfo:
+    def get(self, edit_id: int, base_id: int | None = None, branch: str | None = ALL) -> EditInfo:
         with self.session() as s:
-            hit = s.execute(self._edit_query(base_id).where(EditRow.id == edit_id)).first()
+            q = self._edit_query(base_id, branch).where(EditRow.id == edit_id)
+            hit = s.execute(q).first()
         if hit is None:
             raise EditNotFoundError(f"no edit #{edit_id} in this store; `ftedit log` lists them")
         return _info(*hit)
 
-    def events(self, base_id: int | None = None) -> list[EventInfo]:
+    def events(self, base_id: int | None = None, branch: str | None = ALL) -> list[EventInfo]:
         q = select(EventRow).order_by(EventRow.id)
+        if base_id is not None or branch != ALL:
+            q = visible(q.join(EditRow), branch)
         if base_id is not None:
-            q = q.join(EditRow).where(EditRow.base_model_id == base_id)
+            q = q.where(EditRow.base_model_id == base_id)
         with self.session() as s:
             return [_event(e) for e in s.scalars(q)]
 
-    def active_ids(self, base_id: int | None = None) -> list[int]:
-        q = select(EditRow.id).where(EditRow.status == "active").order_by(EditRow.id)
+    def active_ids(self, base_id: int | None = None, branch: str | None = ALL) -> list[int]:
+        q = visible(select(EditRow.id).where(EditRow.status == "active").order_by(EditRow.id),
+                    branch)
         if base_id is not None:
             q = q.where(EditRow.base_model_id == base_id)
         with self.session() as s:
@@ -159,7 +168,8 @@ class Store:
                  .order_by(EventRow.id))
             state: dict[int, str] = {}
             for edit_id, kind in s.execute(q):
-                state[edit_id] = ACTIVE_AFTER[kind]
+                if kind in ACTIVE_AFTER:  # "published" changes who sees it, not its status
+                    state[edit_id] = ACTIVE_AFTER[kind]
         return base, state
 
     def later_sharing(self, edit: EditInfo, base_id: int | None) -> list[int]:
@@ -176,7 +186,7 @@ class Store:
     def add_edit(self, base_id: int, *, requests: list[EditRequest], hparams: FTHyperParams,
                  metrics: dict, losses: list[float], steps: int, seconds: float,
                  blob_sha256: str, tensor_names: Iterable[str], origin: str = "trained",
-                 note: str | None = None) -> EditInfo:
+                 note: str | None = None, owner: str | None = None) -> EditInfo:
         """Insert an edit and its created/imported event in one transaction.
 
         Call only after the blob is durable: a crash before the commit leaves an orphan blob
@@ -189,7 +199,7 @@ class Store:
                 hparams=hparams.to_dict(), method=_method(hparams), objective=hparams.objective,
                 origin=origin, metrics=metrics, losses=list(losses), steps=steps,
                 seconds=seconds, blob_sha256=blob_sha256, tensor_names=sorted(tensor_names),
-                status="active", created_at=utcnow(),
+                status="active", created_at=utcnow(), owner=owner,
             )
             s.add(row)
             s.flush()
@@ -308,9 +318,20 @@ class Store:
         """Edits whose status column disagrees with their newest event."""
         last: dict[int, str] = {}
         for ev in self.events(base_id):
-            last[ev.edit_id] = ACTIVE_AFTER[ev.kind]
+            if ev.kind in ACTIVE_AFTER:
+                last[ev.edit_id] = ACTIVE_AFTER[ev.kind]
         return [f"edit #{e.id}: status {e.status!r} but its log says {last.get(e.id)!r}"
                 for e in self.edits(base_id) if last.get(e.id) != e.status]
+
+
+def visible(q, branch: str | None):
+    """Restrict an edits query to a branch: ``ALL`` every edit; None the published ones; a
+    visitor id the published ones plus that visitor's own."""
+    if branch == ALL:
+        return q
+    if branch is None:
+        return q.where(EditRow.owner.is_(None))
+    return q.where(or_(EditRow.owner.is_(None), EditRow.owner == branch))
 
 
 def _method(hp: FTHyperParams) -> str:
@@ -324,6 +345,7 @@ def _info(row: EditRow, base_name: str = "") -> EditInfo:
         created_at=row.created_at, steps=row.steps, seconds=row.seconds, losses=row.losses,
         metrics=row.metrics, blob_sha256=row.blob_sha256, tensor_names=row.tensor_names,
         method=row.method, objective=row.objective, origin=row.origin, base_model=base_name,
+        owner=row.owner,
     )
 
 

@@ -1,0 +1,86 @@
+"""Per-visitor branches: private edits on the published stack, exact switches, publishing."""
+
+from __future__ import annotations
+
+import pytest
+
+from ftedit.branches import Visitor
+from ftedit.errors import EditNotFoundError, LimitError, StoreError
+from ftedit.limits import Limits
+from tests.storekit import HP0, HP1, REQUESTS, assert_same, open_ws, params
+
+pytestmark = pytest.mark.usefixtures("database_url")
+
+
+def test_visitors_see_only_their_own_unpublished_edits(monkeypatch):
+    ws = open_ws()
+    base = params(ws)
+    alice, bob = Visitor(ws, "alice"), Visitor(ws, "bob")
+    a1 = alice.edit(REQUESTS[0], HP0)
+    assert a1.owner == "alice" and [e.id for e in alice.history()] == [a1.id]
+    assert bob.history() == [] and bob.events() == [] and bob.active_ids() == []
+    assert_same(params(ws), base)  # bob's requests run on the base model
+    with pytest.raises(EditNotFoundError):
+        bob.get(a1.id)
+    with pytest.raises(EditNotFoundError):
+        bob.revert(a1.id)
+    b1 = bob.edit(REQUESTS[1], HP1)
+    assert [e.id for e in bob.history()] == [b1.id] and alice.active_ids() == [a1.id]
+    assert alice.verify().ok and bob.verify().ok
+
+    with pytest.raises(LimitError, match="publishing is off"):
+        alice.publish(a1.id, "guess")
+    monkeypatch.setenv("FTEDIT_ADMIN_TOKEN", "s3cret")
+    with pytest.raises(LimitError, match="needs the admin token"):
+        alice.publish(a1.id, "guess")
+    assert alice.publish(a1.id, "s3cret").owner is None
+    assert bob.active_ids() == [a1.id, b1.id]  # published: now under bob's edit too
+    assert alice.active_ids() == [a1.id]
+    assert [e.kind for e in bob.events()] == ["created", "created", "published"]
+    with pytest.raises(StoreError, match="is published: visitors cannot revert"):
+        bob.revert(a1.id)
+    for v in (alice, bob):  # each branch equals a fresh replay of that branch
+        v.active_ids()
+        fresh = open_ws(ws.home)
+        fresh.use_branch(v.owner)
+        assert_same(params(ws), params(fresh))
+        assert v.verify().ok
+
+
+def test_switching_branches_rebuilds_only_the_tensors_that_differ(monkeypatch):
+    ws = open_ws()
+    shared = Visitor(ws, None).edit(REQUESTS[0], HP0)  # a published edit on layer 0
+    alice, bob = Visitor(ws, "alice"), Visitor(ws, "bob")
+    alice.edit(REQUESTS[1], HP1)  # layer 1, private
+    bob.edit(REQUESTS[2], HP0)  # layer 0, private
+    rebuilt = []
+    real = ws._apply
+    monkeypatch.setattr(ws, "_apply", lambda ids, names: (rebuilt.append(sorted(names)),
+                                                          real(ids, names)))
+    alice.active_ids()
+    assert rebuilt[-1] == sorted({"model.layers.0.mlp.down_proj.weight",
+                                  "model.layers.1.mlp.down_proj.weight"})
+    assert ws._active == [shared.id, 2]
+    rebuilt.clear()
+    alice.active_ids()
+    assert rebuilt == []  # same branch, nothing new: nothing touched
+    assert bob.verify().ok and alice.verify().ok
+
+
+def test_visitor_limits_and_refusals(tmp_path):
+    ws = open_ws()
+    ws.limits = Limits(rate=(1, 60), max_upload_bytes=10)
+    alice = Visitor(ws, "alice")
+    alice.edit(REQUESTS[0], HP0)
+    with pytest.raises(LimitError, match="rate limit"):
+        alice.edit(REQUESTS[1], HP0)
+    Visitor(ws, "bob").edit(REQUESTS[1], HP1)  # bob has his own budget
+    big = tmp_path / "big.safetensors"
+    big.write_bytes(b"x" * 11)
+    with pytest.raises(LimitError, match="FTEDIT_MAX_UPLOAD"):
+        alice.import_(big)
+    with pytest.raises(LimitError, match="only an admin"):
+        alice.checkout(1)
+    with pytest.raises(LimitError, match="compare two edit ids"):
+        alice.diff("v1", "v2")
+    assert [e.id for e in alice.history()] == [1]
