@@ -14,8 +14,10 @@ import time
 
 import gradio as gr
 
+from ftedit.branches import shared
 from ftedit.hparams import OBJECTIVES, list_presets
 from ui import state, views
+from ui.branches import publish
 from ui.handlers import (  # noqa: F401  (re-exported: the app's handlers, testable directly)
     AUTO,
     checkout,
@@ -119,6 +121,13 @@ with gr.Blocks(title="ftedit") as demo:
                 checkout_btn = gr.Button("Check out this version")
                 verify_btn = gr.Button("Verify live weights = replay of the store")
             verify_out = gr.JSON(label="Verify")
+            # Shared deployment (FTEDIT_SHARED=1): edits stay private to their visitor until
+            # someone holding FTEDIT_ADMIN_TOKEN publishes them.
+            with gr.Row(equal_height=True, visible=shared()):
+                admin_token = gr.Textbox(label="Admin token", type="password",
+                                         elem_id="admin-token")
+                publish_btn = gr.Button("Publish the selected edit to everyone",
+                                        elem_id="publish")
         with gr.Tab("Compare", id="compare"):
             with gr.Row(equal_height=True):
                 side_a = gr.Dropdown(label="A: edit or version", allow_custom_value=True)
@@ -173,6 +182,8 @@ with gr.Blocks(title="ftedit") as demo:
                       api_name="compare", **MODEL_QUEUE)
     generate_btn.click(generate, [free_prompt, max_tokens], [base_out, stack_out],
                        api_name="generate", **MODEL_QUEUE)
+    publish_btn.click(publish, [edit_id, admin_token], [op_message, *tables],
+                      api_name="publish", **MODEL_QUEUE)
     import_btn.click(import_file, upload, [import_msg, *tables], api_name="import",
                      **MODEL_QUEUE).success(compare_options, None, sides, **PRIVATE)
 

@@ -43,7 +43,9 @@ def workspace():
                 if _model_spec is None:
                     configure(None)
                 _workspace = Workspace(_model_spec)
-    return _workspace
+    from ui.branches import view
+
+    return view(_workspace)  # a visitor's branch on a shared deployment (FTEDIT_SHARED=1)
 
 
 def set_workspace(ws) -> None:

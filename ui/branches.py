@@ -1,0 +1,57 @@
+"""Per-visitor branches and limits in the app (FTEDIT_SHARED=1; see ftedit/branches.py).
+
+Every handler gets its Workspace from :func:`ui.state.workspace`, which passes it through
+:func:`view`: inside a Gradio request on a shared deployment that is the visitor's
+:class:`~ftedit.branches.Visitor` (their private edits on the published stack), keyed by the
+Gradio session, so the handlers themselves need not know about branches.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ftedit.branches import Visitor, shared
+from ftedit.errors import FteditError
+from storage.store import ALL
+
+
+def visitor_session() -> str | None:
+    """The Gradio session of the request being handled (None outside a request)."""
+    from gradio.context import LocalContext
+
+    request = LocalContext.request.get(None)
+    return getattr(request, "session_hash", None) or None
+
+
+def view(ws):
+    """``ws`` as the current visitor sees it.
+
+    Shared deployment: the visitor's branch (outside a request, e.g. handler tests or launch:
+    the published stack). Otherwise the Workspace itself, wrapped only to apply the
+    per-session rate and upload limits when those are configured.
+    """
+    if ws is None:
+        return ws
+    session = visitor_session()
+    if shared():
+        return Visitor(ws, session, session)
+    if session and (ws.limits.rate or ws.limits.max_upload_bytes):
+        return Visitor(ws, ALL, session)
+    return ws
+
+
+def publish(edit_id, token):
+    """Make one of your edits global (admin token required). (message, edits, events)"""
+    from ui import handlers, state
+
+    if edit_id is None or str(edit_id).strip() in ("", "nan"):
+        raise gr.Error("Select one of your edits in the History table first.")
+    ws = state.workspace()
+    if not isinstance(ws, Visitor):
+        raise gr.Error("Publishing is for shared deployments (FTEDIT_SHARED=1): here every "
+                       "edit is already global.")
+    try:
+        info = ws.publish(int(float(edit_id)), token)
+    except FteditError as e:
+        raise gr.Error(str(e)) from e
+    return f"Edit #{info.id} is published: every visitor now has it.", *handlers.history()
