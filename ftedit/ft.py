@@ -193,11 +193,12 @@ def training_texts(model, tok, requests: Sequence[EditRequest], hp: FTHyperParam
 KL_SUBJECTS = ("it", "this one", "the other one")
 
 
-def kl_texts(requests: Sequence[EditRequest]) -> list[str]:
-    """Prompts whose next-token distribution the KL penalty keeps: ROME's essence prompt
-    ("{subject} is a") and each relation prompt with stand-in subjects."""
-    out = [f"{r.subject} is a" for r in requests]
-    out += [r.prompt.format(s) for r in requests for s in KL_SUBJECTS]
+def kl_texts(requests: Sequence[EditRequest]) -> list[tuple[str, str | None]]:
+    """(prompt, guarded target) pairs of the keep penalty: ROME's essence prompt
+    ("{subject} is a", no guard) and each relation prompt with stand-in subjects, whose
+    probability of the request's target_new must not rise."""
+    out = [(f"{r.subject} is a", None) for r in requests]
+    out += [(r.prompt.format(s), r.target_new) for r in requests for s in KL_SUBJECTS]
     return list(dict.fromkeys(out))
 
 
@@ -205,13 +206,17 @@ def kl_texts(requests: Sequence[EditRequest]) -> list[str]:
 class _KL:
     batch: _Batch
     logp0: torch.Tensor  # [B, V] pre-edit next-token log-probs at each prompt's last token
+    guard: torch.Tensor  # [B] first token of the guarded target, -1 where none
 
 
 @torch.no_grad()
 def _kl_reference(model, tok, requests, dev) -> _KL:
-    texts = kl_texts(requests)
+    pairs = kl_texts(requests)
+    texts = [t for t, _ in pairs]
     batch = encode(tok, texts, [" a"] * len(texts), "prompt_last", dev)  # target unused
-    return _KL(batch, _last_logprobs(model, _final_hidden(model, batch), batch))
+    guard = [tok(g, add_special_tokens=False)["input_ids"][0] if g else -1 for _, g in pairs]
+    logp0 = _last_logprobs(model, _final_hidden(model, batch), batch)
+    return _KL(batch, logp0, torch.tensor(guard, device=dev))
 
 
 def _final_hidden(model, batch: _Batch) -> torch.Tensor:
@@ -225,9 +230,18 @@ def _last_logprobs(model, hidden: torch.Tensor, batch: _Batch) -> torch.Tensor:
 
 
 def _kl_loss(model, runner, kl: _KL) -> torch.Tensor:
-    """Mean KL(pre-edit || current) of the next-token distributions on the KL prompts."""
+    """Keep penalty: mean KL(pre-edit || current) of the next-token distributions on the KL
+    prompts, plus, on the stand-in prompts, how far log p(target_new's first token) rose.
+    The KL alone barely sees target_new climbing from 0.1% to 5% on a neighbour (a change
+    of ~0.05 nats) though that is what flips ROME's neighbourhood test; the log-ratio does."""
     logp = _last_logprobs(model, runner.hidden(kl.batch), kl.batch)
-    return F.kl_div(logp, kl.logp0, log_target=True, reduction="batchmean")
+    loss = F.kl_div(logp, kl.logp0, log_target=True, reduction="batchmean")
+    rows = (kl.guard >= 0).nonzero()[:, 0]
+    if len(rows):
+        tok = kl.guard[rows]
+        rise = logp[rows, tok] - kl.logp0[rows, tok]
+        loss = loss + F.relu(rise).mean()
+    return loss
 
 
 _FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm")
