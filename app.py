@@ -188,7 +188,7 @@ with gr.Blocks(title="ftedit") as demo:
                      **MODEL_QUEUE).success(compare_options, None, sides, **PRIVATE)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Serve the ftedit web app.")
     p.add_argument("--model", help="HF id, local folder or .gguf (default: $FTEDIT_MODEL, "
                    "else the embedded SmolLM2-135M-Instruct)")
@@ -196,7 +196,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     t0 = time.perf_counter()
     state.configure(args.model)
     ws = state.workspace()
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         server_name=args.host, server_port=args.port, share=args.share,
         prevent_thread_lock=True, quiet=True, **launch_options())
     print(f"ftedit is serving at {local_url}" + (f" and {share_url}" if share_url else "")
-          + f" ({time.perf_counter() - t0:.1f} s after start)", flush=True)
+          + f" ({time.perf_counter() - t0:.1f} s after loading began)", flush=True)
     demo.block_thread()
 
 

@@ -93,6 +93,10 @@ def test_edit_then_revert_in_the_browser(page, tmp_path):
     assert "reverted" in page.locator("#op-message").inner_text()
     shot("4-reverted")
 
+    page.reload()  # the store is the truth: a new page shows the same history
+    page.get_by_role("tab", name="History").click()
+    edits.get_by_text("reverted", exact=True).filter(visible=True).first.wait_for()
+
     assert all(p.stat().st_size > 10_000 for p in tmp_path.glob("*.png"))
     if os.environ.get("FTEDIT_UPDATE_SCREENSHOT") == "1":
         shutil.copy(result, SCREENSHOT)

@@ -92,3 +92,11 @@ def test_bad_ids_and_files_are_gr_errors(ws, tmp_path):
         app.import_file(str(bogus))
     after = app.history()
     assert after[0].equals(before[0]) and after[1].equals(before[1])
+
+
+def test_serves_localhost_by_default_with_bounded_uploads(monkeypatch):
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    args = app.parse_args([])
+    assert (args.host, args.share, args.model) == ("127.0.0.1", False, None)
+    assert app.parse_args(["--host", "0.0.0.0", "--share"]).share
+    assert app.launch_options()["max_file_size"]

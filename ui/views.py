@@ -140,10 +140,11 @@ def compare_md(d: dict) -> str:
 
 
 def norms_frame(d: dict) -> pd.DataFrame:
-    rows = [[str(layer), norm, side] for side in ("a", "b")
-            for layer, norm in d["layer_norms"][side].items()]
-    rows = [[layer, norm, "A" if side == "a" else "B"] for layer, norm, side in rows]
-    return pd.DataFrame(rows, columns=["layer", "delta norm", "side"])
+    """Per-layer delta norms of both sides, in layer order (the chart keeps the row order)."""
+    rows = sorted((int(layer), side.upper(), norm) for side in ("a", "b")
+                  for layer, norm in d["layer_norms"][side].items())
+    return pd.DataFrame([[str(layer), norm, side] for layer, side, norm in rows],
+                        columns=["layer", "delta norm", "side"])
 
 
 def behaviour_frame(d: dict) -> pd.DataFrame:
