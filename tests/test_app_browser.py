@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -72,9 +73,11 @@ def test_edit_then_revert_in_the_browser(page, tmp_path):
 
     _fill_edit_form(page)
     shot("1-form")
+    started = time.perf_counter()
     page.locator("#run").click()
     summary = page.locator("#summary")
     summary.get_by_text("Now answers").wait_for(timeout=180_000)
+    print(f"one edit through the UI: {time.perf_counter() - started:.1f} s")
     assert "Rome" in summary.inner_text()
     expect(page.locator("#before-after")).to_contain_text("Rome")
     page.get_by_text("Advanced").click()  # fold it again for a tidy picture

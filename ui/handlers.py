@@ -140,7 +140,7 @@ def edit(prompt, subject, target_new, target_true=None, preset=AUTO, layers=None
         job = pool.submit(contextvars.copy_context().run, train_edit, request, hp, losses)
         while not wait([job], timeout=0.5).done:
             status = f"Training… step {len(losses)}/{hp.num_steps}" + (
-                f", loss {losses[-1]:.4f}" if losses else " (waiting for the model)")
+                f", loss {losses[-1]:.4f}" if losses else " (measuring the answers before the edit)")
             yield status, gr.skip(), gr.skip(), views.loss_frame(losses)
         with _edge():
             info, rival, scores = job.result()
