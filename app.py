@@ -15,6 +15,7 @@ import time
 import gradio as gr
 
 from ftedit.branches import shared
+from ftedit.errors import FteditError
 from ftedit.hparams import OBJECTIVES, list_presets
 from ui import state, views
 from ui.branches import publish
@@ -203,7 +204,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     t0 = time.perf_counter()
     state.configure(args.model)
-    ws = state.workspace()
+    try:
+        ws = state.workspace()
+    except FteditError as e:  # e.g. a --model that does not resolve: say why, no traceback
+        raise SystemExit(f"ftedit: {e}") from None
     print(f"Loaded {ws.fingerprint.name} on {ws.loaded.device} ({len(ws.history())} edits in "
           f"{ws.home}) in {time.perf_counter() - t0:.1f} s", flush=True)
     _, local_url, share_url = demo.queue().launch(
