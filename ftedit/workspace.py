@@ -252,8 +252,9 @@ class Workspace:
         """Remove an edit from the live stack (exact); warns if later edits were built on it."""
         with self.lock, self.store.file_lock:
             self._sync()
-            self.get(edit_id)  # another visitor's private edit does not exist on this branch
-            edit, warning = self.store.plan_revert(edit_id, self._base_id)
+            # On a branch another visitor's private edit does not exist, nor is it named in
+            # the warning (it was never trained on this branch's edits).
+            edit, warning = self.store.plan_revert(edit_id, self._base_id, self.owner)
             self._commit_status({edit_id: "reverted"})
         return OpResult(dataclasses.replace(edit, status="reverted"), warning)
 

@@ -172,11 +172,14 @@ class Store:
                     state[edit_id] = ACTIVE_AFTER[kind]
         return base, state
 
-    def later_sharing(self, edit: EditInfo, base_id: int | None) -> list[int]:
-        """Active edits made after ``edit`` that touch any of its tensors (trained on top of it)."""
+    def later_sharing(self, edit: EditInfo, base_id: int | None,
+                      branch: str | None = ALL) -> list[int]:
+        """Active edits made after ``edit`` that touch any of its tensors (trained on top of it).
+        On a visitor's branch only that branch's edits count: no other was trained on it."""
         names = set(edit.tensor_names)
-        q = (select(EditRow.id, EditRow.tensor_names)
-             .where(EditRow.id > edit.id, EditRow.status == "active").order_by(EditRow.id))
+        q = visible(select(EditRow.id, EditRow.tensor_names)
+                    .where(EditRow.id > edit.id, EditRow.status == "active")
+                    .order_by(EditRow.id), branch)
         if base_id is not None:
             q = q.where(EditRow.base_model_id == base_id)
         with self.session() as s:
@@ -234,12 +237,13 @@ class Store:
         return out
 
     # ---- plans: checks shared by the CLI (store only) and the Workspace (store + model) ----
-    def plan_revert(self, edit_id: int, base_id: int | None = None) -> tuple[EditInfo, str | None]:
-        edit = self.get(edit_id, base_id)
+    def plan_revert(self, edit_id: int, base_id: int | None = None,
+                    branch: str | None = ALL) -> tuple[EditInfo, str | None]:
+        edit = self.get(edit_id, base_id, branch)
         if not edit.active:
             raise StoreError(f"edit #{edit_id} is already reverted; `ftedit reapply {edit_id}` "
                              "brings it back")
-        later = self.later_sharing(edit, base_id)
+        later = self.later_sharing(edit, base_id, branch)
         warning = None
         if later:
             # Name them all up to a dozen; past that the message would bury the point.

@@ -84,3 +84,14 @@ def test_visitor_limits_and_refusals(tmp_path):
     with pytest.raises(LimitError, match="compare two edit ids"):
         alice.diff("v1", "v2")
     assert [e.id for e in alice.history()] == [1]
+
+
+def test_a_revert_warning_names_only_edits_on_the_same_branch():
+    ws = open_ws()
+    alice, bob = Visitor(ws, "alice"), Visitor(ws, "bob")
+    alice.edit(REQUESTS[0], HP0)
+    bob.edit(REQUESTS[1], HP0)  # same tensor, later id, but never trained on alice's edit
+    assert alice.revert(1).warning is None
+    alice.reapply(1)
+    alice.edit(REQUESTS[2], HP0)
+    assert "#3 was trained on top of it" in alice.revert(1).warning
