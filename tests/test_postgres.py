@@ -73,3 +73,23 @@ def _down() -> bool:
         return False
     except psycopg.OperationalError:
         return True
+
+
+def test_a_restart_that_ends_before_the_commit_costs_nothing(monkeypatch):
+    """Server restarted while the edit trains: the pool's dead connections are replaced
+    (pool_pre_ping) and the edit commits as if nothing happened."""
+    pgkit.server_url()
+    monkeypatch.setenv("FTEDIT_DATABASE_URL", pgkit.fresh_url())
+    try:
+        ws = open_ws()
+        ws.edit(REQUESTS[0], HP0)
+        def restart(step, _n, _loss):
+            if step == 1:
+                pgkit.server_ctl("restart", "-m", "fast")
+
+        second = ws.edit(REQUESTS[1], HP1, callback=restart)
+        assert [e.id for e in ws.history()] == [1, second.id] and ws.verify().ok
+        assert_replay_equal(ws)
+    finally:
+        pgkit.server_ctl("start") if _down() else None
+        pgkit.drop_all()
