@@ -29,8 +29,10 @@ browser:
 demo: setup
 	$(BIN)/python app.py $(ARGS)
 
+# The storage/workspace suites also run on PostgreSQL: a throwaway loopback cluster
+# (scripts/start_postgres.sh installs Debian's postgresql if missing and reuses a running one).
 test: setup browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	pg_env="$$(scripts/start_postgres.sh)" && eval "$$pg_env" && $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not real_model and not browser" $(PYTEST_ARGS)
