@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2)")
     p.add_argument("--gen-prompts", type=int, default=2, help="generation prompts per record")
     p.add_argument("--gen-tokens", type=int, default=40, help="new tokens per generation")
+    p.add_argument("--gen-records", type=int, default=None,
+                   help="generation entropy on the first N records only (default: all)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (shared CPUs: keep 1)")
     p.add_argument("--out", required=True, help="output folder")
     return p.parse_args(argv)
@@ -65,6 +67,10 @@ def main(argv=None) -> None:
     metrics = ev.ZSRE_METRICS if zsre else ev.CF_METRICS
     lm = load_model(args.model)
     todo = methods(args)
+    lo = 0 if zsre else ev.SPLITS[args.split][0]
+    where = "zsRE (MEMIT convention)" if zsre else f"CounterFact {args.split}"
+    title = (f"{where}, records {lo}-{lo + len(records) - 1}, {lm.fingerprint.name}, "
+             "one edit at a time")
     summaries, all_rows = {}, {}
     with open(out / "rows.jsonl", "w") as stream:
         for name, hp in todo.items():
@@ -77,25 +83,27 @@ def main(argv=None) -> None:
                       f"neigh={row['neighborhood']:.2f} ({time.perf_counter() - t0:.0f} s)",
                       flush=True)
 
-            kw = {} if zsre else {"gen_prompts": args.gen_prompts, "gen_tokens": args.gen_tokens}
+            kw = {} if zsre else {"gen_prompts": args.gen_prompts, "gen_tokens": args.gen_tokens,
+                                  "gen_records": args.gen_records}
             rows = ev.evaluate(lm.model, lm.tok, records, hp, args.dataset, progress, **kw)
             all_rows[name], summaries[name] = rows, ev.summarize(rows, metrics)
-    lo = 0 if zsre else ev.SPLITS[args.split][0]
-    where = "zsRE (MEMIT convention)" if zsre else f"CounterFact {args.split}"
-    title = (f"{where}, records {lo}-{lo + len(records) - 1}, {lm.fingerprint.name}, "
-             "one edit at a time")
-    table = ev.markdown_table(summaries, metrics)
-    (out / "results.md").write_text(f"{title}\n\n{table}")
+            # Written after every method, so a run cut short keeps the methods it finished.
+            write(out, title, args, len(records), todo, summaries, all_rows, metrics)
+    print(ev.markdown_table(summaries, metrics))
+
+
+def write(out: Path, title: str, args, n: int, todo: dict, summaries: dict, all_rows: dict,
+          metrics) -> None:
+    (out / "results.md").write_text(f"{title}\n\n{ev.markdown_table(summaries, metrics)}")
     (out / "results.json").write_text(json.dumps({
-        "title": title, "dataset": args.dataset, "split": None if zsre else args.split,
-        "records": len(records),
+        "title": title, "dataset": args.dataset,
+        "split": None if args.dataset == "zsre" else args.split, "records": n,
         "gen_prompts": args.gen_prompts, "gen_tokens": args.gen_tokens,
+        "gen_records": args.gen_records,
         "hparams": {k: (v.to_dict() if v else None) for k, v in todo.items()},
         "summaries": summaries, "rows": all_rows,
     }, indent=1))
     ev.save_chart(summaries, out / "results.png", title)
-    print(table)
-
 
 if __name__ == "__main__":
     main()

@@ -148,12 +148,16 @@ def score_zsre(model, tok, record: dict) -> dict:
 
 def evaluate(model, tok, records: Sequence[dict], hparams: FTHyperParams | None,
              dataset: str = "counterfact", progress: Progress | None = None,
-             **score_kw) -> list[dict]:
-    """One row per record: scores after editing that record alone (``hparams=None``: unedited)."""
+             gen_records: int | None = None, **score_kw) -> list[dict]:
+    """One row per record: scores after editing that record alone (``hparams=None``: unedited).
+    ``gen_records``: generation entropy only on the first that many records (it dominates the
+    cost of scoring on a CPU)."""
     make = EditRequest.from_counterfact if dataset == "counterfact" else EditRequest.from_zsre
     score = score_counterfact if dataset == "counterfact" else score_zsre
     rows = []
     for i, record in enumerate(records):
+        if gen_records is not None and i == gen_records:
+            score_kw = {**score_kw, "gen_tokens": 0}
         if hparams is None:
             row, info = score(model, tok, record, **score_kw), {"seconds": 0.0, "steps": 0}
         else:
