@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ftedit.deltas import Deltas, compose
+from ftedit.deltas import Deltas, rebuild
 from ftedit.errors import EditNotFoundError, IntegrityError, StoreError
 from ftedit.ft import compute_deltas
 from ftedit.hparams import FTHyperParams, load_preset
@@ -101,24 +101,8 @@ class Workspace:
         return [self._deltas[i] for i in sorted(ids)]
 
     def _write(self, names: Iterable[str], stack: Sequence[Deltas]) -> None:
-        """Set ``names`` to compose(base, stack): ``ftedit.deltas.rebuild`` with the parameter
-        table cached and a cheaper finiteness test, every value checked before any write."""
-        new = {}
-        for name in sorted(set(names)):
-            if name not in self._params or name not in self._base:
-                raise IntegrityError(f"tensor {name} is not a parameter of this model")
-            p = self._params[name]
-            value = compose(self._base[name], (d[name] for d in stack if name in d), p.dtype,
-                            p.device)
-            # NaN/inf anywhere makes the sum non-finite; only an overflowing sum of finite
-            # values needs the elementwise test (a full isfinite costs ~10x the sum).
-            if not torch.isfinite(value.sum()) and not torch.isfinite(value).all():
-                raise IntegrityError(f"stacking gives non-finite values in {name}; "
-                                     "nothing was changed")
-            new[name] = value
-        with torch.no_grad():
-            for name, value in new.items():
-                self._params[name].copy_(value)
+        """Set ``names`` to compose(base, stack), every value checked before any write."""
+        rebuild(self.model, self._base, stack, names, params=self._params)
 
     def _apply(self, active: Sequence[int], names: Iterable[str]) -> None:
         """Set ``names`` to base + the deltas of ``active`` (finiteness checked before writing)."""
