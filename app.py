@@ -97,7 +97,7 @@ with gr.Blocks(title="ftedit") as demo:
                     scores = gr.Dataframe(headers=views.SCORE_COLUMNS, interactive=False,
                                           label="Efficacy: the rewrite and paraphrases")
                     loss_plot = gr.LinePlot(x="step", y="loss", label="Training loss",
-                                            height=200)
+                                            height=240)
             gr.Examples(EXAMPLES, [prompt, subject, target_new, target_true],
                         label="Facts to try (click one)")
         with gr.Tab("History", id="history"):
@@ -114,7 +114,7 @@ with gr.Blocks(title="ftedit") as demo:
                 edit_details = gr.Markdown()
                 with gr.Column():
                     hp_code = gr.Code(language="json", label="Hyperparameters")
-                    detail_loss = gr.LinePlot(x="step", y="loss", label="Loss", height=200)
+                    detail_loss = gr.LinePlot(x="step", y="loss", label="Loss", height=240)
             events_df = gr.Dataframe(headers=views.EVENT_COLUMNS, interactive=False,
                                      label="Events: each is a version you can check out")
             with gr.Row(equal_height=True):
