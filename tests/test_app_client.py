@@ -61,7 +61,7 @@ def test_edit_history_revert_through_the_api(client, ws):
 def test_many_clients_at_once_share_one_queue(client, ws):
     """Edits, reverts and generations fired together: nothing is lost or interleaved."""
     url = client.src
-    start = len(ws.history())
+    start, start_events = len(ws.history()), len(ws.events())
     facts = [{"prompt": "{} plays the sport of", "subject": "LeBron James",
               "target_new": "football", "target_true": "basketball"},
              {"prompt": "The capital of {} is", "subject": "France", "target_new": "Lyon",
@@ -81,6 +81,8 @@ def test_many_clients_at_once_share_one_queue(client, ws):
     assert {e.request.subject for e in history[start:]} == {f["subject"] for f in facts}
     kinds = [e.kind for e in ws.events()]
     assert kinds.count("created") == start - 1 + len(facts)  # edit #2 was imported
+    assert kinds[start_events:].count("reapplied") == kinds[start_events:].count("reverted") == 1
+    assert len(kinds) == start_events + len(facts) + 2
     assert ws.get(1).status == "active" and ws.get(2).status == "reverted"
     assert ws.verify().ok
     edits, _ = client.predict(api_name="/history")
