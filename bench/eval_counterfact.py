@@ -43,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="generation entropy on the first N records only (default: all)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (shared CPUs: keep 1)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--append", action="store_true",
+                   help="add these methods to the report already in --out (same records)")
     return p.parse_args(argv)
 
 
@@ -72,8 +74,16 @@ def main(argv=None) -> None:
     title = (f"{where}, records {lo}-{lo + len(records) - 1}, {lm.fingerprint.name}, "
              "one edit at a time")
     summaries, all_rows = {}, {}
-    with open(out / "rows.jsonl", "w") as stream:
+    if args.append and (out / "results.json").exists():
+        old = json.loads((out / "results.json").read_text())
+        if old["records"] != len(records) or old["title"] != title:
+            sys.exit(f"--append: {out} holds a report on other records ({old['title']})")
+        summaries, all_rows = old["summaries"], old["rows"]
+        todo = {**{k: _hp(v) for k, v in old["hparams"].items()}, **todo}
+    with open(out / "rows.jsonl", "a" if args.append else "w") as stream:
         for name, hp in todo.items():
+            if name in summaries:
+                continue
             t0 = time.perf_counter()
 
             def progress(i, n, row, name=name, t0=t0):
@@ -90,6 +100,10 @@ def main(argv=None) -> None:
             # Written after every method, so a run cut short keeps the methods it finished.
             write(out, title, args, len(records), todo, summaries, all_rows, metrics)
     print(ev.markdown_table(summaries, metrics))
+
+
+def _hp(d: dict | None) -> FTHyperParams | None:
+    return FTHyperParams.from_dict(d) if d else None
 
 
 def write(out: Path, title: str, args, n: int, todo: dict, summaries: dict, all_rows: dict,
