@@ -43,22 +43,24 @@ def efficacy(model, tok, records) -> float:
     return 100 * statistics.fmean(hits)
 
 
-def neighborhood(model, tok, records) -> float:
-    """Share of neighbour prompts (all records) still preferring target_true."""
+def neighborhood(model, tok, records, per_record: int) -> float:
+    """Share of neighbour prompts (the first ``per_record`` of every record) still preferring
+    target_true."""
     hits = []
     for r in records:
         rw = r["requested_rewrite"]
-        hits += [ok for ok, _ in _prefers(model, tok, r["neighborhood_prompts"],
-                                          rw["target_true"]["str"], rw["target_new"]["str"])]
+        prompts = r["neighborhood_prompts"][:per_record]
+        hits += [ok for ok, _ in _prefers(model, tok, prompts, rw["target_true"]["str"],
+                                          rw["target_new"]["str"])]
     return 100 * statistics.fmean(hits)
 
 
-def run(model, tok, records, hp: FTHyperParams, every: int) -> dict:
+def run(model, tok, records, hp: FTHyperParams, every: int, probe: int = 10) -> dict:
     names = list(weights_to_edit(model, hp))
     params = dict(model.named_parameters())
     base = {k: params[k].detach().clone() for k in names}
     curve = [{"edits": 0, "efficacy_so_far": None,
-              "neighborhood": neighborhood(model, tok, records)}]
+              "neighborhood": neighborhood(model, tok, records, probe)}]
     stack, per_edit = [], []
     t0 = time.perf_counter()
     for i, rec in enumerate(records, 1):
@@ -71,7 +73,7 @@ def run(model, tok, records, hp: FTHyperParams, every: int) -> dict:
                          "delta_norm": res.deltas.norm()})
         if i % every == 0 or i == len(records):
             curve.append({"edits": i, "efficacy_so_far": efficacy(model, tok, records[:i]),
-                          "neighborhood": neighborhood(model, tok, records)})
+                          "neighborhood": neighborhood(model, tok, records, probe)})
             print(f"{i} edits ({time.perf_counter() - t0:.0f} s): {curve[-1]}", flush=True)
     final = ev.summarize([ev.score_counterfact(model, tok, r, gen_tokens=0) for r in records])
     rebuild(model, base, [], names=names)
@@ -90,7 +92,7 @@ def plot(result: dict, path: Path, title: str) -> None:
     ax.plot([p["edits"] for p in c[1:]], [p["efficacy_so_far"] for p in c[1:]], "o-",
             label="efficacy over all edits so far")
     ax.plot([p["edits"] for p in c], [p["neighborhood"] for p in c], "s-",
-            label="neighborhood (all records' neighbours)")
+            label="neighborhood probe (neighbours of all N records)")
     ax.set_xlabel("edits stacked")
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)
@@ -110,7 +112,9 @@ def main(argv=None) -> None:
     p.add_argument("--preset", default="default")
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--split", choices=sorted(ev.SPLITS), default="test")
-    p.add_argument("--every", type=int, default=10, help="score the stack every K edits")
+    p.add_argument("--every", type=int, default=20, help="score the stack every K edits")
+    p.add_argument("--probe", type=int, default=2,
+                   help="neighbour prompts per record in the curve's neighbourhood probe")
     p.add_argument("--data", default=str(ev.DATA_DIR / "counterfact-sample.json"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True)
@@ -122,13 +126,14 @@ def main(argv=None) -> None:
     records = ev.load_records(args.data, args.split, args.n)
     lm = load_model()
     hp = load_preset(args.preset)
-    result = run(lm.model, lm.tok, records, hp, args.every)
+    result = run(lm.model, lm.tok, records, hp, args.every, args.probe)
     title = (f"{len(records)} sequential CounterFact {args.split} edits, preset "
              f"{args.preset!r}, {lm.fingerprint.name}")
     f, c0 = result["final"], result["curve"][0]
     md = (f"{title}\n\n| after | n | Efficacy | Paraphrase | Neighborhood |\n"
           "|---|---|---|---|---|\n"
-          f"| unedited (neighbourhood probe) | {len(records)} | | | {c0['neighborhood']:.1f} |\n"
+          f"| unedited (curve's probe: {args.probe} neighbours per record) | {len(records)} | | | "
+          f"{c0['neighborhood']:.1f} |\n"
           f"| all {len(records)} edits stacked | {f['n']} | {f['efficacy']:.1f} | "
           f"{f['paraphrase']:.1f} | {f['neighborhood']:.1f} |\n\n"
           "| edits | efficacy over edits so far | neighborhood |\n|---|---|---|\n"
