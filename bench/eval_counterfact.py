@@ -43,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="generation entropy on the first N records only (default: all)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (shared CPUs: keep 1)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--stop-at", default=None,
+                   help="wall-clock HH:MM (local); methods stop there and report the records done")
     p.add_argument("--append", action="store_true",
                    help="add these methods to the report already in --out (same records)")
     return p.parse_args(argv)
@@ -95,11 +97,20 @@ def main(argv=None) -> None:
 
             kw = {} if zsre else {"gen_prompts": args.gen_prompts, "gen_tokens": args.gen_tokens,
                                   "gen_records": args.gen_records}
+            kw["deadline"] = _deadline(args.stop_at)
             rows = ev.evaluate(lm.model, lm.tok, records, hp, args.dataset, progress, **kw)
             all_rows[name], summaries[name] = rows, ev.summarize(rows, metrics)
             # Written after every method, so a run cut short keeps the methods it finished.
             write(out, title, args, len(records), todo, summaries, all_rows, metrics)
     print(ev.markdown_table(summaries, metrics))
+
+
+def _deadline(hhmm: str | None) -> float | None:
+    if not hhmm:
+        return None
+    h, m = map(int, hhmm.split(":"))
+    now = time.localtime()
+    return time.mktime((now.tm_year, now.tm_mon, now.tm_mday, h, m, 0, 0, 0, -1))
 
 
 def _hp(d: dict | None) -> FTHyperParams | None:

@@ -1,7 +1,7 @@
 """Seconds per edit: ``ftedit.ft.compute_deltas`` against a plain transcription of ROME's
 ``execute_ft`` (shared/seed/decipher-execute-ft.md), same request, hparams and model, one process.
 
-    .venv/bin/python bench/speed_ft.py --repeats 3 --out bench/results/speed
+    .venv/bin/python bench/speed_ft.py --repeats 3 --out bench/results/speed  (--models tiny|smollm2|all)
 
 The reference loop tokenises every step, runs the full model every step, computes the logits
 of every position, and clamps every step with freshly computed bounds, as ``execute_ft`` does.
@@ -71,7 +71,10 @@ def reference_ft(model, tok, request: EditRequest, hp: FTHyperParams):
                if f"{hp.rewrite_module_tmp.format(layer)}." in n}
     weights_copy = {k: v.detach().clone() for k, v in weights.items()}
     texts, targets = training_texts(model, tok, [request], hp)
-    kl_prompts = kl_texts([request]) if hp.kl_factor else []
+    kl_pairs = kl_texts([request]) if hp.kl_factor else []
+    kl_prompts = [t for t, _ in kl_pairs]
+    guards = [(i, tok(g, add_special_tokens=False)["input_ids"][0])
+              for i, (_, g) in enumerate(kl_pairs) if g]
     with torch.no_grad():
         kl_ref = _last_logprobs(model, tok, kl_prompts) if kl_prompts else None
     flags = {n: w.requires_grad for n, w in model.named_parameters()}
@@ -91,6 +94,9 @@ def reference_ft(model, tok, request: EditRequest, hp: FTHyperParams):
                 if kl_ref is not None:
                     cur = _last_logprobs(model, tok, kl_prompts)
                     kl = F.kl_div(cur, kl_ref, log_target=True, reduction="batchmean")
+                    if guards:
+                        rise = [cur[i, t] - kl_ref[i, t] for i, t in guards]
+                        kl = kl + F.relu(torch.stack(rise)).mean()
                     loss = loss + hp.kl_factor * kl
                 if value >= hp.early_stop_loss:
                     loss.backward()
@@ -151,9 +157,12 @@ def compare(model, tok, request, hp, repeats: int) -> dict:
 def cases(args):
     from ftedit.models import load_model
 
-    lm = load_model()
-    yield "SmolLM2-135M", "smollm2-ft-l", lm.model, lm.tok, REQUEST, load_preset("smollm2-ft-l")
-    yield "SmolLM2-135M", "default", lm.model, lm.tok, REQUEST, load_preset("default")
+    if args.models in ("all", "smollm2"):
+        lm = load_model()
+        for preset in ("smollm2-ft-l", "default"):
+            yield "SmolLM2-135M", preset, lm.model, lm.tok, REQUEST, load_preset(preset)
+    if args.models not in ("all", "tiny"):
+        return
     model, tok = tiny_gpt2()
     req = EditRequest("the {} is located in", "Eiffel Tower", "Rome", "Paris")
     tmpl = "transformer.h.{}.mlp.c_proj"
@@ -169,6 +178,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads, the same for both")
+    p.add_argument("--models", choices=["all", "smollm2", "tiny"], default="all")
     p.add_argument("--out", default=None, help="folder for speed.md / speed.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -193,8 +203,8 @@ def main(argv=None) -> None:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "speed.md").write_text(text)
-        (out / "speed.json").write_text(json.dumps(rows, indent=1))
+        (out / f"speed-{args.models}.md").write_text(text)
+        (out / f"speed-{args.models}.json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

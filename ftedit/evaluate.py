@@ -17,6 +17,7 @@ import json
 import math
 import re
 import statistics
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -148,14 +149,18 @@ def score_zsre(model, tok, record: dict) -> dict:
 
 def evaluate(model, tok, records: Sequence[dict], hparams: FTHyperParams | None,
              dataset: str = "counterfact", progress: Progress | None = None,
-             gen_records: int | None = None, **score_kw) -> list[dict]:
+             gen_records: int | None = None, deadline: float | None = None,
+             **score_kw) -> list[dict]:
     """One row per record: scores after editing that record alone (``hparams=None``: unedited).
     ``gen_records``: generation entropy only on the first that many records (it dominates the
-    cost of scoring on a CPU)."""
+    cost of scoring on a CPU). ``deadline`` (a ``time.time()``): stop before a record that
+    would start after it; the rows then cover only the records done."""
     make = EditRequest.from_counterfact if dataset == "counterfact" else EditRequest.from_zsre
     score = score_counterfact if dataset == "counterfact" else score_zsre
     rows = []
     for i, record in enumerate(records):
+        if deadline is not None and time.time() > deadline:
+            break
         if gen_records is not None and i == gen_records:
             score_kw = {**score_kw, "gen_tokens": 0}
         if hparams is None:

@@ -94,3 +94,51 @@ def test_splits(tmp_path):
     assert len(ev.load_records(path, "dev")) == 250
     with pytest.raises(ValueError):
         ev.load_records(path, "train")
+
+
+# ---- the FT internals the quality work added (fast path, keep penalty) -----------------------
+
+
+@pytest.mark.parametrize("maker,tmpl", [("make_llama", "model.layers.{}.mlp.down_proj"),
+                                        ("make_gpt2", "transformer.h.{}.mlp.c_proj")])
+def test_fast_path_equals_full_forward(monkeypatch, maker, tmpl):
+    from tests import tiny
+    from ftedit import ft
+
+    model, tok = getattr(tiny, maker)(layers=3)
+    hp = FTHyperParams(layers=(1, 2), rewrite_module_tmp=tmpl, lr=1e-2, num_steps=4,
+                       num_prefixes=1, prefix_len=2, objective="target_new")
+    req = EditRequest.from_counterfact(CF)
+    fast = compute_deltas(model, tok, [req], hp)
+    runner = ft._Runner(model, hp)
+    batch = ft.encode(tok, [req.text], [req.target_new], "prompt_last")
+    runner.hidden(batch)
+    assert runner._frozen[id(batch)][1] is not None  # the shortcut was taken, not refused
+    monkeypatch.setattr(ft, "_upper_stack", lambda *a: None)
+    full = compute_deltas(model, tok, [req], hp)
+    assert fast.losses == pytest.approx(full.losses, abs=1e-6)
+    assert max(float((fast.deltas[k] - full.deltas[k]).abs().max()) for k in fast.deltas) < 1e-6
+
+
+def test_keep_penalty_holds_back_stand_in_subjects():
+    from ftedit import ft
+
+    model, tok = make_llama(layers=3)
+    snap = params_snapshot(model)
+    req = EditRequest.from_counterfact(CF)
+    stand_in = req.prompt.format(ft.KL_SUBJECTS[0])
+    rise = {}
+    for kl in (0.0, 20.0):
+        res = compute_deltas(model, tok, [req], HP.replace(kl_factor=kl, num_steps=10))
+        with ev.applied(model, res.deltas):
+            rise[kl] = _logp(model, tok, stand_in, req.target_new)
+    assert_params_equal(model, snap)
+    base = _logp(model, tok, stand_in, req.target_new)
+    assert rise[20.0] - base < rise[0.0] - base
+
+
+@torch.no_grad()
+def _logp(model, tok, prompt, target):
+    from ftedit.ft import encode, target_logprobs
+
+    return float(target_logprobs(model, encode(tok, [prompt], [target], "prompt_last"))[0, 0])
