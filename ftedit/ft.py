@@ -86,10 +86,10 @@ def encode(tok, texts: Sequence[str], targets: Sequence[str], objective: str,
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     prompts = [tok(t)["input_ids"] for t in texts]
     tgts = [tok(t, add_special_tokens=False)["input_ids"] for t in targets]
-    for t, ids in zip(targets, tgts):
+    for t, ids in zip(targets, tgts, strict=True):
         if not ids:
             raise RequestError(f"target {t!r} tokenises to nothing; give a non-empty target")
-    seqs = [p + (g[:-1] if objective == "target_new" else []) for p, g in zip(prompts, tgts)]
+    seqs = [p + (g[:-1] if objective == "target_new" else []) for p, g in zip(prompts, tgts, strict=True)]
     L, T = max(map(len, seqs)), max(map(len, tgts))
     B = len(seqs)
     ids = torch.full((B, L), pad, dtype=torch.long)
@@ -97,7 +97,7 @@ def encode(tok, texts: Sequence[str], targets: Sequence[str], objective: str,
     score = torch.zeros((B, T), dtype=torch.long)
     tids = torch.full((B, T), pad, dtype=torch.long)
     tmask = torch.zeros((B, T), dtype=torch.long)
-    for i, (s, p, g) in enumerate(zip(seqs, prompts, tgts)):
+    for i, (s, p, g) in enumerate(zip(seqs, prompts, tgts, strict=True)):
         off = L - len(s) if side == "left" else 0
         ids[i, off : off + len(s)] = torch.tensor(s)
         mask[i, off : off + len(s)] = 1
@@ -372,7 +372,8 @@ def compute_deltas(model: torch.nn.Module, tok, requests: Sequence[EditRequest],
     try:
         model.eval()
         texts, targets = training_texts(model, tok, requests, hparams)
-        chunks = zip(_chunks(texts, hparams.batch_size), _chunks(targets, hparams.batch_size))
+        chunks = zip(_chunks(texts, hparams.batch_size), _chunks(targets, hparams.batch_size),
+                     strict=True)
         batches = [encode(tok, tx, tg, hparams.objective, dev) for tx, tg in chunks]
         for n, p in model.named_parameters():
             p.requires_grad_(n in weights)

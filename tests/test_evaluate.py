@@ -102,8 +102,8 @@ def test_splits(tmp_path):
 @pytest.mark.parametrize("maker,tmpl", [("make_llama", "model.layers.{}.mlp.down_proj"),
                                         ("make_gpt2", "transformer.h.{}.mlp.c_proj")])
 def test_fast_path_equals_full_forward(monkeypatch, maker, tmpl):
-    from tests import tiny
     from ftedit import ft
+    from tests import tiny
 
     model, tok = getattr(tiny, maker)(layers=3)
     hp = FTHyperParams(layers=(1, 2), rewrite_module_tmp=tmpl, lr=1e-2, num_steps=4,
