@@ -40,8 +40,9 @@ class FTHyperParams:
     num_prefixes: int = 0
     # Tokens in each random prefix, generated greedily-sampled from the model itself.
     prefix_len: int = 5
-    # Weight of a KL penalty keeping next-token predictions on the subject-free "{} is a" style
-    # prompts unchanged (ROME's essence/KL idea applied to FT); 0 = off.
+    # Weight of the keep penalty (ft.kl_texts): KL to the pre-edit next-token distribution on
+    # ROME's essence prompt "{subject} is a" and on the relation prompt with stand-in subjects,
+    # plus the rise of log p(target_new) on the latter, so the edit keys on the subject; 0 = off.
     kl_factor: float = 0.0
     # Seed for anything random (prefix sampling); equal seeds give bit-identical deltas.
     seed: int = 0
