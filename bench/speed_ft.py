@@ -161,6 +161,9 @@ def cases(args):
         lm = load_model()
         for preset in ("smollm2-ft-l", "default"):
             yield "SmolLM2-135M", preset, lm.model, lm.tok, REQUEST, load_preset(preset)
+        # Not a preset: shows how the saving grows with the number of frozen blocks below.
+        upper = load_preset("default").replace(layers=(24, 25, 26, 27))
+        yield "SmolLM2-135M", "default, layers 24-27", lm.model, lm.tok, REQUEST, upper
     if args.models not in ("all", "tiny"):
         return
     model, tok = tiny_gpt2()
