@@ -32,21 +32,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hparams", action="append", default=[], help="hparams JSON file (repeatable)")
     p.add_argument("--unedited", action="store_true", help="also score the unedited model")
     p.add_argument("--dataset", choices=["counterfact", "zsre"], default="counterfact")
-    p.add_argument("--split", choices=sorted(ev.SPLITS), default="dev",
-                   help="CounterFact split (zsRE: the first --n records of the sample)")
+    p.add_argument(
+        "--split",
+        choices=sorted(ev.SPLITS),
+        default="dev",
+        help="CounterFact split (zsRE: the first --n records of the sample)",
+    )
     p.add_argument("--n", type=int, default=None, help="first N records of the split")
     p.add_argument("--data", default=None, help="records file (default: ../shared/data/...)")
     p.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2)")
     p.add_argument("--gen-prompts", type=int, default=2, help="generation prompts per record")
     p.add_argument("--gen-tokens", type=int, default=40, help="new tokens per generation")
-    p.add_argument("--gen-records", type=int, default=None,
-                   help="generation entropy on the first N records only (default: all)")
+    p.add_argument(
+        "--gen-records",
+        type=int,
+        default=None,
+        help="generation entropy on the first N records only (default: all)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (shared CPUs: keep 1)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--stop-at", default=None,
-                   help="wall-clock HH:MM (local); methods stop there and report the records done")
-    p.add_argument("--append", action="store_true",
-                   help="add these methods to the report already in --out (same records)")
+    p.add_argument(
+        "--stop-at",
+        default=None,
+        help="wall-clock HH:MM (local); methods stop there and report the records done",
+    )
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="add these methods to the report already in --out (same records)",
+    )
     return p.parse_args(argv)
 
 
@@ -73,8 +87,9 @@ def main(argv=None) -> None:
     todo = methods(args)
     lo = 0 if zsre else ev.SPLITS[args.split][0]
     where = "zsRE (MEMIT convention)" if zsre else f"CounterFact {args.split}"
-    title = (f"{where}, records {lo}-{lo + len(records) - 1}, {lm.fingerprint.name}, "
-             "one edit at a time")
+    title = (
+        f"{where}, records {lo}-{lo + len(records) - 1}, {lm.fingerprint.name}, one edit at a time"
+    )
     summaries, all_rows = {}, {}
     if args.append and (out / "results.json").exists():
         old = json.loads((out / "results.json").read_text())
@@ -91,12 +106,21 @@ def main(argv=None) -> None:
             def progress(i, n, row, name=name, t0=t0):
                 stream.write(json.dumps({"method": name, **row}) + "\n")
                 stream.flush()
-                print(f"[{name}] {i}/{n} eff={row['efficacy']:.0f} para={row['paraphrase']:.2f} "
-                      f"neigh={row['neighborhood']:.2f} ({time.perf_counter() - t0:.0f} s)",
-                      flush=True)
+                print(
+                    f"[{name}] {i}/{n} eff={row['efficacy']:.0f} para={row['paraphrase']:.2f} "
+                    f"neigh={row['neighborhood']:.2f} ({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
 
-            kw = {} if zsre else {"gen_prompts": args.gen_prompts, "gen_tokens": args.gen_tokens,
-                                  "gen_records": args.gen_records}
+            kw = (
+                {}
+                if zsre
+                else {
+                    "gen_prompts": args.gen_prompts,
+                    "gen_tokens": args.gen_tokens,
+                    "gen_records": args.gen_records,
+                }
+            )
             kw["deadline"] = _deadline(args.stop_at)
             rows = ev.evaluate(lm.model, lm.tok, records, hp, args.dataset, progress, **kw)
             all_rows[name], summaries[name] = rows, ev.summarize(rows, metrics)
@@ -118,18 +142,29 @@ def _hp(d: dict | None) -> FTHyperParams | None:
     return FTHyperParams.from_dict(d) if d else None
 
 
-def write(out: Path, title: str, args, n: int, todo: dict, summaries: dict, all_rows: dict,
-          metrics) -> None:
+def write(
+    out: Path, title: str, args, n: int, todo: dict, summaries: dict, all_rows: dict, metrics
+) -> None:
     (out / "results.md").write_text(f"{title}\n\n{ev.markdown_table(summaries, metrics)}")
-    (out / "results.json").write_text(json.dumps({
-        "title": title, "dataset": args.dataset,
-        "split": None if args.dataset == "zsre" else args.split, "records": n,
-        "gen_prompts": args.gen_prompts, "gen_tokens": args.gen_tokens,
-        "gen_records": args.gen_records,
-        "hparams": {k: (v.to_dict() if v else None) for k, v in todo.items()},
-        "summaries": summaries, "rows": all_rows,
-    }, indent=1))
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "title": title,
+                "dataset": args.dataset,
+                "split": None if args.dataset == "zsre" else args.split,
+                "records": n,
+                "gen_prompts": args.gen_prompts,
+                "gen_tokens": args.gen_tokens,
+                "gen_records": args.gen_records,
+                "hparams": {k: (v.to_dict() if v else None) for k, v in todo.items()},
+                "summaries": summaries,
+                "rows": all_rows,
+            },
+            indent=1,
+        )
+    )
     ev.save_chart(summaries, out / "results.png", title)
+
 
 if __name__ == "__main__":
     main()

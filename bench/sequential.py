@@ -37,8 +37,13 @@ def efficacy(model, tok, records) -> float:
     hits = []
     for r in records:
         rw = r["requested_rewrite"]
-        ((ok, _),) = _prefers(model, tok, [rw["prompt"].format(rw["subject"])],
-                              rw["target_new"]["str"], rw["target_true"]["str"])
+        ((ok, _),) = _prefers(
+            model,
+            tok,
+            [rw["prompt"].format(rw["subject"])],
+            rw["target_new"]["str"],
+            rw["target_true"]["str"],
+        )
         hits.append(ok)
     return 100 * statistics.fmean(hits)
 
@@ -50,8 +55,12 @@ def neighborhood(model, tok, records, per_record: int) -> float:
     for r in records:
         rw = r["requested_rewrite"]
         prompts = r["neighborhood_prompts"][:per_record]
-        hits += [ok for ok, _ in _prefers(model, tok, prompts, rw["target_true"]["str"],
-                                          rw["target_new"]["str"])]
+        hits += [
+            ok
+            for ok, _ in _prefers(
+                model, tok, prompts, rw["target_true"]["str"], rw["target_new"]["str"]
+            )
+        ]
     return 100 * statistics.fmean(hits)
 
 
@@ -59,26 +68,46 @@ def run(model, tok, records, hp: FTHyperParams, every: int, probe: int = 10) -> 
     names = list(weights_to_edit(model, hp))
     params = dict(model.named_parameters())
     base = {k: params[k].detach().clone() for k in names}
-    curve = [{"edits": 0, "efficacy_so_far": None,
-              "neighborhood": neighborhood(model, tok, records, probe)}]
+    curve = [
+        {
+            "edits": 0,
+            "efficacy_so_far": None,
+            "neighborhood": neighborhood(model, tok, records, probe),
+        }
+    ]
     stack, per_edit = [], []
     t0 = time.perf_counter()
     for i, rec in enumerate(records, 1):
         res = compute_deltas(model, tok, [EditRequest.from_counterfact(rec)], hp)
         stack.append(res.deltas)
         rebuild(model, base, stack, names=names)  # live = base + every delta so far
-        per_edit.append({"case_id": rec["case_id"], "steps": res.steps,
-                         "seconds": res.seconds, "final_loss": res.losses[-1],
-                         "efficacy_now": efficacy(model, tok, [rec]),
-                         "delta_norm": res.deltas.norm()})
+        per_edit.append(
+            {
+                "case_id": rec["case_id"],
+                "steps": res.steps,
+                "seconds": res.seconds,
+                "final_loss": res.losses[-1],
+                "efficacy_now": efficacy(model, tok, [rec]),
+                "delta_norm": res.deltas.norm(),
+            }
+        )
         if i % every == 0 or i == len(records):
-            curve.append({"edits": i, "efficacy_so_far": efficacy(model, tok, records[:i]),
-                          "neighborhood": neighborhood(model, tok, records, probe)})
+            curve.append(
+                {
+                    "edits": i,
+                    "efficacy_so_far": efficacy(model, tok, records[:i]),
+                    "neighborhood": neighborhood(model, tok, records, probe),
+                }
+            )
             print(f"{i} edits ({time.perf_counter() - t0:.0f} s): {curve[-1]}", flush=True)
     final = ev.summarize([ev.score_counterfact(model, tok, r, gen_tokens=0) for r in records])
     rebuild(model, base, [], names=names)
-    return {"curve": curve, "per_edit": per_edit, "final": final,
-            "stack_norm": sum(stack[1:], stack[0]).norm() if stack else 0.0}
+    return {
+        "curve": curve,
+        "per_edit": per_edit,
+        "final": final,
+        "stack_norm": sum(stack[1:], stack[0]).norm() if stack else 0.0,
+    }
 
 
 def plot(result: dict, path: Path, title: str) -> None:
@@ -89,10 +118,18 @@ def plot(result: dict, path: Path, title: str) -> None:
 
     c = result["curve"]
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    ax.plot([p["edits"] for p in c[1:]], [p["efficacy_so_far"] for p in c[1:]], "o-",
-            label="efficacy over all edits so far")
-    ax.plot([p["edits"] for p in c], [p["neighborhood"] for p in c], "s-",
-            label="neighborhood probe (neighbours of all N records)")
+    ax.plot(
+        [p["edits"] for p in c[1:]],
+        [p["efficacy_so_far"] for p in c[1:]],
+        "o-",
+        label="efficacy over all edits so far",
+    )
+    ax.plot(
+        [p["edits"] for p in c],
+        [p["neighborhood"] for p in c],
+        "s-",
+        label="neighborhood probe (neighbours of all N records)",
+    )
     ax.set_xlabel("edits stacked")
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)
@@ -113,8 +150,12 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--split", choices=sorted(ev.SPLITS), default="test")
     p.add_argument("--every", type=int, default=20, help="score the stack every K edits")
-    p.add_argument("--probe", type=int, default=2,
-                   help="neighbour prompts per record in the curve's neighbourhood probe")
+    p.add_argument(
+        "--probe",
+        type=int,
+        default=2,
+        help="neighbour prompts per record in the curve's neighbourhood probe",
+    )
     p.add_argument("--data", default=str(ev.DATA_DIR / "counterfact-sample.json"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True)
@@ -127,21 +168,28 @@ def main(argv=None) -> None:
     lm = load_model()
     hp = load_preset(args.preset)
     result = run(lm.model, lm.tok, records, hp, args.every, args.probe)
-    title = (f"{len(records)} sequential CounterFact {args.split} edits, preset "
-             f"{args.preset!r}, {lm.fingerprint.name}")
+    title = (
+        f"{len(records)} sequential CounterFact {args.split} edits, preset "
+        f"{args.preset!r}, {lm.fingerprint.name}"
+    )
     f, c0 = result["final"], result["curve"][0]
-    md = (f"{title}\n\n| after | n | Efficacy | Paraphrase | Neighborhood |\n"
-          "|---|---|---|---|---|\n"
-          f"| unedited (curve's probe: {args.probe} neighbours per record) | {len(records)} | | | "
-          f"{c0['neighborhood']:.1f} |\n"
-          f"| all {len(records)} edits stacked | {f['n']} | {f['efficacy']:.1f} | "
-          f"{f['paraphrase']:.1f} | {f['neighborhood']:.1f} |\n\n"
-          "| edits | efficacy over edits so far | neighborhood |\n|---|---|---|\n"
-          + "".join(f"| {p['edits']} | {_fmt(p['efficacy_so_far'])} | "
-                    f"{p['neighborhood']:.1f} |\n" for p in result["curve"]))
+    md = (
+        f"{title}\n\n| after | n | Efficacy | Paraphrase | Neighborhood |\n"
+        "|---|---|---|---|---|\n"
+        f"| unedited (curve's probe: {args.probe} neighbours per record) | {len(records)} | | | "
+        f"{c0['neighborhood']:.1f} |\n"
+        f"| all {len(records)} edits stacked | {f['n']} | {f['efficacy']:.1f} | "
+        f"{f['paraphrase']:.1f} | {f['neighborhood']:.1f} |\n\n"
+        "| edits | efficacy over edits so far | neighborhood |\n|---|---|---|\n"
+        + "".join(
+            f"| {p['edits']} | {_fmt(p['efficacy_so_far'])} | {p['neighborhood']:.1f} |\n"
+            for p in result["curve"]
+        )
+    )
     (out / "sequential.md").write_text(md)
-    (out / "sequential.json").write_text(json.dumps(
-        {"title": title, "hparams": hp.to_dict(), **result}, indent=1))
+    (out / "sequential.json").write_text(
+        json.dumps({"title": title, "hparams": hp.to_dict(), **result}, indent=1)
+    )
     plot(result, out / "sequential.png", title)
     print(md)
 

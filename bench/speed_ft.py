@@ -54,8 +54,12 @@ def _loss(model, tok, txt, tgt, objective):
         return (-(torch.gather(probs, 1, ids) * mask).sum(1) / mask.sum(1)).mean()
     # teacher forcing, the plain way: prompt + target as one right-padded string, full logits
     n_p = [len(tok(p)["input_ids"]) for p in txt]
-    inputs = tok([p + t for p, t in zip(txt, tgt, strict=True)], return_tensors="pt",
-                 padding=True, padding_side="right")
+    inputs = tok(
+        [p + t for p, t in zip(txt, tgt, strict=True)],
+        return_tensors="pt",
+        padding=True,
+        padding_side="right",
+    )
     logp = F.log_softmax(model(**inputs).logits, dim=-1)
     losses = []
     for i, n in enumerate(n_p):
@@ -67,14 +71,21 @@ def _loss(model, tok, txt, tgt, objective):
 
 def reference_ft(model, tok, request: EditRequest, hp: FTHyperParams):
     """ROME's execute_ft, transcribed; returns (deltas, losses). Leaves the model unchanged."""
-    weights = {n: p for n, p in model.named_parameters() for layer in hp.layers
-               if f"{hp.rewrite_module_tmp.format(layer)}." in n}
+    weights = {
+        n: p
+        for n, p in model.named_parameters()
+        for layer in hp.layers
+        if f"{hp.rewrite_module_tmp.format(layer)}." in n
+    }
     weights_copy = {k: v.detach().clone() for k, v in weights.items()}
     texts, targets = training_texts(model, tok, [request], hp)
     kl_pairs = kl_texts([request]) if hp.kl_factor else []
     kl_prompts = [t for t, _ in kl_pairs]
-    guards = [(i, tok(g, add_special_tokens=False)["input_ids"][0])
-              for i, (_, g) in enumerate(kl_pairs) if g]
+    guards = [
+        (i, tok(g, add_special_tokens=False)["input_ids"][0])
+        for i, (_, g) in enumerate(kl_pairs)
+        if g
+    ]
     with torch.no_grad():
         kl_ref = _last_logprobs(model, tok, kl_prompts) if kl_prompts else None
     flags = {n: w.requires_grad for n, w in model.named_parameters()}
@@ -85,8 +96,9 @@ def reference_ft(model, tok, request: EditRequest, hp: FTHyperParams):
     try:
         for _ in range(hp.num_steps):
             total, count = 0.0, 0
-            for txt, tgt in zip(_chunks(texts, hp.batch_size), _chunks(targets, hp.batch_size),
-                                strict=True):
+            for txt, tgt in zip(
+                _chunks(texts, hp.batch_size), _chunks(targets, hp.batch_size), strict=True
+            ):
                 opt.zero_grad()
                 loss = _loss(model, tok, txt, tgt, hp.objective)
                 value = loss.item()
@@ -105,8 +117,9 @@ def reference_ft(model, tok, request: EditRequest, hp: FTHyperParams):
                     eps = hp.norm_constraint
                     with torch.no_grad():
                         for k, v in weights.items():
-                            v[...] = torch.clamp(v, min=weights_copy[k] - eps,
-                                                 max=weights_copy[k] + eps)
+                            v[...] = torch.clamp(
+                                v, min=weights_copy[k] - eps, max=weights_copy[k] + eps
+                            )
             losses.append(total / count)
             if losses[-1] < hp.early_stop_loss:
                 break
@@ -127,8 +140,16 @@ def tiny_gpt2():
     from tests.tiny import VOCAB_SIZE, make_tokenizer
 
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=VOCAB_SIZE, n_embd=64, n_layer=6, n_head=4, n_positions=128,
-                     pad_token_id=1, bos_token_id=2, eos_token_id=3)
+    cfg = GPT2Config(
+        vocab_size=VOCAB_SIZE,
+        n_embd=64,
+        n_layer=6,
+        n_head=4,
+        n_positions=128,
+        pad_token_id=1,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
     return GPT2LMHeadModel(cfg).eval(), make_tokenizer()
 
 
@@ -138,7 +159,11 @@ def _agreement(a, b) -> tuple[float, float]:
     dot = na = nb = dd = 0.0
     for k in b:
         x, y = a[k].double(), b[k].double()
-        dot, na, nb = dot + float((x * y).sum()), na + float((x * x).sum()), nb + float((y * y).sum())
+        dot, na, nb = (
+            dot + float((x * y).sum()),
+            na + float((x * x).sum()),
+            nb + float((y * y).sum()),
+        )
         dd += float(((x - y) ** 2).sum())
     return (dd / nb) ** 0.5 if nb else 0.0, dot / (na * nb) ** 0.5 if na and nb else 0.0
 
@@ -160,11 +185,15 @@ def compare(model, tok, request, hp, repeats: int) -> dict:
     # agree as a whole; the relative Frobenius difference and the cosine show that.
     rel, cos = _agreement(ours.deltas, ref_deltas)
     return {
-        "ours_s": statistics.median(ours_t), "reference_s": statistics.median(ref_t),
+        "ours_s": statistics.median(ours_t),
+        "reference_s": statistics.median(ref_t),
         "speedup": statistics.median(ref_t) / statistics.median(ours_t),
         "steps": [ours.steps, len(ref_losses)],
         "final_loss": [ours.losses[-1], ref_losses[-1]],
-        "max_abs_delta_diff": diff, "max_abs_delta": scale, "rel_fro_diff": rel, "cosine": cos,
+        "max_abs_delta_diff": diff,
+        "max_abs_delta": scale,
+        "rel_fro_diff": rel,
+        "cosine": cos,
         "same_tensors": sorted(ours.deltas) == sorted(ref_deltas),
     }
 
@@ -184,12 +213,19 @@ def cases(args):
     model, tok = tiny_gpt2()
     req = EditRequest("the {} is located in", "Eiffel Tower", "Rome", "Paris")
     tmpl = "transformer.h.{}.mlp.c_proj"
-    ftl = FTHyperParams(layers=(0,), rewrite_module_tmp=tmpl, lr=5e-4, num_steps=25,
-                        norm_constraint=5e-4)
+    ftl = FTHyperParams(
+        layers=(0,), rewrite_module_tmp=tmpl, lr=5e-4, num_steps=25, norm_constraint=5e-4
+    )
     yield "tiny GPT-2 (6x64)", "ft-l", model, tok, req, ftl
     dflt = load_preset("default")
-    yield "tiny GPT-2 (6x64)", "default-like", model, tok, req, dflt.replace(
-        layers=(2, 3), rewrite_module_tmp=tmpl, early_stop_loss=0.0)
+    yield (
+        "tiny GPT-2 (6x64)",
+        "default-like",
+        model,
+        tok,
+        req,
+        dflt.replace(layers=(2, 3), rewrite_module_tmp=tmpl, early_stop_loss=0.0),
+    )
 
 
 def main(argv=None) -> None:
@@ -206,8 +242,10 @@ def main(argv=None) -> None:
         r = {"model": model_name, "preset": preset, **compare(model, tok, req, hp, args.repeats)}
         rows.append(r)
         print(json.dumps(r), flush=True)
-    header = ("| model | hparams | ours (s) | reference (s) | speed-up | steps ours/ref | "
-              "final loss ours/ref | deltas: rel. diff, cosine | max abs diff (max abs delta) |")
+    header = (
+        "| model | hparams | ours (s) | reference (s) | speed-up | steps ours/ref | "
+        "final loss ours/ref | deltas: rel. diff, cosine | max abs diff (max abs delta) |"
+    )
     table = [header, "|---" * 9 + "|"]
     for r in rows:
         table.append(
@@ -215,9 +253,12 @@ def main(argv=None) -> None:
             f"{r['speedup']:.1f}x | {r['steps'][0]}/{r['steps'][1]} | "
             f"{r['final_loss'][0]:.4g}/{r['final_loss'][1]:.4g} | "
             f"{r['rel_fro_diff']:.1e}, {r['cosine']:.7f} | "
-            f"{r['max_abs_delta_diff']:.1e} ({r['max_abs_delta']:.1e}) |")
-    text = (f"Median seconds per edit over {args.repeats} interleaved runs, "
-            f"{args.threads} torch thread(s), CPU.\n\n" + "\n".join(table) + "\n")
+            f"{r['max_abs_delta_diff']:.1e} ({r['max_abs_delta']:.1e}) |"
+        )
+    text = (
+        f"Median seconds per edit over {args.repeats} interleaved runs, "
+        f"{args.threads} torch thread(s), CPU.\n\n" + "\n".join(table) + "\n"
+    )
     print(text)
     if args.out:
         out = Path(args.out)

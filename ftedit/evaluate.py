@@ -34,8 +34,16 @@ from ftedit.requests import EditRequest
 # CounterFact sample records 0-249 are for tuning, 250-499 for reporting (issue 5).
 SPLITS = {"dev": (0, 250), "test": (250, 500)}
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
-CF_METRICS = ("efficacy", "paraphrase", "neighborhood", "efficacy_magnitude",
-              "paraphrase_magnitude", "neighborhood_magnitude", "gen_entropy", "seconds")
+CF_METRICS = (
+    "efficacy",
+    "paraphrase",
+    "neighborhood",
+    "efficacy_magnitude",
+    "paraphrase_magnitude",
+    "neighborhood_magnitude",
+    "gen_entropy",
+    "seconds",
+)
 ZSRE_METRICS = ("efficacy", "paraphrase", "neighborhood", "seconds")
 Progress = Callable[[int, int, dict], None]  # (records done, total, that record's row)
 
@@ -68,8 +76,9 @@ def applied(model: torch.nn.Module, deltas: Deltas) -> Iterator[None]:
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 
-def ngram_entropy(text: str, ns: Sequence[int] = (2, 3),
-                  weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
+def ngram_entropy(
+    text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)
+) -> float:
     """ROME's ``compute_n_gram_entropy``: weighted mean of the n-gram entropies (bits)."""
     words = _WORD.findall(text)
     out = []
@@ -82,8 +91,9 @@ def ngram_entropy(text: str, ns: Sequence[int] = (2, 3),
 
 
 @torch.no_grad()
-def sample_texts(model, tok, prompts: Sequence[str], max_new_tokens: int, seed: int = 0,
-                 top_k: int = 5) -> list[str]:
+def sample_texts(
+    model, tok, prompts: Sequence[str], max_new_tokens: int, seed: int = 0, top_k: int = 5
+) -> list[str]:
     """Prompt + a top-k sampled continuation for each prompt (batched, left-padded)."""
     dev = model.get_input_embeddings().weight.device
     side = tok.padding_side
@@ -94,13 +104,19 @@ def sample_texts(model, tok, prompts: Sequence[str], max_new_tokens: int, seed: 
         tok.padding_side = side
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
-        out = model.generate(**enc, do_sample=True, top_k=top_k, max_new_tokens=max_new_tokens,
-                             pad_token_id=tok.pad_token_id)
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            top_k=top_k,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+        )
     return tok.batch_decode(out, skip_special_tokens=True)
 
 
-def generation_entropy(model, tok, prompts: Sequence[str], max_new_tokens: int = 40,
-                       seed: int = 0) -> float:
+def generation_entropy(
+    model, tok, prompts: Sequence[str], max_new_tokens: int = 40, seed: int = 0
+) -> float:
     texts = sample_texts(model, tok, prompts, max_new_tokens, seed)
     return statistics.fmean(ngram_entropy(t) for t in texts)
 
@@ -108,28 +124,35 @@ def generation_entropy(model, tok, prompts: Sequence[str], max_new_tokens: int =
 # ---- per-record scores ----------------------------------------------------------------------
 
 
-def score_counterfact(model, tok, record: dict, gen_prompts: int = 2,
-                      gen_tokens: int = 40) -> dict:
+def score_counterfact(model, tok, record: dict, gen_prompts: int = 2, gen_tokens: int = 40) -> dict:
     """ROME's CounterFact scores of the live model for one record (rates in [0, 1])."""
     row = counterfact_scores(model, tok, record)
     prompts = record.get("generation_prompts", [])[:gen_prompts]
-    row["gen_entropy"] = (generation_entropy(model, tok, prompts, gen_tokens,
-                                             seed=record.get("case_id", 0))
-                          if prompts and gen_tokens else float("nan"))
+    row["gen_entropy"] = (
+        generation_entropy(model, tok, prompts, gen_tokens, seed=record.get("case_id", 0))
+        if prompts and gen_tokens
+        else float("nan")
+    )
     return row
 
 
 @torch.no_grad()
-def token_accuracy(model, tok, prompts: Sequence[str], targets: Sequence[str],
-                   batch_size: int = 32) -> list[float]:
+def token_accuracy(
+    model, tok, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32
+) -> list[float]:
     """Teacher-forced argmax accuracy of each target's tokens after its prompt (MEMIT's zsRE)."""
     dev = model.get_input_embeddings().weight.device
     out = []
-    for ps, ts in zip(_chunks(list(prompts), batch_size), _chunks(list(targets), batch_size),
-                      strict=True):
+    for ps, ts in zip(
+        _chunks(list(prompts), batch_size), _chunks(list(targets), batch_size), strict=True
+    ):
         b = encode(tok, ps, ts, "target_new", dev)
-        logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                       position_ids=b.position_ids, use_cache=False).logits
+        logits = model(
+            input_ids=b.input_ids,
+            attention_mask=b.attention_mask,
+            position_ids=b.position_ids,
+            use_cache=False,
+        ).logits
         rows = torch.arange(len(ps), device=dev)[:, None]
         hit = (logits[rows, b.score_pos].argmax(-1) == b.target_ids).float() * b.target_mask
         out += (hit.sum(1) / b.target_mask.sum(1)).tolist()
@@ -139,18 +162,29 @@ def token_accuracy(model, tok, prompts: Sequence[str], targets: Sequence[str],
 def score_zsre(model, tok, record: dict) -> dict:
     """MEMIT's zsRE scores: token accuracy of answers[0] on src / rephrase, loc_ans on loc?."""
     ans = " " + record["answers"][0].strip()
-    acc = token_accuracy(model, tok, [record["src"], record["rephrase"], record["loc"] + "?"],
-                         [ans, ans, " " + record["loc_ans"].strip()])
+    acc = token_accuracy(
+        model,
+        tok,
+        [record["src"], record["rephrase"], record["loc"] + "?"],
+        [ans, ans, " " + record["loc_ans"].strip()],
+    )
     return {"efficacy": acc[0], "paraphrase": acc[1], "neighborhood": acc[2]}
 
 
 # ---- running a method over records ---------------------------------------------------------
 
 
-def evaluate(model, tok, records: Sequence[dict], hparams: FTHyperParams | None,
-             dataset: str = "counterfact", progress: Progress | None = None,
-             gen_records: int | None = None, deadline: float | None = None,
-             **score_kw) -> list[dict]:
+def evaluate(
+    model,
+    tok,
+    records: Sequence[dict],
+    hparams: FTHyperParams | None,
+    dataset: str = "counterfact",
+    progress: Progress | None = None,
+    gen_records: int | None = None,
+    deadline: float | None = None,
+    **score_kw,
+) -> list[dict]:
     """One row per record: scores after editing that record alone (``hparams=None``: unedited).
     ``gen_records``: generation entropy only on the first that many records (it dominates the
     cost of scoring on a CPU). ``deadline`` (a ``time.time()``): stop before a record that
@@ -191,25 +225,37 @@ def summarize(rows: Sequence[dict], metrics: Sequence[str] = CF_METRICS) -> dict
 
 # ---- reports --------------------------------------------------------------------------------
 
-LABELS = {"efficacy": "Efficacy", "paraphrase": "Paraphrase", "neighborhood": "Neighborhood",
-          "efficacy_magnitude": "Eff. mag.", "paraphrase_magnitude": "Para. mag.",
-          "neighborhood_magnitude": "Neigh. mag.", "gen_entropy": "Gen. entropy",
-          "seconds": "s / edit"}
+LABELS = {
+    "efficacy": "Efficacy",
+    "paraphrase": "Paraphrase",
+    "neighborhood": "Neighborhood",
+    "efficacy_magnitude": "Eff. mag.",
+    "paraphrase_magnitude": "Para. mag.",
+    "neighborhood_magnitude": "Neigh. mag.",
+    "gen_entropy": "Gen. entropy",
+    "seconds": "s / edit",
+}
 
 
 def markdown_table(summaries: dict[str, dict], metrics: Sequence[str] = CF_METRICS) -> str:
     """One row per method: ``summaries`` maps a method name to :func:`summarize`'s output."""
     cols = [m for m in metrics if any(m in s for s in summaries.values())]
-    lines = ["| method | n | " + " | ".join(LABELS.get(c, c) for c in cols) + " |",
-             "|---" * (len(cols) + 2) + "|"]
+    lines = [
+        "| method | n | " + " | ".join(LABELS.get(c, c) for c in cols) + " |",
+        "|---" * (len(cols) + 2) + "|",
+    ]
     for name, s in summaries.items():
         cells = [f"{s[c]:.1f}" if c in s else "" for c in cols]
         lines.append(f"| {name} | {s['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def save_chart(summaries: dict[str, dict], path: str | Path, title: str,
-               metrics: Sequence[str] = ("efficacy", "paraphrase", "neighborhood")) -> Path:
+def save_chart(
+    summaries: dict[str, dict],
+    path: str | Path,
+    title: str,
+    metrics: Sequence[str] = ("efficacy", "paraphrase", "neighborhood"),
+) -> Path:
     """Grouped bar chart of the success rates, one group per metric, one bar per method."""
     import matplotlib
 

@@ -16,15 +16,24 @@ from tests.tiny import assert_params_equal, make_llama, params_snapshot
 
 CF = {
     "case_id": 7,
-    "requested_rewrite": {"prompt": "the {} is located in", "subject": "Eiffel Tower",
-                          "target_new": {"str": "Rome"}, "target_true": {"str": "Paris"}},
+    "requested_rewrite": {
+        "prompt": "the {} is located in",
+        "subject": "Eiffel Tower",
+        "target_new": {"str": "Rome"},
+        "target_true": {"str": "Paris"},
+    },
     "paraphrase_prompts": ["the Eiffel Tower is in", "Eiffel Tower is located in"],
     "neighborhood_prompts": ["the Tokyo Tower is located in"],
     "generation_prompts": ["the Eiffel Tower is", "Eiffel Tower"],
 }
-ZSRE = {"subject": "Eiffel Tower", "src": "which city is Eiffel Tower located in ?",
-        "rephrase": "what city is the Eiffel Tower in ?", "answers": ["Paris"],
-        "loc": "nq question: who made Apple", "loc_ans": "Apple"}
+ZSRE = {
+    "subject": "Eiffel Tower",
+    "src": "which city is Eiffel Tower located in ?",
+    "rephrase": "what city is the Eiffel Tower in ?",
+    "answers": ["Paris"],
+    "loc": "nq question: who made Apple",
+    "loc_ans": "Apple",
+}
 HP = FTHyperParams(layers=(0, 1), lr=5e-2, num_steps=5, norm_constraint=None)
 
 
@@ -49,8 +58,9 @@ def test_evaluate_counterfact_rows_and_purity():
     model, tok = make_llama()
     snap = params_snapshot(model)
     seen = []
-    rows = ev.evaluate(model, tok, [CF], HP, progress=lambda i, n, r: seen.append(i),
-                       gen_prompts=2, gen_tokens=4)
+    rows = ev.evaluate(
+        model, tok, [CF], HP, progress=lambda i, n, r: seen.append(i), gen_prompts=2, gen_tokens=4
+    )
     assert_params_equal(model, snap)
     assert seen == [1] and rows[0]["case_id"] == 7 and rows[0]["steps"] == 5
     for k in ("efficacy", "paraphrase", "neighborhood"):
@@ -78,9 +88,12 @@ def test_zsre_scores_and_reports(tmp_path):
     model, tok = make_llama()
     rows = ev.evaluate(model, tok, [ZSRE], HP, dataset="zsre")
     assert set(ev.ZSRE_METRICS) <= set(rows[0])
-    sums = {"unedited": ev.summarize(ev.evaluate(model, tok, [ZSRE], None, dataset="zsre"),
-                                     ev.ZSRE_METRICS),
-            "ft": ev.summarize(rows, ev.ZSRE_METRICS)}
+    sums = {
+        "unedited": ev.summarize(
+            ev.evaluate(model, tok, [ZSRE], None, dataset="zsre"), ev.ZSRE_METRICS
+        ),
+        "ft": ev.summarize(rows, ev.ZSRE_METRICS),
+    }
     table = ev.markdown_table(sums, ev.ZSRE_METRICS)
     assert table.count("\n") == 4 and "| ft | 1 |" in table
     png = ev.save_chart(sums, tmp_path / "c.png", "tiny")
@@ -99,15 +112,24 @@ def test_splits(tmp_path):
 # ---- the FT internals the quality work added (fast path, keep penalty) -----------------------
 
 
-@pytest.mark.parametrize("maker,tmpl", [("make_llama", "model.layers.{}.mlp.down_proj"),
-                                        ("make_gpt2", "transformer.h.{}.mlp.c_proj")])
+@pytest.mark.parametrize(
+    "maker,tmpl",
+    [("make_llama", "model.layers.{}.mlp.down_proj"), ("make_gpt2", "transformer.h.{}.mlp.c_proj")],
+)
 def test_fast_path_equals_full_forward(monkeypatch, maker, tmpl):
     from ftedit import ft
     from tests import tiny
 
     model, tok = getattr(tiny, maker)(layers=3)
-    hp = FTHyperParams(layers=(1, 2), rewrite_module_tmp=tmpl, lr=1e-2, num_steps=4,
-                       num_prefixes=1, prefix_len=2, objective="target_new")
+    hp = FTHyperParams(
+        layers=(1, 2),
+        rewrite_module_tmp=tmpl,
+        lr=1e-2,
+        num_steps=4,
+        num_prefixes=1,
+        prefix_len=2,
+        objective="target_new",
+    )
     req = EditRequest.from_counterfact(CF)
     fast = compute_deltas(model, tok, [req], hp)
     runner = ft._Runner(model, hp)
