@@ -126,7 +126,7 @@ def main(argv=None) -> None:
             all_rows[name], summaries[name] = rows, ev.summarize(rows, metrics)
             # Written after every method, so a run cut short keeps the methods it finished.
             write(out, title, args, len(records), todo, summaries, all_rows, metrics)
-    (out / "rows.jsonl").unlink()  # only a progress log: results.json holds every row
+    (out / "rows.jsonl").unlink(missing_ok=True)  # a progress log: results.json has every row
     print(ev.markdown_table(summaries, metrics))
 
 
