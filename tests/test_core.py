@@ -132,6 +132,13 @@ def test_deltas_algebra():
     assert a.nbytes == 7 * 4
 
 
+def test_cosine_of_large_deltas_is_exact_enough():
+    g = torch.Generator().manual_seed(0)
+    d = Deltas({"w": torch.randn(1536, 576, generator=g) * 1e-3, "b": torch.randn(576, generator=g)})
+    assert abs(d.cosine(d) - 1.0) < 1e-12
+    assert abs(d.cosine(d + d) - 1.0) < 1e-12 and abs(d.cosine(-d) + 1.0) < 1e-12
+
+
 def test_compose_is_float32_sum_in_order_then_cast():
     base = torch.tensor([1.0, 2.0], dtype=torch.bfloat16)
     d1, d2 = torch.tensor([1e-3, 0.5]), torch.tensor([-1e-3, 0.25])
