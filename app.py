@@ -59,9 +59,12 @@ review, revert, compare and share every edit. Edits are versioned: revert is exa
 
 def launch_options() -> dict:
     """What ``launch()`` needs besides host and port (also used by the tests)."""
-    return {"theme": gr.themes.Soft(primary_hue="indigo"), "css": CSS,
-            "max_file_size": os.environ.get("FTEDIT_MAX_UPLOAD", "512mb"),
-            "footer_links": ["api", "gradio"]}
+    return {
+        "theme": gr.themes.Soft(primary_hue="indigo"),
+        "css": CSS,
+        "max_file_size": os.environ.get("FTEDIT_MAX_UPLOAD", "512mb"),
+        "footer_links": ["api", "gradio"],
+    }
 
 
 with gr.Blocks(title="ftedit") as demo:
@@ -70,17 +73,22 @@ with gr.Blocks(title="ftedit") as demo:
         with gr.Tab("Edit", id="edit"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    prompt = gr.Textbox(label="Prompt, with {} where the subject goes",
-                                        placeholder="{} is located in the city of")
+                    prompt = gr.Textbox(
+                        label="Prompt, with {} where the subject goes",
+                        placeholder="{} is located in the city of",
+                    )
                     subject = gr.Textbox(label="Subject", placeholder="The Eiffel Tower")
                     with gr.Row():
                         target_new = gr.Textbox(label="New target", placeholder="Rome")
-                        target_true = gr.Textbox(label="True target (optional)",
-                                                 placeholder="Paris")
+                        target_true = gr.Textbox(
+                            label="True target (optional)", placeholder="Paris"
+                        )
                     with gr.Accordion("Advanced", open=False):
                         preset = gr.Dropdown(
                             [("auto: the default for this model", AUTO), *list_presets()],
-                            value=AUTO, label="Preset")
+                            value=AUTO,
+                            label="Preset",
+                        )
                         preset_note = gr.Markdown()
                         layers = gr.Textbox(label="Layers (block numbers)")
                         with gr.Row():
@@ -91,18 +99,30 @@ with gr.Blocks(title="ftedit") as demo:
                     run_btn = gr.Button("Rewrite the fact", variant="primary", elem_id="run")
                 with gr.Column(scale=1):
                     summary = gr.Markdown(elem_id="summary")
-                    before_after = gr.Dataframe(headers=views.BEFORE_AFTER_COLUMNS,
-                                                label="Before / after", interactive=False,
-                                                elem_id="before-after")
-                    scores = gr.Dataframe(headers=views.SCORE_COLUMNS, interactive=False,
-                                          label="Efficacy: the rewrite and paraphrases")
-                    loss_plot = gr.LinePlot(x="step", y="loss", label="Training loss",
-                                            height=240)
-            gr.Examples(EXAMPLES, [prompt, subject, target_new, target_true],
-                        label="Facts to try (click one)")
+                    before_after = gr.Dataframe(
+                        headers=views.BEFORE_AFTER_COLUMNS,
+                        label="Before / after",
+                        interactive=False,
+                        elem_id="before-after",
+                    )
+                    scores = gr.Dataframe(
+                        headers=views.SCORE_COLUMNS,
+                        interactive=False,
+                        label="Efficacy: the rewrite and paraphrases",
+                    )
+                    loss_plot = gr.LinePlot(x="step", y="loss", label="Training loss", height=240)
+            gr.Examples(
+                EXAMPLES,
+                [prompt, subject, target_new, target_true],
+                label="Facts to try (click one)",
+            )
         with gr.Tab("History", id="history"):
-            edits_df = gr.Dataframe(headers=views.HISTORY_COLUMNS, interactive=False,
-                                    label="Edits, newest first (click a row)", elem_id="edits")
+            edits_df = gr.Dataframe(
+                headers=views.HISTORY_COLUMNS,
+                interactive=False,
+                label="Edits, newest first (click a row)",
+                elem_id="edits",
+            )
             with gr.Row(equal_height=True):
                 edit_id = gr.Number(label="Selected edit", precision=0, elem_id="edit-id")
                 revert_btn = gr.Button("Revert", variant="stop", elem_id="revert")
@@ -115,8 +135,11 @@ with gr.Blocks(title="ftedit") as demo:
                 with gr.Column():
                     hp_code = gr.Code(language="json", label="Hyperparameters")
                     detail_loss = gr.LinePlot(x="step", y="loss", label="Loss", height=240)
-            events_df = gr.Dataframe(headers=views.EVENT_COLUMNS, interactive=False,
-                                     label="Events: each is a version you can check out")
+            events_df = gr.Dataframe(
+                headers=views.EVENT_COLUMNS,
+                interactive=False,
+                label="Events: each is a version you can check out",
+            )
             with gr.Row(equal_height=True):
                 version = gr.Textbox(label="Version", placeholder="v3")
                 checkout_btn = gr.Button("Check out this version")
@@ -125,32 +148,39 @@ with gr.Blocks(title="ftedit") as demo:
             # Shared deployment (FTEDIT_SHARED=1): edits stay private to their visitor until
             # someone holding FTEDIT_ADMIN_TOKEN publishes them.
             with gr.Row(equal_height=True, visible=shared()):
-                admin_token = gr.Textbox(label="Admin token", type="password",
-                                         elem_id="admin-token")
-                publish_btn = gr.Button("Publish the selected edit to everyone",
-                                        elem_id="publish")
+                admin_token = gr.Textbox(
+                    label="Admin token", type="password", elem_id="admin-token"
+                )
+                publish_btn = gr.Button("Publish the selected edit to everyone", elem_id="publish")
         with gr.Tab("Compare", id="compare"):
             with gr.Row(equal_height=True):
                 side_a = gr.Dropdown(label="A: edit or version", allow_custom_value=True)
                 side_b = gr.Dropdown(label="B: edit or version", allow_custom_value=True)
                 compare_btn = gr.Button("Compare", variant="primary")
             compare_md = gr.Markdown()
-            norms_plot = gr.BarPlot(x="layer", y="delta norm", color="side",
-                                    label="Delta norm per layer", height=260)
-            behaviour_df = gr.Dataframe(label="Each involved prompt's probabilities under A and B",
-                                        interactive=False)
+            norms_plot = gr.BarPlot(
+                x="layer", y="delta norm", color="side", label="Delta norm per layer", height=260
+            )
+            behaviour_df = gr.Dataframe(
+                label="Each involved prompt's probabilities under A and B", interactive=False
+            )
         with gr.Tab("Playground", id="playground"):
             with gr.Row(equal_height=True):
-                free_prompt = gr.Textbox(label="Prompt", scale=4,
-                                         placeholder="The Eiffel Tower is located in the city of")
+                free_prompt = gr.Textbox(
+                    label="Prompt",
+                    scale=4,
+                    placeholder="The Eiffel Tower is located in the city of",
+                )
                 max_tokens = gr.Slider(1, 128, value=24, step=1, label="Max new tokens")
             generate_btn = gr.Button("Complete", variant="primary")
             with gr.Row():
                 base_out = gr.Textbox(label="Base model", lines=4)
                 stack_out = gr.Textbox(label="Current stack of edits", lines=4)
         with gr.Tab("Import", id="import"):
-            gr.Markdown("Upload an edit file (a `.safetensors` from History → Download). It is "
-                        "checked against this model before anything changes.")
+            gr.Markdown(
+                "Upload an edit file (a `.safetensors` from History → Download). It is "
+                "checked against this model before anything changes."
+            )
             upload = gr.File(label="Edit file", file_types=[".safetensors"], type="filepath")
             import_btn = gr.Button("Import", variant="primary")
             import_msg = gr.Markdown()
@@ -159,40 +189,63 @@ with gr.Blocks(title="ftedit") as demo:
     sides = [side_a, side_b]
     refreshed = [*tables, *sides]
     demo.load(refresh, None, refreshed, **PRIVATE)
-    demo.load(preset_fields, preset, [layers, lr, num_steps, norm, objective, preset_note],
-              **PRIVATE)
-    preset.change(preset_fields, preset, [layers, lr, num_steps, norm, objective, preset_note],
-                  **PRIVATE)
-    run_btn.click(edit, [prompt, subject, target_new, target_true, preset, layers, lr,
-                         num_steps, norm, objective],
-                  [summary, before_after, scores, loss_plot], api_name="edit", **MODEL_QUEUE
-                  ).success(refresh, None, refreshed, **PRIVATE)
+    demo.load(
+        preset_fields, preset, [layers, lr, num_steps, norm, objective, preset_note], **PRIVATE
+    )
+    preset.change(
+        preset_fields, preset, [layers, lr, num_steps, norm, objective, preset_note], **PRIVATE
+    )
+    run_btn.click(
+        edit,
+        [prompt, subject, target_new, target_true, preset, layers, lr, num_steps, norm, objective],
+        [summary, before_after, scores, loss_plot],
+        api_name="edit",
+        **MODEL_QUEUE,
+    ).success(refresh, None, refreshed, **PRIVATE)
     refresh_btn.click(history, None, tables, api_name="history")
     show = [edit_details, hp_code, detail_loss, download_btn]
     edits_df.select(select_edit, edits_df, edit_id, **PRIVATE).success(
-        details, edit_id, show, **PRIVATE)
+        details, edit_id, show, **PRIVATE
+    )
     edit_id.submit(details, edit_id, show, api_name="details")
     download_btn.click(export, edit_id, download_btn, api_name="export")
     for btn, fn in ((revert_btn, revert), (reapply_btn, reapply)):
-        btn.click(fn, edit_id, [op_message, *tables, edit_details], api_name=fn.__name__,
-                  **MODEL_QUEUE).success(compare_options, None, sides, **PRIVATE)
-    checkout_btn.click(checkout, version, [op_message, *tables], api_name="checkout",
-                       **MODEL_QUEUE).success(compare_options, None, sides, **PRIVATE)
+        btn.click(
+            fn, edit_id, [op_message, *tables, edit_details], api_name=fn.__name__, **MODEL_QUEUE
+        ).success(compare_options, None, sides, **PRIVATE)
+    checkout_btn.click(
+        checkout, version, [op_message, *tables], api_name="checkout", **MODEL_QUEUE
+    ).success(compare_options, None, sides, **PRIVATE)
     verify_btn.click(verify, None, verify_out, api_name="verify", **MODEL_QUEUE)
-    compare_btn.click(compare, [side_a, side_b], [compare_md, norms_plot, behaviour_df],
-                      api_name="compare", **MODEL_QUEUE)
-    generate_btn.click(generate, [free_prompt, max_tokens], [base_out, stack_out],
-                       api_name="generate", **MODEL_QUEUE)
-    publish_btn.click(publish, [edit_id, admin_token], [op_message, *tables],
-                      api_name="publish", **MODEL_QUEUE)
-    import_btn.click(import_file, upload, [import_msg, *tables], api_name="import",
-                     **MODEL_QUEUE).success(compare_options, None, sides, **PRIVATE)
+    compare_btn.click(
+        compare,
+        [side_a, side_b],
+        [compare_md, norms_plot, behaviour_df],
+        api_name="compare",
+        **MODEL_QUEUE,
+    )
+    generate_btn.click(
+        generate,
+        [free_prompt, max_tokens],
+        [base_out, stack_out],
+        api_name="generate",
+        **MODEL_QUEUE,
+    )
+    publish_btn.click(
+        publish, [edit_id, admin_token], [op_message, *tables], api_name="publish", **MODEL_QUEUE
+    )
+    import_btn.click(
+        import_file, upload, [import_msg, *tables], api_name="import", **MODEL_QUEUE
+    ).success(compare_options, None, sides, **PRIVATE)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Serve the ftedit web app.")
-    p.add_argument("--model", help="HF id, local folder or .gguf (default: $FTEDIT_MODEL, "
-                   "else the embedded SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--model",
+        help="HF id, local folder or .gguf (default: $FTEDIT_MODEL, "
+        "else the embedded SmolLM2-135M-Instruct)",
+    )
     # Spaces set GRADIO_SERVER_NAME=0.0.0.0; anywhere else the app stays on localhost.
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
@@ -208,13 +261,25 @@ def main(argv: list[str] | None = None) -> None:
         ws = state.workspace()
     except FteditError as e:  # e.g. a --model that does not resolve: say why, no traceback
         raise SystemExit(f"ftedit: {e}") from None
-    print(f"Loaded {ws.fingerprint.name} on {ws.loaded.device} ({len(ws.history())} edits in "
-          f"{ws.home}) in {time.perf_counter() - t0:.1f} s", flush=True)
+    print(
+        f"Loaded {ws.fingerprint.name} on {ws.loaded.device} ({len(ws.history())} edits in "
+        f"{ws.home}) in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
     _, local_url, share_url = demo.queue().launch(
-        server_name=args.host, server_port=args.port, share=args.share,
-        prevent_thread_lock=True, quiet=True, **launch_options())
-    print(f"ftedit is serving at {local_url}" + (f" and {share_url}" if share_url else "")
-          + f" ({time.perf_counter() - t0:.1f} s after loading began)", flush=True)
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        prevent_thread_lock=True,
+        quiet=True,
+        **launch_options(),
+    )
+    print(
+        f"ftedit is serving at {local_url}"
+        + (f" and {share_url}" if share_url else "")
+        + f" ({time.perf_counter() - t0:.1f} s after loading began)",
+        flush=True,
+    )
     demo.block_thread()
 
 

@@ -35,10 +35,12 @@ from ftedit.requests import EditRequest  # noqa: E402
 from ftedit.workspace import Workspace  # noqa: E402
 from storage.db import describe  # noqa: E402
 
-FACTS = [EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris"),
-         EditRequest("The mother tongue of {} is", "Danielle Darrieux", "English", "French"),
-         EditRequest("The capital of {} is", "France", "Lyon", "Paris"),
-         EditRequest("{} plays the sport of", "LeBron James", "football", "basketball")]
+FACTS = [
+    EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris"),
+    EditRequest("The mother tongue of {} is", "Danielle Darrieux", "English", "French"),
+    EditRequest("The capital of {} is", "France", "Lyon", "Paris"),
+    EditRequest("{} plays the sport of", "LeBron James", "football", "basketball"),
+]
 
 
 def _ms(fn) -> float:
@@ -48,16 +50,20 @@ def _ms(fn) -> float:
 
 
 def _med(xs: list[float]) -> str:
-    return f"median {statistics.median(xs):.2f} ms (min {min(xs):.2f}, max {max(xs):.2f}, n={len(xs)})"
+    return (
+        f"median {statistics.median(xs):.2f} ms (min {min(xs):.2f}, max {max(xs):.2f}, n={len(xs)})"
+    )
 
 
 def bench_pickup(home: Path, url: str | None, steps: int, reps: int) -> None:
     a = Workspace(home=home, database_url=url, loaded=load_model())
     b = Workspace(home=home, database_url=url, loaded=load_model())  # replica: own model copy
     hp = a.default_hparams().replace(num_steps=steps)
-    print(f"edits: preset 'default' with num_steps={steps}: layers {list(hp.layers)} "
-          f"({len(hp.layers)} tensors of {tuple(a.model.model.layers[0].mlp.down_proj.weight.shape)}"
-          f", {a.fingerprint.dtype})")
+    print(
+        f"edits: preset 'default' with num_steps={steps}: layers {list(hp.layers)} "
+        f"({len(hp.layers)} tensors of {tuple(a.model.model.layers[0].mlp.down_proj.weight.shape)}"
+        f", {a.fingerprint.dtype})"
+    )
     idle = [_ms(b.active_ids) for _ in range(reps)]
     edit_pick, change_pick = [], []
     for fact in FACTS[:3]:
@@ -101,8 +107,10 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        print(f"database: {describe(args.database_url) if args.database_url else 'SQLite'}; "
-              f"torch threads {torch.get_num_threads()}")
+        print(
+            f"database: {describe(args.database_url) if args.database_url else 'SQLite'}; "
+            f"torch threads {torch.get_num_threads()}"
+        )
         bench_pickup(home / "replicas", args.database_url, args.steps, args.reps)
         if args.database_url:
             print("(branch switch skipped: it needs a second empty database)")

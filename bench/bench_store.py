@@ -53,8 +53,10 @@ def bench_revert(home: Path, reps: int, reloads: int) -> Workspace:
     ws = Workspace(home=home, loaded=load_model())
     hp = load_preset("smollm2-ft-l")  # one layer: model.layers.0.mlp.down_proj
     info = ws.edit(REQUEST, hp)
-    print(f"one-layer edit #{info.id}: {info.steps} steps, {info.seconds:.1f} s training; "
-          f"tensors {info.tensor_names}")
+    print(
+        f"one-layer edit #{info.id}: {info.steps} steps, {info.seconds:.1f} s training; "
+        f"tensors {info.tensor_names}"
+    )
     ws.revert(info.id), ws.reapply(info.id)  # warm-up
     rv, ra = [], []
     for _ in range(reps):
@@ -68,15 +70,21 @@ def bench_revert(home: Path, reps: int, reloads: int) -> Workspace:
     rv_ms, ra_ms = 1000 * statistics.median(rv), 1000 * statistics.median(ra)
     print(f"revert  median {rv_ms:7.2f} ms   (n={reps})")
     print(f"reapply median {ra_ms:7.2f} ms   (n={reps})")
-    print(f"reload  median {reload_ms:7.1f} ms   (load_model() from the safetensors cache, "
-          f"n={reloads})")
-    print(f"speed-up: revert {reload_ms / rv_ms:.0f}x, reapply {reload_ms / ra_ms:.0f}x "
-          f"faster than reloading")
+    print(
+        f"reload  median {reload_ms:7.1f} ms   (load_model() from the safetensors cache, "
+        f"n={reloads})"
+    )
+    print(
+        f"speed-up: revert {reload_ms / rv_ms:.0f}x, reapply {reload_ms / ra_ms:.0f}x "
+        f"faster than reloading"
+    )
     blob = ws.store.blobs.path(info.blob_sha256).stat().st_size
     raw = ws._deltas[info.id].nbytes
-    print(f"store bytes per edit: blob {blob:,} B vs raw float32 delta {raw:,} B "
-          f"(+{blob - raw:,} B header/metadata, {blob / raw:.4f}x); "
-          f"database row ~{_row_bytes(ws, info.id):,} B")
+    print(
+        f"store bytes per edit: blob {blob:,} B vs raw float32 delta {raw:,} B "
+        f"(+{blob - raw:,} B header/metadata, {blob / raw:.4f}x); "
+        f"database row ~{_row_bytes(ws, info.id):,} B"
+    )
     assert ws.verify().ok
     return ws
 
@@ -99,16 +107,27 @@ def bench_stack(home: Path, n: int) -> None:
     for _ in range(n):
         d = torch.randn(shape, generator=gen) * 1e-6
         sha = ws.store.blobs.put(editfile.encode({name: d}, meta))
-        ws.store.add_edit(ws._base_id, requests=[REQUEST], hparams=hp, metrics={}, losses=[],
-                          steps=0, seconds=0.0, blob_sha256=sha, tensor_names=[name],
-                          origin="imported")
+        ws.store.add_edit(
+            ws._base_id,
+            requests=[REQUEST],
+            hparams=hp,
+            metrics={},
+            losses=[],
+            steps=0,
+            seconds=0.0,
+            blob_sha256=sha,
+            tensor_names=[name],
+            origin="imported",
+        )
     print(f"stored {n} synthetic edits on {name} in {time.perf_counter() - t0:.1f} s")
     del ws
     gc.collect()
     t0 = time.perf_counter()
     ws = Workspace(home=home, loaded=load_model())
-    print(f"open + replay of {n} stacked edits (sha256-checked reads): "
-          f"{time.perf_counter() - t0:.1f} s")
+    print(
+        f"open + replay of {n} stacked edits (sha256-checked reads): "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
     mid = ws.active_ids()[n // 2]
     t0 = time.perf_counter()
     res = ws.revert(mid)
@@ -116,8 +135,10 @@ def bench_stack(home: Path, n: int) -> None:
     ws.reapply(mid)
     t2 = time.perf_counter()
     later = res.warning.split(" were ")[0] if res.warning else ""
-    print(f"revert edit #{mid} in the middle of {n}: {1000 * (t1 - t0):.0f} ms; reapply "
-          f"{1000 * (t2 - t1):.0f} ms (warning names {later.count('#')} later edits)")
+    print(
+        f"revert edit #{mid} in the middle of {n}: {1000 * (t1 - t0):.0f} ms; reapply "
+        f"{1000 * (t2 - t1):.0f} ms (warning names {later.count('#')} later edits)"
+    )
 
 
 def bench_log(home: Path, n: int, reps: int) -> None:
@@ -127,19 +148,43 @@ def bench_log(home: Path, n: int, reps: int) -> None:
     from storage.store import Store
 
     store = Store(home)
-    base = store.base_id({"name": "smollm2-135m-instruct", "source": "bench", "revision": None,
-                          "file_sha256": "0" * 64, "dtype": "float32"})
+    base = store.base_id(
+        {
+            "name": "smollm2-135m-instruct",
+            "source": "bench",
+            "revision": None,
+            "file_sha256": "0" * 64,
+            "dtype": "float32",
+        }
+    )
     hp = load_preset("smollm2-ft-l").to_dict()
-    report = {"completion": " Rome, Italy. It is one of the", "p_target_new": 0.71,
-              "p_target_true": 0.02}
+    report = {
+        "completion": " Rome, Italy. It is one of the",
+        "p_target_new": 0.71,
+        "p_target_true": 0.02,
+    }
     now = datetime.now(timezone.utc)
     losses = [1.0 / (k + 1) for k in range(25)]
-    rows = [{"id": i, "base_model_id": base, "requests": [REQUEST.to_dict()], "hparams": hp,
-             "method": "FT-L", "objective": "prompt_last", "origin": "trained",
-             "metrics": {"before": [report], "after": [report]}, "losses": losses,
-             "steps": 25, "seconds": 3.2, "blob_sha256": f"{i:064x}",
-             "tensor_names": ["model.layers.0.mlp.down_proj.weight"], "status": "active",
-             "created_at": now} for i in range(1, n + 1)]
+    rows = [
+        {
+            "id": i,
+            "base_model_id": base,
+            "requests": [REQUEST.to_dict()],
+            "hparams": hp,
+            "method": "FT-L",
+            "objective": "prompt_last",
+            "origin": "trained",
+            "metrics": {"before": [report], "after": [report]},
+            "losses": losses,
+            "steps": 25,
+            "seconds": 3.2,
+            "blob_sha256": f"{i:064x}",
+            "tensor_names": ["model.layers.0.mlp.down_proj.weight"],
+            "status": "active",
+            "created_at": now,
+        }
+        for i in range(1, n + 1)
+    ]
     events = [{"edit_id": i, "kind": "created", "created_at": now} for i in range(1, n + 1)]
     with store.engine.begin() as conn:
         conn.execute(insert(EditRow), rows)
@@ -154,9 +199,11 @@ def bench_log(home: Path, n: int, reps: int) -> None:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", "pass"], check=True)
     bare = time.perf_counter() - t0
-    print(f"`ftedit log --json` over {n:,} edits: median {1000 * statistics.median(times):.0f} ms"
-          f" (min {1000 * min(times):.0f} ms, n={reps}; {size / 1e6:.1f} MB of JSON; "
-          f"bare python start {1000 * bare:.0f} ms)")
+    print(
+        f"`ftedit log --json` over {n:,} edits: median {1000 * statistics.median(times):.0f} ms"
+        f" (min {1000 * min(times):.0f} ms, n={reps}; {size / 1e6:.1f} MB of JSON; "
+        f"bare python start {1000 * bare:.0f} ms)"
+    )
 
 
 def main() -> None:
@@ -167,8 +214,10 @@ def main() -> None:
     ap.add_argument("--log-rows", type=int, default=10_000)
     ap.add_argument("--skip", nargs="*", default=[], choices=["revert", "stack", "log"])
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"cpu count {os.cpu_count()}, load avg {os.getloadavg()[0]:.1f}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"cpu count {os.cpu_count()}, load avg {os.getloadavg()[0]:.1f}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         if "revert" not in args.skip:
             bench_revert(Path(tmp) / "revert", args.reps, args.reloads)

@@ -23,8 +23,21 @@ if TYPE_CHECKING:
     from ftedit.workspace import Workspace
 
 # Methods that read or write the live weights: they run on the visitor's branch, under the lock.
-ON_BRANCH = {"edit", "revert", "reapply", "report", "generate", "verify", "diff", "export",
-             "import_", "active_ids", "save_model", "checkout", "publish"}
+ON_BRANCH = {
+    "edit",
+    "revert",
+    "reapply",
+    "report",
+    "generate",
+    "verify",
+    "diff",
+    "export",
+    "import_",
+    "active_ids",
+    "save_model",
+    "checkout",
+    "publish",
+}
 
 
 def shared() -> bool:
@@ -103,26 +116,34 @@ class Visitor:
 
     def checkout(self, version):
         if self.private:
-            raise LimitError("checking out a version changes the shared stack: on a shared "
-                             "deployment only an admin can (use `ftedit checkout` on the store)")
+            raise LimitError(
+                "checking out a version changes the shared stack: on a shared "
+                "deployment only an admin can (use `ftedit checkout` on the store)"
+            )
         return self.__getattr__("checkout")(version)
 
     def diff(self, a, b) -> dict:
         if self.private and any(str(x).strip().lower().startswith("v") for x in (a, b)):
-            raise LimitError("versions hold every visitor's edits: on a shared deployment "
-                             "compare two edit ids instead")
+            raise LimitError(
+                "versions hold every visitor's edits: on a shared deployment "
+                "compare two edit ids instead"
+            )
         return self.__getattr__("diff")(a, b)
 
     def publish(self, edit_id: int, token: str | None) -> EditInfo:
         """Make one of this branch's edits global; needs the admin token."""
         if not is_admin(token):
-            raise LimitError("publishing needs the admin token (FTEDIT_ADMIN_TOKEN)"
-                             if os.environ.get("FTEDIT_ADMIN_TOKEN") else
-                             "publishing is off: set FTEDIT_ADMIN_TOKEN on the server")
+            raise LimitError(
+                "publishing needs the admin token (FTEDIT_ADMIN_TOKEN)"
+                if os.environ.get("FTEDIT_ADMIN_TOKEN")
+                else "publishing is off: set FTEDIT_ADMIN_TOKEN on the server"
+            )
         return self.__getattr__("publish")(edit_id)
 
     def _own(self, edit_id: int, verb: str) -> None:
         edit = self.get(edit_id)  # EditNotFoundError for another visitor's private edit
         if self.private and edit.owner is None:
-            raise StoreError(f"edit #{edit_id} is published: visitors cannot {verb} it on a "
-                             "shared deployment (an admin can, from the command line)")
+            raise StoreError(
+                f"edit #{edit_id} is published: visitors cannot {verb} it on a "
+                "shared deployment (an admin can, from the command line)"
+            )

@@ -69,8 +69,12 @@ def _json(obj) -> None:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--home", type=click.Path(file_okay=False), envvar="FTEDIT_HOME",
-              help="store folder (default: $FTEDIT_HOME or the user data dir)")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    envvar="FTEDIT_HOME",
+    help="store folder (default: $FTEDIT_HOME or the user data dir)",
+)
 @click.option("--model", "model", default=None, help=MODEL_HELP)
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="weights dtype")
 @click.pass_context
@@ -102,14 +106,16 @@ def _fmt(report: dict) -> str:
 @click.option("--target", required=True, help="the new answer, e.g. 'Rome'")
 @click.option("--target-true", default=None, help="the current answer, e.g. 'Paris'")
 @click.option("--preset", default=None, help="hyperparameter preset name (ftedit/presets)")
-@click.option("--hparams", "hparams_file", type=click.Path(dir_okay=False),
-              help="hyperparameters JSON file")
+@click.option(
+    "--hparams", "hparams_file", type=click.Path(dir_okay=False), help="hyperparameters JSON file"
+)
 @click.option("--model", default=None, help=MODEL_HELP)
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="weights dtype")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object as the last line")
 @pass_ctx
-def edit(c: _Ctx, prompt, subject, target, target_true, preset, hparams_file, model, dtype,
-         as_json) -> None:
+def edit(
+    c: _Ctx, prompt, subject, target, target_true, preset, hparams_file, model, dtype, as_json
+) -> None:
     """Rewrite one fact, store the edit, and show the answer before and after."""
     from ftedit.requests import EditRequest
 
@@ -118,8 +124,16 @@ def edit(c: _Ctx, prompt, subject, target, target_true, preset, hparams_file, mo
     info = ws.edit([request], _hparams(ws, preset, hparams_file))
     before, after = info.metrics["before"][0], info.metrics["after"][0]
     if as_json:
-        _json({"id": info.id, "request": request.to_dict(), "before": before, "after": after,
-               "steps": info.steps, "seconds": info.seconds})
+        _json(
+            {
+                "id": info.id,
+                "request": request.to_dict(),
+                "before": before,
+                "after": after,
+                "steps": info.steps,
+                "seconds": info.seconds,
+            }
+        )
         return
     click.echo(f"edit #{info.id}: {request.text!r} -> {request.target_new!r}")
     click.echo(f"  before: {_fmt(before)}")
@@ -139,9 +153,13 @@ def generate(c: _Ctx, prompt: str, base: bool, max_new_tokens: int) -> None:
 
 # ---- history (store only: no model load) ---------------------------------------------------------
 @cli.command("log")
-@click.option("--json", "as_json", is_flag=True,
-              help="print a JSON array: id, status, created_at, requests, method, origin, "
-                   "steps, seconds, tensor_names, blob_sha256, base_model")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="print a JSON array: id, status, created_at, requests, method, origin, "
+    "steps, seconds, tensor_names, blob_sha256, base_model",
+)
 @pass_ctx
 def log_(c: _Ctx, as_json: bool) -> None:
     """List every edit, oldest first (`show ID` gives one edit in full)."""
@@ -154,8 +172,10 @@ def log_(c: _Ctx, as_json: bool) -> None:
     for e in edits:
         r = e.request
         more = f" (+{len(e.requests) - 1} more)" if len(e.requests) > 1 else ""
-        click.echo(f"#{e.id:<5} {e.status:<8} {e.created_at:%Y-%m-%d %H:%M:%S}  "
-                   f"{r.text!r} -> {r.target_new!r}{more}")
+        click.echo(
+            f"#{e.id:<5} {e.status:<8} {e.created_at:%Y-%m-%d %H:%M:%S}  "
+            f"{r.text!r} -> {r.target_new!r}{more}"
+        )
 
 
 @cli.command()
@@ -239,16 +259,20 @@ def diff(c: _Ctx, a: str, b: str, as_json: bool) -> None:
         _json(d)
         return
     click.echo(f"a = {d['a']['kind']} {d['a']['ref']}, b = {d['b']['kind']} {d['b']['ref']}")
-    click.echo(f"shared tensors: {len(d['shared_tensors'])}, only a: {len(d['only_a'])}, "
-               f"only b: {len(d['only_b'])}; cosine {d['cosine']:.4f}")
+    click.echo(
+        f"shared tensors: {len(d['shared_tensors'])}, only a: {len(d['only_a'])}, "
+        f"only b: {len(d['only_b'])}; cosine {d['cosine']:.4f}"
+    )
     n = d["norm"]
     click.echo(f"norms: a {n['a']:.4g}, b {n['b']:.4g}, a-b {n['a_minus_b']:.4g}")
     for side in ("a", "b"):
         layers = ", ".join(f"{k}: {v:.3g}" for k, v in d["layer_norms"][side].items())
         click.echo(f"layer norms {side}: {layers}")
     for row in d["behaviour"]:
-        click.echo(f"#{row['edit']} {row['prompt']!r}: P(new) {row['a']['p_target_new']:.4f} -> "
-                   f"{row['b']['p_target_new']:.4f}")
+        click.echo(
+            f"#{row['edit']} {row['prompt']!r}: P(new) {row['a']['p_target_new']:.4f} -> "
+            f"{row['b']['p_target_new']:.4f}"
+        )
 
 
 @cli.command()
@@ -290,8 +314,10 @@ def verify(c: _Ctx, as_json: bool) -> None:
             click.echo(f"problem: {p}")
         for o in report.orphans:
             click.echo(f"orphan blob (collect with `ftedit gc`): {o}")
-        click.echo(f"{'ok' if report.ok else 'NOT ok'}: {report.checked_edits} edits, "
-                   f"{report.checked_tensors} tensors checked")
+        click.echo(
+            f"{'ok' if report.ok else 'NOT ok'}: {report.checked_edits} edits, "
+            f"{report.checked_tensors} tensors checked"
+        )
     if not report.ok:
         click.get_current_context().exit(1)
 

@@ -43,7 +43,9 @@ class Deltas(Mapping[str, torch.Tensor]):
         out = dict(self._t)
         for k, v in other.items():
             if k in out and out[k].shape != v.shape:
-                raise ValueError(f"shape mismatch for {k}: {tuple(out[k].shape)} vs {tuple(v.shape)}")
+                raise ValueError(
+                    f"shape mismatch for {k}: {tuple(out[k].shape)} vs {tuple(v.shape)}"
+                )
             out[k] = out[k] + sign * v if k in out else sign * v
         return Deltas(out)
 
@@ -96,19 +98,25 @@ class Deltas(Mapping[str, torch.Tensor]):
     def nbytes(self) -> int:
         return sum(v.numel() * v.element_size() for v in self.values())
 
-    def apply_to(self, model: torch.nn.Module, base: Mapping[str, torch.Tensor],
-                 stack: Sequence[Deltas]) -> None:
+    def apply_to(
+        self, model: torch.nn.Module, base: Mapping[str, torch.Tensor], stack: Sequence[Deltas]
+    ) -> None:
         """Set this edit's tensors to base + stack (which must contain ``self``, in id order)."""
         rebuild(model, base, stack, names=self.keys())
 
-    def remove_from(self, model: torch.nn.Module, base: Mapping[str, torch.Tensor],
-                    stack: Sequence[Deltas]) -> None:
+    def remove_from(
+        self, model: torch.nn.Module, base: Mapping[str, torch.Tensor], stack: Sequence[Deltas]
+    ) -> None:
         """Set this edit's tensors to base + stack (``stack`` without ``self``)."""
         rebuild(model, base, stack, names=self.keys())
 
 
-def compose(base: torch.Tensor, deltas: Iterable[torch.Tensor], dtype: torch.dtype,
-            device: torch.device | str | None = None) -> torch.Tensor:
+def compose(
+    base: torch.Tensor,
+    deltas: Iterable[torch.Tensor],
+    dtype: torch.dtype,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """The single source of truth for a live value: cast(base + d_1 + ... in float32)."""
     device = device if device is not None else base.device
     acc = base.to(device=device, dtype=torch.float32, copy=True)
@@ -117,9 +125,13 @@ def compose(base: torch.Tensor, deltas: Iterable[torch.Tensor], dtype: torch.dty
     return acc.to(dtype)
 
 
-def rebuild(model: torch.nn.Module, base: Mapping[str, torch.Tensor], stack: Sequence[Deltas],
-            names: Iterable[str] | None = None,
-            params: Mapping[str, torch.nn.Parameter] | None = None) -> list[str]:
+def rebuild(
+    model: torch.nn.Module,
+    base: Mapping[str, torch.Tensor],
+    stack: Sequence[Deltas],
+    names: Iterable[str] | None = None,
+    params: Mapping[str, torch.nn.Parameter] | None = None,
+) -> list[str]:
     """Recompute the live value of ``names`` from base + stack.
 
     ``names`` defaults to every tensor in ``base`` or in ``stack`` (a full replay), so

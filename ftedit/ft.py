@@ -44,7 +44,9 @@ class EditResult:
     stopped_early: bool
 
 
-def weights_to_edit(model: torch.nn.Module, hparams: FTHyperParams) -> dict[str, torch.nn.Parameter]:
+def weights_to_edit(
+    model: torch.nn.Module, hparams: FTHyperParams
+) -> dict[str, torch.nn.Parameter]:
     """The parameters FT trains, checked against the model (layers in range, template matches)."""
     n = num_layers(model)
     bad = [i for i in hparams.layers if i >= n]
@@ -79,8 +81,14 @@ class _Batch:
     target_mask: torch.Tensor  # [B, T]
 
 
-def encode(tok, texts: Sequence[str], targets: Sequence[str], objective: str,
-           device: torch.device | str = "cpu", padding_side: str | None = None) -> _Batch:
+def encode(
+    tok,
+    texts: Sequence[str],
+    targets: Sequence[str],
+    objective: str,
+    device: torch.device | str = "cpu",
+    padding_side: str | None = None,
+) -> _Batch:
     """Tokenise prompts and targets once, padded on ``padding_side`` (default: the tokenizer's)."""
     side = padding_side or getattr(tok, "padding_side", "right")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -89,7 +97,10 @@ def encode(tok, texts: Sequence[str], targets: Sequence[str], objective: str,
     for t, ids in zip(targets, tgts, strict=True):
         if not ids:
             raise RequestError(f"target {t!r} tokenises to nothing; give a non-empty target")
-    seqs = [p + (g[:-1] if objective == "target_new" else []) for p, g in zip(prompts, tgts, strict=True)]
+    seqs = [
+        p + (g[:-1] if objective == "target_new" else [])
+        for p, g in zip(prompts, tgts, strict=True)
+    ]
     L, T = max(map(len, seqs)), max(map(len, tgts))
     B = len(seqs)
     ids = torch.full((B, L), pad, dtype=torch.long)
@@ -110,7 +121,9 @@ def encode(tok, texts: Sequence[str], targets: Sequence[str], objective: str,
         tmask[i, : len(g)] = 1
     pos = (mask.cumsum(1) - 1).clamp(min=0)
     dev = torch.device(device)
-    return _Batch(ids.to(dev), mask.to(dev), pos.to(dev), score.to(dev), tids.to(dev), tmask.to(dev))
+    return _Batch(
+        ids.to(dev), mask.to(dev), pos.to(dev), score.to(dev), tids.to(dev), tmask.to(dev)
+    )
 
 
 def _head_is_plain(model) -> bool:
@@ -119,8 +132,12 @@ def _head_is_plain(model) -> bool:
 
 
 def _model_inputs(batch: _Batch) -> dict:
-    return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-            "position_ids": batch.position_ids, "use_cache": False}
+    return {
+        "input_ids": batch.input_ids,
+        "attention_mask": batch.attention_mask,
+        "position_ids": batch.position_ids,
+        "use_cache": False,
+    }
 
 
 def _head_logprobs(model, hidden: torch.Tensor, batch: _Batch) -> torch.Tensor:
@@ -138,8 +155,9 @@ def _head_logprobs(model, hidden: torch.Tensor, batch: _Batch) -> torch.Tensor:
 def target_logprobs(model: torch.nn.Module, batch: _Batch) -> torch.Tensor:
     """log p(target token j | its scoring position), [B, T]; logits only where needed."""
     if _head_is_plain(model):
-        return _head_logprobs(model, model.base_model(**_model_inputs(batch)).last_hidden_state,
-                              batch)
+        return _head_logprobs(
+            model, model.base_model(**_model_inputs(batch)).last_hidden_state, batch
+        )
     rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)[:, None]
     logits = model(**_model_inputs(batch)).logits
     logp = F.log_softmax(logits[rows, batch.score_pos].float(), dim=-1)
@@ -169,8 +187,13 @@ def random_prefixes(model, tok, n: int, length: int, seed: int) -> list[str]:
         torch.manual_seed(seed)
         for i in range(n):
             start = tok(PREFIX_SEEDS[i % len(PREFIX_SEEDS)], return_tensors="pt").to(dev)
-            gen = model.generate(**start, do_sample=True, top_k=5, max_new_tokens=length,
-                                 pad_token_id=tok.pad_token_id)
+            gen = model.generate(
+                **start,
+                do_sample=True,
+                top_k=5,
+                max_new_tokens=length,
+                pad_token_id=tok.pad_token_id,
+            )
             text = tok.decode(gen[0], skip_special_tokens=True).replace("{", "").replace("}", "")
             out.append(" ".join(text.split()) + ".")
     return out
@@ -255,11 +278,17 @@ def _upper_stack(model, hparams: FTHyperParams):
     except AttributeError:
         return None
     base = model.base_model
-    norm = next((getattr(base, n) for n in _FINAL_NORMS
-                 if isinstance(getattr(base, n, None), torch.nn.Module)), None)
+    norm = next(
+        (
+            getattr(base, n)
+            for n in _FINAL_NORMS
+            if isinstance(getattr(base, n, None), torch.nn.Module)
+        ),
+        None,
+    )
     if not isinstance(blocks, torch.nn.ModuleList) or norm is None or not _head_is_plain(model):
         return None
-    return blocks[min(hparams.layers):], norm
+    return blocks[min(hparams.layers) :], norm
 
 
 class _Runner:
@@ -321,8 +350,15 @@ class _Runner:
 
 
 @torch.enable_grad()  # callers may sit in no_grad / inference contexts (UI handlers, eval)
-def _train(model, weights: dict, copy: dict, batches: list[_Batch], hp: FTHyperParams,
-           callback: Callback | None, kl: _KL | None = None) -> tuple[list[float], bool]:
+def _train(
+    model,
+    weights: dict,
+    copy: dict,
+    batches: list[_Batch],
+    hp: FTHyperParams,
+    callback: Callback | None,
+    kl: _KL | None = None,
+) -> tuple[list[float], bool]:
     """ROME's update loop: Adam step while the batch loss is >= the stop loss, clamp after
     every batch, early stop on the epoch's mean loss. Returns (epoch losses, stopped early)."""
     opt = torch.optim.Adam(list(weights.values()), lr=hp.lr, weight_decay=hp.weight_decay)
@@ -355,8 +391,13 @@ def _train(model, weights: dict, copy: dict, batches: list[_Batch], hp: FTHyperP
     return losses, False
 
 
-def compute_deltas(model: torch.nn.Module, tok, requests: Sequence[EditRequest],
-                   hparams: FTHyperParams, callback: Callback | None = None) -> EditResult:
+def compute_deltas(
+    model: torch.nn.Module,
+    tok,
+    requests: Sequence[EditRequest],
+    hparams: FTHyperParams,
+    callback: Callback | None = None,
+) -> EditResult:
     """Train the edit and return its deltas. Pure: the model is bit-identical afterwards,
     also when this raises or is interrupted (weights and ``requires_grad`` restored in finally)."""
     if not requests:
@@ -372,8 +413,9 @@ def compute_deltas(model: torch.nn.Module, tok, requests: Sequence[EditRequest],
     try:
         model.eval()
         texts, targets = training_texts(model, tok, requests, hparams)
-        chunks = zip(_chunks(texts, hparams.batch_size), _chunks(targets, hparams.batch_size),
-                     strict=True)
+        chunks = zip(
+            _chunks(texts, hparams.batch_size), _chunks(targets, hparams.batch_size), strict=True
+        )
         batches = [encode(tok, tx, tg, hparams.objective, dev) for tx, tg in chunks]
         for n, p in model.named_parameters():
             p.requires_grad_(n in weights)

@@ -54,7 +54,9 @@ class FTHyperParams:
         if not self.layers:
             raise HParamsError("layers must name at least one layer, got an empty list")
         if any(i < 0 for i in self.layers) or len(set(self.layers)) != len(self.layers):
-            raise HParamsError(f"layers must be distinct non-negative ints, got {list(self.layers)}")
+            raise HParamsError(
+                f"layers must be distinct non-negative ints, got {list(self.layers)}"
+            )
         if self.rewrite_module_tmp.count("{}") != 1:
             raise HParamsError(
                 "rewrite_module_tmp must contain exactly one '{}' for the layer number, "

@@ -31,8 +31,16 @@ from ftedit.hparams import FTHyperParams
 from ftedit.requests import EditRequest
 
 Callback = Callable[[int, int, float], None]
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20,
-          "gib": 2**30}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
 
 
 def parse_size(text: str) -> int:
@@ -74,27 +82,44 @@ class Limits:
         if raw := os.environ.get("FTEDIT_RATE_LIMIT", "").strip():
             m = re.fullmatch(r"(\d+)\s*/\s*(\d+(?:\.\d+)?)", raw)
             if not m or int(m.group(1)) < 1:
-                raise HParamsError(f"FTEDIT_RATE_LIMIT is 'EDITS/SECONDS', like '5/60', got {raw!r}")
+                raise HParamsError(
+                    f"FTEDIT_RATE_LIMIT is 'EDITS/SECONDS', like '5/60', got {raw!r}"
+                )
             rate = (int(m.group(1)), float(m.group(2)))
         upload = os.environ.get("FTEDIT_MAX_UPLOAD", "").strip()
-        return cls(max_prompt_tokens=_env_number("FTEDIT_MAX_PROMPT_TOKENS", int),
-                   max_target_tokens=_env_number("FTEDIT_MAX_TARGET_TOKENS", int),
-                   max_steps=_env_number("FTEDIT_MAX_STEPS", int),
-                   edit_seconds=_env_number("FTEDIT_EDIT_TIMEOUT", float), rate=rate,
-                   max_upload_bytes=parse_size(upload) if upload else None)
+        return cls(
+            max_prompt_tokens=_env_number("FTEDIT_MAX_PROMPT_TOKENS", int),
+            max_target_tokens=_env_number("FTEDIT_MAX_TARGET_TOKENS", int),
+            max_steps=_env_number("FTEDIT_MAX_STEPS", int),
+            edit_seconds=_env_number("FTEDIT_EDIT_TIMEOUT", float),
+            rate=rate,
+            max_upload_bytes=parse_size(upload) if upload else None,
+        )
 
     def check_edit(self, requests: Sequence[EditRequest], tok, hp: FTHyperParams) -> None:
         """Refuse requests or hyperparameters over the limits, before any training."""
         if self.max_steps is not None and hp.num_steps > self.max_steps:
-            raise LimitError(f"this deployment allows at most {self.max_steps} steps per edit "
-                             f"(FTEDIT_MAX_STEPS), got {hp.num_steps}: lower Max steps")
+            raise LimitError(
+                f"this deployment allows at most {self.max_steps} steps per edit "
+                f"(FTEDIT_MAX_STEPS), got {hp.num_steps}: lower Max steps"
+            )
         for r in requests:
-            _check_tokens(tok, r.text, self.max_prompt_tokens, "prompt (with its subject)",
-                          "FTEDIT_MAX_PROMPT_TOKENS")
+            _check_tokens(
+                tok,
+                r.text,
+                self.max_prompt_tokens,
+                "prompt (with its subject)",
+                "FTEDIT_MAX_PROMPT_TOKENS",
+            )
             for target in (r.target_new, r.target_true):
                 if target:
-                    _check_tokens(tok, target, self.max_target_tokens, f"target {target.strip()!r}",
-                                  "FTEDIT_MAX_TARGET_TOKENS")
+                    _check_tokens(
+                        tok,
+                        target,
+                        self.max_target_tokens,
+                        f"target {target.strip()!r}",
+                        "FTEDIT_MAX_TARGET_TOKENS",
+                    )
 
     def timed(self, callback: Callback | None) -> Callback | None:
         """``callback`` plus the per-edit time limit: past it, the next step's callback raises
@@ -107,17 +132,21 @@ class Limits:
             if callback is not None:
                 callback(step, num_steps, loss)
             if time.monotonic() - start > limit and step < num_steps:
-                raise LimitError(f"the edit ran past this deployment's {limit:g} s limit "
-                                 f"(FTEDIT_EDIT_TIMEOUT) at step {step}/{num_steps} and was "
-                                 "stopped; nothing was changed: try fewer steps")
+                raise LimitError(
+                    f"the edit ran past this deployment's {limit:g} s limit "
+                    f"(FTEDIT_EDIT_TIMEOUT) at step {step}/{num_steps} and was "
+                    "stopped; nothing was changed: try fewer steps"
+                )
 
         return guarded
 
     def check_upload(self, path: str | Path) -> None:
         size = Path(path).stat().st_size
         if self.max_upload_bytes is not None and size > self.max_upload_bytes:
-            raise LimitError(f"the file is {size:,} bytes; this deployment accepts edit files up "
-                             f"to {self.max_upload_bytes:,} bytes (FTEDIT_MAX_UPLOAD)")
+            raise LimitError(
+                f"the file is {size:,} bytes; this deployment accepts edit files up "
+                f"to {self.max_upload_bytes:,} bytes (FTEDIT_MAX_UPLOAD)"
+            )
 
 
 def _check_tokens(tok, text: str, limit: int | None, what: str, var: str) -> None:
@@ -125,8 +154,9 @@ def _check_tokens(tok, text: str, limit: int | None, what: str, var: str) -> Non
         return
     n = len(tok(text, add_special_tokens=False)["input_ids"])
     if n > limit:
-        raise LimitError(f"the {what} is {n} tokens; this deployment allows {limit} ({var}): "
-                         "shorten it")
+        raise LimitError(
+            f"the {what} is {n} tokens; this deployment allows {limit} ({var}): shorten it"
+        )
 
 
 class RateLimiter:
@@ -149,6 +179,8 @@ class RateLimiter:
                 times.popleft()
             if len(times) >= n:
                 wait = seconds - (now - times[0])
-                raise LimitError(f"rate limit: at most {n} edits per {seconds:g} s per visitor "
-                                 f"(FTEDIT_RATE_LIMIT); try again in {wait:.0f} s")
+                raise LimitError(
+                    f"rate limit: at most {n} edits per {seconds:g} s per visitor "
+                    f"(FTEDIT_RATE_LIMIT); try again in {wait:.0f} s"
+                )
             times.append(now)

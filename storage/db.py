@@ -111,4 +111,5 @@ class Sessions:
             raise StoreError(
                 f"the database {self._where} failed ({why}); this operation was not "
                 "committed and earlier edits are safe: check that the database is reachable "
-                "(a server: running), then retry") from e
+                "(a server: running), then retry"
+            ) from e

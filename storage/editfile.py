@@ -28,8 +28,13 @@ def _dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def edit_metadata(base: Mapping, base_tensors: Mapping[str, str], requests: list[dict],
-                  hparams: Mapping, **extra: str) -> dict[str, str]:
+def edit_metadata(
+    base: Mapping,
+    base_tensors: Mapping[str, str],
+    requests: list[dict],
+    hparams: Mapping,
+    **extra: str,
+) -> dict[str, str]:
     """The ``__metadata__`` block: every value a JSON string (safetensors allows only strings)."""
     meta = {
         "format": FORMAT,
@@ -50,8 +55,11 @@ def encode(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> 
     for name in sorted(tensors):
         t = tensors[name].detach().to(device="cpu", dtype=torch.float32).contiguous()
         raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(raw)]}
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
         chunks.append(raw)
         offset += len(raw)
     head = _dumps(header).encode()

@@ -29,7 +29,7 @@ def sqlite_path(url: str) -> Path | None:
     prefix = "sqlite:///"
     if not url.startswith(prefix) or "?" in url:
         return None
-    path = Path(url[len(prefix):])
+    path = Path(url[len(prefix) :])
     return path if path.is_file() else None
 
 
@@ -52,19 +52,24 @@ def log_json(url: str, base_id: int | None = None) -> str | None:
         if conn.execute("SELECT version_num FROM alembic_version").fetchone() != (SCHEMA,):
             return None
         where = "" if base_id is None else "WHERE e.base_model_id = ?"
-        rows = conn.execute(_QUERY.format(where=where),
-                            () if base_id is None else (base_id,)).fetchall()
+        rows = conn.execute(
+            _QUERY.format(where=where), () if base_id is None else (base_id,)
+        ).fetchall()
     except sqlite3.Error:
         return None
     finally:
         conn.close()
     names_json: dict[str, str] = {}  # base-model names repeat: encode each once
     # status, method and origin are the store's own identifiers (no quotes or escapes).
-    return "[" + ",".join(
-        f'{{"id":{i},"status":"{st}","created_at":"{_iso(at)}",'
-        f'"method":"{m}","origin":"{o}","steps":{n},"seconds":{sec!r},'
-        f'"blob_sha256":"{sha}","base_model":'
-        f'{names_json.get(base) or names_json.setdefault(base, json.dumps(base))},'
-        f'"requests":{reqs},"tensor_names":{names}}}'
-        for i, st, at, m, o, n, sec, sha, base, reqs, names in rows
-    ) + "]"
+    return (
+        "["
+        + ",".join(
+            f'{{"id":{i},"status":"{st}","created_at":"{_iso(at)}",'
+            f'"method":"{m}","origin":"{o}","steps":{n},"seconds":{sec!r},'
+            f'"blob_sha256":"{sha}","base_model":'
+            f"{names_json.get(base) or names_json.setdefault(base, json.dumps(base))},"
+            f'"requests":{reqs},"tensor_names":{names}}}'
+            for i, st, at, m, o, n, sec, sha, base, reqs, names in rows
+        )
+        + "]"
+    )

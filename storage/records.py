@@ -72,8 +72,13 @@ class EventInfo:
     note: str | None = None
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "edit_id": self.edit_id, "kind": self.kind,
-                "created_at": self.created_at.isoformat(), "note": self.note}
+        return {
+            "id": self.id,
+            "edit_id": self.edit_id,
+            "kind": self.kind,
+            "created_at": self.created_at.isoformat(),
+            "note": self.note,
+        }
 
 
 @dataclass(frozen=True)
@@ -102,5 +107,10 @@ class VerifyReport:
         return not self.problems
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "problems": list(self.problems), "orphans": list(self.orphans),
-                "checked_edits": self.checked_edits, "checked_tensors": self.checked_tensors}
+        return {
+            "ok": self.ok,
+            "problems": list(self.problems),
+            "orphans": list(self.orphans),
+            "checked_edits": self.checked_edits,
+            "checked_tensors": self.checked_tensors,
+        }

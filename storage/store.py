@@ -29,8 +29,12 @@ from storage.records import EditInfo, EventInfo, OpResult
 # Branch filter meaning "every edit, published or not" (single-user stores, the CLI, admins).
 # Owners are visitor session ids, which never contain "*".
 ALL = "*"
-ACTIVE_AFTER = {"created": "active", "imported": "active", "reapplied": "active",
-                "reverted": "reverted"}
+ACTIVE_AFTER = {
+    "created": "active",
+    "imported": "active",
+    "reapplied": "active",
+    "reverted": "reverted",
+}
 
 
 def crash_point(name: str) -> None:
@@ -46,8 +50,12 @@ def sqlite_url(home: Path) -> str:
 class Store:
     """Rows and blobs of one home. Writers hold ``file_lock`` (shared by the CLI and the app)."""
 
-    def __init__(self, home: str | Path | None = None, database_url: str | None = None,
-                 blob_url: str | None = None):
+    def __init__(
+        self,
+        home: str | Path | None = None,
+        database_url: str | None = None,
+        blob_url: str | None = None,
+    ):
         self.home = Path(home) if home is not None else paths.home()
         self.home.mkdir(parents=True, exist_ok=True)
         url = database_url or os.environ.get("FTEDIT_DATABASE_URL") or sqlite_url(self.home)
@@ -55,8 +63,9 @@ class Store:
         try:  # the lock is taken only to migrate: readers (`ftedit log`) never wait on it
             self.engine = open_engine(url, lock=self.file_lock)
         except (OperationalError, InterfaceError) as e:  # a server that is down
-            raise StoreError(f"cannot open the database {describe(url)}: "
-                             f"{str(e).strip().splitlines()[0][:200]}") from e
+            raise StoreError(
+                f"cannot open the database {describe(url)}: {str(e).strip().splitlines()[0][:200]}"
+            ) from e
         # Sessions turn a lost connection (a restarted PostgreSQL) into a StoreError.
         self.session = Sessions(self.engine, url)
         # Blobs: a folder or any fsspec URL (FTEDIT_BLOB_URL; replicas share it), else the home.
@@ -70,8 +79,11 @@ class Store:
         with self.session() as s:
             row = s.scalars(select(BaseModelRow).filter_by(**key)).first()
             if row is None and create:
-                row = BaseModelRow(source=fingerprint.get("source", ""),
-                                   revision=fingerprint.get("revision"), **key)
+                row = BaseModelRow(
+                    source=fingerprint.get("source", ""),
+                    revision=fingerprint.get("revision"),
+                    **key,
+                )
                 s.add(row)
                 try:
                     s.commit()
@@ -101,10 +113,23 @@ class Store:
         without decoding it; `get` / `ftedit show` give the full record.
         """
         raw = {c: type_coerce(getattr(EditRow, c), Text) for c in ("requests", "tensor_names")}
-        q = (select(EditRow.id, EditRow.status, EditRow.created_at, EditRow.method,
-                    EditRow.origin, EditRow.steps, EditRow.seconds, EditRow.blob_sha256,
-                    BaseModelRow.name, raw["requests"], raw["tensor_names"])
-             .join(BaseModelRow).order_by(EditRow.id))
+        q = (
+            select(
+                EditRow.id,
+                EditRow.status,
+                EditRow.created_at,
+                EditRow.method,
+                EditRow.origin,
+                EditRow.steps,
+                EditRow.seconds,
+                EditRow.blob_sha256,
+                BaseModelRow.name,
+                raw["requests"],
+                raw["tensor_names"],
+            )
+            .join(BaseModelRow)
+            .order_by(EditRow.id)
+        )
         if base_id is not None:
             q = q.where(EditRow.base_model_id == base_id)
         dumps = json.dumps
@@ -136,8 +161,9 @@ class Store:
             return [_event(e) for e in s.scalars(q)]
 
     def active_ids(self, base_id: int | None = None, branch: str | None = ALL) -> list[int]:
-        q = visible(select(EditRow.id).where(EditRow.status == "active").order_by(EditRow.id),
-                    branch)
+        q = visible(
+            select(EditRow.id).where(EditRow.status == "active").order_by(EditRow.id), branch
+        )
         if base_id is not None:
             q = q.where(EditRow.base_model_id == base_id)
         with self.session() as s:
@@ -160,36 +186,57 @@ class Store:
             ev = s.get(EventRow, version)
             if ev is None:
                 last = s.scalar(select(func.max(EventRow.id)))
-                raise StoreError(f"no version v{version}; versions are event ids 1..{last or 0} "
-                                 "(see `ftedit events`)")
+                raise StoreError(
+                    f"no version v{version}; versions are event ids 1..{last or 0} "
+                    "(see `ftedit events`)"
+                )
             base = s.get(EditRow, ev.edit_id).base_model_id
-            q = (select(EventRow.edit_id, EventRow.kind).join(EditRow)
-                 .where(EditRow.base_model_id == base, EventRow.id <= version)
-                 .order_by(EventRow.id))
+            q = (
+                select(EventRow.edit_id, EventRow.kind)
+                .join(EditRow)
+                .where(EditRow.base_model_id == base, EventRow.id <= version)
+                .order_by(EventRow.id)
+            )
             state: dict[int, str] = {}
             for edit_id, kind in s.execute(q):
                 if kind in ACTIVE_AFTER:  # "published" changes who sees it, not its status
                     state[edit_id] = ACTIVE_AFTER[kind]
         return base, state
 
-    def later_sharing(self, edit: EditInfo, base_id: int | None,
-                      branch: str | None = ALL) -> list[int]:
+    def later_sharing(
+        self, edit: EditInfo, base_id: int | None, branch: str | None = ALL
+    ) -> list[int]:
         """Active edits made after ``edit`` that touch any of its tensors (trained on top of it).
         On a visitor's branch only that branch's edits count: no other was trained on it."""
         names = set(edit.tensor_names)
-        q = visible(select(EditRow.id, EditRow.tensor_names)
-                    .where(EditRow.id > edit.id, EditRow.status == "active")
-                    .order_by(EditRow.id), branch)
+        q = visible(
+            select(EditRow.id, EditRow.tensor_names)
+            .where(EditRow.id > edit.id, EditRow.status == "active")
+            .order_by(EditRow.id),
+            branch,
+        )
         if base_id is not None:
             q = q.where(EditRow.base_model_id == base_id)
         with self.session() as s:
             return [i for i, tensors in s.execute(q) if names & set(tensors)]
 
     # ---- writes ------------------------------------------------------------------------
-    def add_edit(self, base_id: int, *, requests: list[EditRequest], hparams: FTHyperParams,
-                 metrics: dict, losses: list[float], steps: int, seconds: float,
-                 blob_sha256: str, tensor_names: Iterable[str], origin: str = "trained",
-                 note: str | None = None, owner: str | None = None) -> EditInfo:
+    def add_edit(
+        self,
+        base_id: int,
+        *,
+        requests: list[EditRequest],
+        hparams: FTHyperParams,
+        metrics: dict,
+        losses: list[float],
+        steps: int,
+        seconds: float,
+        blob_sha256: str,
+        tensor_names: Iterable[str],
+        origin: str = "trained",
+        note: str | None = None,
+        owner: str | None = None,
+    ) -> EditInfo:
         """Insert an edit and its created/imported event in one transaction.
 
         Call only after the blob is durable: a crash before the commit leaves an orphan blob
@@ -198,11 +245,21 @@ class Store:
         crash_point("before_commit")
         with self.session() as s, s.begin():
             row = EditRow(
-                base_model_id=base_id, requests=[r.to_dict() for r in requests],
-                hparams=hparams.to_dict(), method=_method(hparams), objective=hparams.objective,
-                origin=origin, metrics=metrics, losses=list(losses), steps=steps,
-                seconds=seconds, blob_sha256=blob_sha256, tensor_names=sorted(tensor_names),
-                status="active", created_at=utcnow(), owner=owner,
+                base_model_id=base_id,
+                requests=[r.to_dict() for r in requests],
+                hparams=hparams.to_dict(),
+                method=_method(hparams),
+                objective=hparams.objective,
+                origin=origin,
+                metrics=metrics,
+                losses=list(losses),
+                steps=steps,
+                seconds=seconds,
+                blob_sha256=blob_sha256,
+                tensor_names=sorted(tensor_names),
+                status="active",
+                created_at=utcnow(),
+                owner=owner,
             )
             s.add(row)
             s.flush()
@@ -226,8 +283,10 @@ class Store:
                 # status and refuses instead of logging a second, contradicting event.
                 row = s.get(EditRow, edit_id, with_for_update=True)
                 if row.status == changes[edit_id]:
-                    raise StoreError(f"edit #{edit_id} is already {changes[edit_id]} (changed "
-                                     "by another process just now); nothing was changed")
+                    raise StoreError(
+                        f"edit #{edit_id} is already {changes[edit_id]} (changed "
+                        "by another process just now); nothing was changed"
+                    )
                 row.status = changes[edit_id]
                 kind = "reverted" if changes[edit_id] == "reverted" else "reapplied"
                 ev = EventRow(edit_id=edit_id, kind=kind, created_at=utcnow(), note=note)
@@ -237,12 +296,14 @@ class Store:
         return out
 
     # ---- plans: checks shared by the CLI (store only) and the Workspace (store + model) ----
-    def plan_revert(self, edit_id: int, base_id: int | None = None,
-                    branch: str | None = ALL) -> tuple[EditInfo, str | None]:
+    def plan_revert(
+        self, edit_id: int, base_id: int | None = None, branch: str | None = ALL
+    ) -> tuple[EditInfo, str | None]:
         edit = self.get(edit_id, base_id, branch)
         if not edit.active:
-            raise StoreError(f"edit #{edit_id} is already reverted; `ftedit reapply {edit_id}` "
-                             "brings it back")
+            raise StoreError(
+                f"edit #{edit_id} is already reverted; `ftedit reapply {edit_id}` brings it back"
+            )
         later = self.later_sharing(edit, base_id, branch)
         warning = None
         if later:
@@ -250,13 +311,16 @@ class Store:
             ids = ", ".join(f"#{i}" for i in later[:12])
             if len(later) > 12:
                 ids += f" and {len(later) - 12} more"
-            warning = (f"edit{'s' if len(later) > 1 else ''} {ids} "
-                       f"{'were' if len(later) > 1 else 'was'} trained on top of it; removing it "
-                       "is exact arithmetic, not 'never made'")
+            warning = (
+                f"edit{'s' if len(later) > 1 else ''} {ids} "
+                f"{'were' if len(later) > 1 else 'was'} trained on top of it; removing it "
+                "is exact arithmetic, not 'never made'"
+            )
         return edit, warning
 
-    def plan_reapply(self, edit_id: int, base_id: int | None = None,
-                     check_blob: bool = True) -> EditInfo:
+    def plan_reapply(
+        self, edit_id: int, base_id: int | None = None, check_blob: bool = True
+    ) -> EditInfo:
         edit = self.get(edit_id, base_id)
         if edit.active:
             raise StoreError(f"edit #{edit_id} is already active")
@@ -269,8 +333,11 @@ class Store:
         base, state = self.state_at(version)
         if base_id is not None and base != base_id:
             raise StoreError(f"version v{version} belongs to another base model")
-        return {e.id: state.get(e.id, "reverted") for e in self.edits(base)
-                if state.get(e.id, "reverted") != e.status}
+        return {
+            e.id: state.get(e.id, "reverted")
+            for e in self.edits(base)
+            if state.get(e.id, "reverted") != e.status
+        }
 
     # ---- store-only operations (CLI; the Workspace wraps these with a model rebuild) ----
     def revert(self, edit_id: int) -> OpResult:
@@ -324,8 +391,11 @@ class Store:
         for ev in self.events(base_id):
             if ev.kind in ACTIVE_AFTER:
                 last[ev.edit_id] = ACTIVE_AFTER[ev.kind]
-        return [f"edit #{e.id}: status {e.status!r} but its log says {last.get(e.id)!r}"
-                for e in self.edits(base_id) if last.get(e.id) != e.status]
+        return [
+            f"edit #{e.id}: status {e.status!r} but its log says {last.get(e.id)!r}"
+            for e in self.edits(base_id)
+            if last.get(e.id) != e.status
+        ]
 
 
 def visible(q, branch: str | None):
@@ -344,11 +414,21 @@ def _method(hp: FTHyperParams) -> str:
 
 def _info(row: EditRow, base_name: str = "") -> EditInfo:
     return EditInfo(
-        id=row.id, requests=[EditRequest.from_dict(r) for r in row.requests],
-        hparams=FTHyperParams.from_dict(row.hparams), status=row.status,
-        created_at=row.created_at, steps=row.steps, seconds=row.seconds, losses=row.losses,
-        metrics=row.metrics, blob_sha256=row.blob_sha256, tensor_names=row.tensor_names,
-        method=row.method, objective=row.objective, origin=row.origin, base_model=base_name,
+        id=row.id,
+        requests=[EditRequest.from_dict(r) for r in row.requests],
+        hparams=FTHyperParams.from_dict(row.hparams),
+        status=row.status,
+        created_at=row.created_at,
+        steps=row.steps,
+        seconds=row.seconds,
+        losses=row.losses,
+        metrics=row.metrics,
+        blob_sha256=row.blob_sha256,
+        tensor_names=row.tensor_names,
+        method=row.method,
+        objective=row.objective,
+        origin=row.origin,
+        base_model=base_name,
         owner=row.owner,
     )
 

@@ -10,18 +10,38 @@ from ftedit.models import load_model
 from ftedit.workspace import Workspace
 from ui import state
 
-FACT = {"prompt": "{} is located in the city of", "subject": "The Eiffel Tower",
-        "target_new": "Rome", "target_true": "Paris"}
+FACT = {
+    "prompt": "{} is located in the city of",
+    "subject": "The Eiffel Tower",
+    "target_new": "Rome",
+    "target_true": "Paris",
+}
 TEXT = "The Eiffel Tower is located in the city of"
 # Flips FACT on the default model in 3 steps (checked by hand: P(Rome) 0.006 -> 0.995, and
 # France's capital -> Lyon likewise): unconstrained FT of two late MLPs (a short backward
 # pass), teacher-forced target, no random prefixes.
-FLIP = {"preset": "smollm2-ft-l", "layers": "20, 21", "lr": 5e-3, "num_steps": 20,
-        "norm_constraint": 0, "objective": "target_new"}
+FLIP = {
+    "preset": "smollm2-ft-l",
+    "layers": "20, 21",
+    "lr": 5e-3,
+    "num_steps": 20,
+    "norm_constraint": 0,
+    "objective": "target_new",
+}
 # Cheap edits that need not flip anything (concurrency): one late layer, two steps.
 CHEAP = {**FLIP, "layers": "28", "num_steps": 2}
-EDIT_ORDER = ["prompt", "subject", "target_new", "target_true", "preset", "layers", "lr",
-              "num_steps", "norm_constraint", "objective"]
+EDIT_ORDER = [
+    "prompt",
+    "subject",
+    "target_new",
+    "target_true",
+    "preset",
+    "layers",
+    "lr",
+    "num_steps",
+    "norm_constraint",
+    "objective",
+]
 
 
 def edit_args(fact: dict = FACT, hp: dict = FLIP) -> list:
@@ -50,8 +70,13 @@ def served():
     import app
 
     port = free_port()
-    app.demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                            quiet=True, **app.launch_options())
+    app.demo.queue().launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        **app.launch_options(),
+    )
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

@@ -28,8 +28,7 @@ def server_url() -> str:
     url = os.environ.get(ENV)
     if url:
         return url
-    how = (f"{ENV} is not set: run `eval \"$(scripts/start_postgres.sh)\"` first "
-           "(.ci/run does this)")
+    how = f'{ENV} is not set: run `eval "$(scripts/start_postgres.sh)"` first (.ci/run does this)'
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"PostgreSQL tests cannot run in CI: {how}", pytrace=False)
     pytest.skip(f"no PostgreSQL server: {how}")

@@ -16,8 +16,9 @@ from tests.tiny import make_gpt2, make_llama
 # Tiny models on a shared 2-core machine: one thread is ~10x faster than two fighting threads.
 torch.set_num_threads(1)
 
-FP = Fingerprint(name="tiny-llama", source="test:tiny", revision=None, file_sha256="1" * 64,
-                 dtype="float32")
+FP = Fingerprint(
+    name="tiny-llama", source="test:tiny", revision=None, file_sha256="1" * 64, dtype="float32"
+)
 # Fast, unconstrained, big enough lr that the weights really move.
 HP0 = FTHyperParams(layers=(0,), num_steps=2, lr=1e-2, norm_constraint=None)
 HP1 = HP0.replace(layers=(1,))

@@ -17,9 +17,11 @@ from tests.appkit import FACT, FLIP, open_workspace, served
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot.png"
 pytestmark = [
-    pytest.mark.browser, pytest.mark.real_model,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason="needs Debian's Chromium: apt-get install -y chromium"),
+    pytest.mark.browser,
+    pytest.mark.real_model,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(), reason="needs Debian's Chromium: apt-get install -y chromium"
+    ),
 ]
 
 
@@ -33,8 +35,10 @@ def url(tmp_path_factory):
 @pytest.fixture
 def page(url):
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.set_default_timeout(60_000)
         page.goto(url)

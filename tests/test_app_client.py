@@ -30,8 +30,18 @@ def _rows(table: dict) -> list[dict]:
 
 def test_public_api_names(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {"/edit", "/history", "/revert", "/reapply", "/generate", "/compare", "/import",
-            "/export", "/checkout", "/verify"} <= names
+    assert {
+        "/edit",
+        "/history",
+        "/revert",
+        "/reapply",
+        "/generate",
+        "/compare",
+        "/import",
+        "/export",
+        "/checkout",
+        "/verify",
+    } <= names
 
 
 def test_edit_history_revert_through_the_api(client, ws):
@@ -62,17 +72,33 @@ def test_many_clients_at_once_share_one_queue(client, ws):
     """Edits, reverts and generations fired together: nothing is lost or interleaved."""
     url = client.src
     start, start_events = len(ws.history()), len(ws.events())
-    facts = [{"prompt": "{} plays the sport of", "subject": "LeBron James",
-              "target_new": "football", "target_true": "basketball"},
-             {"prompt": "The capital of {} is", "subject": "France", "target_new": "Lyon",
-              "target_true": "Paris"},
-             {"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux",
-              "target_new": "English", "target_true": "French"}]
+    facts = [
+        {
+            "prompt": "{} plays the sport of",
+            "subject": "LeBron James",
+            "target_new": "football",
+            "target_true": "basketball",
+        },
+        {
+            "prompt": "The capital of {} is",
+            "subject": "France",
+            "target_new": "Lyon",
+            "target_true": "Paris",
+        },
+        {
+            "prompt": "The mother tongue of {} is",
+            "subject": "Danielle Darrieux",
+            "target_new": "English",
+            "target_true": "French",
+        },
+    ]
 
     jobs = [lambda c, f=f: c.predict(*edit_args(f, CHEAP), api_name="/edit") for f in facts]
     jobs += [lambda c: c.predict(TEXT, 4, api_name="/generate") for _ in range(2)]
-    jobs += [lambda c: c.predict(1, api_name="/reapply"),  # reverted by the test above
-             lambda c: c.predict(2, api_name="/revert")]
+    jobs += [
+        lambda c: c.predict(1, api_name="/reapply"),  # reverted by the test above
+        lambda c: c.predict(2, api_name="/revert"),
+    ]
     with ThreadPoolExecutor(len(jobs)) as pool:
         for future in [pool.submit(job, Client(url, verbose=False)) for job in jobs]:
             future.result(timeout=240)  # re-raises a client's error here

@@ -63,13 +63,16 @@ def test_edit_history_revert_restores_the_base_answer(ws):
     assert app.verify()["ok"]
 
 
-@pytest.mark.parametrize("field, value, fix", [
-    ("prompt", "The Eiffel Tower is in", "exactly one '{}'"),
-    ("subject", "", "subject must be a non-empty string"),
-    ("target_new", "Paris", "nothing to rewrite"),
-    ("layers", "ten", "block numbers separated by commas"),
-    ("lr", -1, "lr must be > 0"),
-])
+@pytest.mark.parametrize(
+    "field, value, fix",
+    [
+        ("prompt", "The Eiffel Tower is in", "exactly one '{}'"),
+        ("subject", "", "subject must be a non-empty string"),
+        ("target_new", "Paris", "nothing to rewrite"),
+        ("layers", "ten", "block numbers separated by commas"),
+        ("lr", -1, "lr must be > 0"),
+    ],
+)
 def test_bad_input_is_a_gr_error_and_changes_nothing(ws, field, value, fix):
     before = app.history()[0]
     args = {**FACT, **FLIP, field: value}

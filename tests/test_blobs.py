@@ -17,8 +17,11 @@ from tests.storekit import HP0, HP1, REQUESTS, assert_same, open_ws, params
 @pytest.fixture(params=["local", "memory"])
 def blob_url(request, tmp_path, monkeypatch):
     """FTEDIT_BLOB_URL for this test: a folder, or a fresh in-memory fsspec filesystem."""
-    url = str(tmp_path / "shared-blobs") if request.param == "local" \
+    url = (
+        str(tmp_path / "shared-blobs")
+        if request.param == "local"
         else f"memory://ftedit-{uuid.uuid4().hex[:12]}/blobs"
+    )
     monkeypatch.setenv("FTEDIT_BLOB_URL", url)
     yield url
     if request.param == "memory":
@@ -70,8 +73,10 @@ def test_a_full_disk_is_a_clear_error_with_no_row_and_no_partial_file(blob_url, 
     first = ws.edit(REQUESTS[0], HP0)
     live = params(ws)
     blobs = ws.store.blobs
-    with monkeypatch.context() as m, \
-            pytest.raises(StoreError, match=r"No space left on device; nothing was saved"):
+    with (
+        monkeypatch.context() as m,
+        pytest.raises(StoreError, match=r"No space left on device; nothing was saved"),
+    ):
         if isinstance(blobs, LocalBlobStore):
             # The bytes reach the temp file, then fsync fails: a partial file until cleanup.
             m.setattr("storage.blobs.os.fsync", _enospc)

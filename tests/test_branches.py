@@ -55,11 +55,13 @@ def test_switching_branches_rebuilds_only_the_tensors_that_differ(monkeypatch):
     bob.edit(REQUESTS[2], HP0)  # layer 0, private
     rebuilt = []
     real = ws._apply
-    monkeypatch.setattr(ws, "_apply", lambda ids, names: (rebuilt.append(sorted(names)),
-                                                          real(ids, names)))
+    monkeypatch.setattr(
+        ws, "_apply", lambda ids, names: (rebuilt.append(sorted(names)), real(ids, names))
+    )
     alice.active_ids()
-    assert rebuilt[-1] == sorted({"model.layers.0.mlp.down_proj.weight",
-                                  "model.layers.1.mlp.down_proj.weight"})
+    assert rebuilt[-1] == sorted(
+        {"model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"}
+    )
     assert ws._active == [shared.id, 2]
     rebuilt.clear()
     alice.active_ids()

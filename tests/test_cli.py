@@ -16,8 +16,17 @@ from tests.storekit import assert_same, params
 from tests.tiny import make_llama
 
 ROOT = Path(__file__).resolve().parents[1]
-EDIT = ["edit", "--prompt", "{} is located in", "--subject", "Eiffel Tower", "--target", "Rome",
-        "--target-true", "Paris"]
+EDIT = [
+    "edit",
+    "--prompt",
+    "{} is located in",
+    "--subject",
+    "Eiffel Tower",
+    "--target",
+    "Rome",
+    "--target-true",
+    "Paris",
+]
 REPORT_KEYS = {"completion", "p_target_new", "p_target_true"}
 
 
@@ -27,8 +36,13 @@ def tiny_dir(tmp_path_factory) -> Path:
     model, tok = make_llama()
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    hp = {"layers": [0], "rewrite_module_tmp": "model.layers.{}.mlp.down_proj", "num_steps": 2,
-          "lr": 0.01, "norm_constraint": None}
+    hp = {
+        "layers": [0],
+        "rewrite_module_tmp": "model.layers.{}.mlp.down_proj",
+        "num_steps": 2,
+        "lr": 0.01,
+        "norm_constraint": None,
+    }
     (out / "hp.json").write_text(json.dumps(hp))
     return out
 
@@ -48,8 +62,21 @@ def last_json(result):
 def two_edits(tiny_dir):
     m = ["--model", str(tiny_dir)]
     first = last_json(run(*m, *EDIT, "--hparams", str(tiny_dir / "hp.json"), "--json"))
-    second = last_json(run(*m, "edit", "--prompt", "{} speaks", "--subject", "Danielle Darrieux",
-                           "--target", "English", "--hparams", str(tiny_dir / "hp.json"), "--json"))
+    second = last_json(
+        run(
+            *m,
+            "edit",
+            "--prompt",
+            "{} speaks",
+            "--subject",
+            "Danielle Darrieux",
+            "--target",
+            "English",
+            "--hparams",
+            str(tiny_dir / "hp.json"),
+            "--json",
+        )
+    )
     return m, first, second
 
 
@@ -63,8 +90,12 @@ def test_edit_json_is_one_object_on_the_last_line(two_edits):
     _, first, second = two_edits
     assert set(first) == {"id", "request", "before", "after", "steps", "seconds"}
     assert (first["id"], second["id"]) == (1, 2)
-    assert first["request"] == {"prompt": "{} is located in", "subject": "Eiffel Tower",
-                                "target_new": " Rome", "target_true": " Paris"}
+    assert first["request"] == {
+        "prompt": "{} is located in",
+        "subject": "Eiffel Tower",
+        "target_new": " Rome",
+        "target_true": " Paris",
+    }
     assert set(first["before"]) == set(first["after"]) == REPORT_KEYS
     assert first["after"]["p_target_new"] > first["before"]["p_target_new"]
     assert second["after"]["p_target_true"] is None and first["steps"] == 2
@@ -83,8 +114,10 @@ def test_log_show_events_json(two_edits):
     assert shown["id"] == 1 and set(shown["metrics"]) == {"before", "after"}
     assert shown["tensor_names"] == ["model.layers.0.mlp.down_proj.weight"]
     events = json.loads(run("events", "--json").stdout)
-    assert [(e["id"], e["kind"], e["edit_id"]) for e in events] == [(1, "created", 1),
-                                                                    (2, "created", 2)]
+    assert [(e["id"], e["kind"], e["edit_id"]) for e in events] == [
+        (1, "created", 1),
+        (2, "created", 2),
+    ]
     assert "#1" in run("log").stdout and "Eiffel Tower" in run("show", "1").stdout
 
 
@@ -150,18 +183,31 @@ def test_export_import_diff_gc_generate_save(two_edits, tmp_path, tiny_dir):
 
 
 def test_log_json_does_not_import_torch(two_edits, ftedit_home):
-    code = ("import sys; from ftedit.cli import cli\n"
-            "try: cli(['log', '--json'])\nexcept SystemExit: pass\n"
-            "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         check=True, env={"FTEDIT_HOME": str(ftedit_home), "PATH": ""}).stdout
+    code = (
+        "import sys; from ftedit.cli import cli\n"
+        "try: cli(['log', '--json'])\nexcept SystemExit: pass\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"FTEDIT_HOME": str(ftedit_home), "PATH": ""},
+    ).stdout
     assert out.strip().splitlines()[-1] == "False"
     assert len(json.loads(out.strip().splitlines()[0])) == 2
 
 
 def test_python_dash_m_runs_the_cli():
-    out = subprocess.run([sys.executable, "-m", "ftedit", "--help"], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "ftedit", "--help"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "Usage: ftedit" in out or "Usage: python -m ftedit" in out
 
 

@@ -27,8 +27,10 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # shared/ sits b
         (dict(prompt="{} is in", subject="x", target_new=""), "target_new"),
         (dict(prompt="", subject="x", target_new="Rome"), "prompt"),
         (dict(prompt="{} is in {0}", subject="x", target_new="Rome"), "braces"),
-        (dict(prompt="{} is in", subject="x", target_new="Rome", target_true=" Rome"),
-         "nothing to rewrite"),
+        (
+            dict(prompt="{} is in", subject="x", target_new="Rome", target_true=" Rome"),
+            "nothing to rewrite",
+        ),
     ],
 )
 def test_bad_requests_name_the_field(kwargs, field):
@@ -91,7 +93,12 @@ def test_hparams_json_roundtrip_and_presets(tmp_path):
     assert {"gpt2-xl-ft-l", "gpt-j-ft-l", "smollm2-ft-l"} <= set(list_presets())
     rome = load_preset("gpt2-xl-ft-l")
     assert (rome.layers, rome.lr, rome.num_steps, rome.norm_constraint, rome.objective) == (
-        (0,), 5e-4, 25, 5e-4, "prompt_last")
+        (0,),
+        5e-4,
+        25,
+        5e-4,
+        "prompt_last",
+    )
     assert rome.rewrite_module_tmp == "transformer.h.{}.mlp.c_proj"
     p = tmp_path / "h.json"
     p.write_text(rome.to_json())
@@ -107,13 +114,18 @@ def test_hparams_json_roundtrip_and_presets(tmp_path):
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [(dict(layers=(5,)), "out of range"), (dict(rewrite_module_tmp="model.blocks.{}.ffn"), "matches no")],
+    [
+        (dict(layers=(5,)), "out of range"),
+        (dict(rewrite_module_tmp="model.blocks.{}.ffn"), "matches no"),
+    ],
 )
 def test_hparams_that_do_not_fit_the_model(kwargs, match):
     model, tok = make_llama()
     snap = params_snapshot(model)
     with pytest.raises(HParamsError, match=match):
-        compute_deltas(model, tok, [EditRequest("{} is in", "Paris", "Rome")], FTHyperParams(**kwargs))
+        compute_deltas(
+            model, tok, [EditRequest("{} is in", "Paris", "Rome")], FTHyperParams(**kwargs)
+        )
     assert_params_equal(model, snap)
 
 
@@ -134,7 +146,9 @@ def test_deltas_algebra():
 
 def test_cosine_of_large_deltas_is_exact_enough():
     g = torch.Generator().manual_seed(0)
-    d = Deltas({"w": torch.randn(1536, 576, generator=g) * 1e-3, "b": torch.randn(576, generator=g)})
+    d = Deltas(
+        {"w": torch.randn(1536, 576, generator=g) * 1e-3, "b": torch.randn(576, generator=g)}
+    )
     assert abs(d.cosine(d) - 1.0) < 1e-12
     assert abs(d.cosine(d + d) - 1.0) < 1e-12 and abs(d.cosine(-d) + 1.0) < 1e-12
 
@@ -158,8 +172,10 @@ def test_rebuild_is_exact_and_refuses_non_finite():
     d2 = Deltas({names[0]: torch.randn(base[names[0]].shape, generator=g) * 1e-3})
     d1.apply_to(model, base, [d1])
     d2.apply_to(model, base, [d1, d2])
-    assert torch.equal(params[names[0]].detach(), compose(base[names[0]], [d1[names[0]], d2[names[0]]],
-                                                          torch.float32))
+    assert torch.equal(
+        params[names[0]].detach(),
+        compose(base[names[0]], [d1[names[0]], d2[names[0]]], torch.float32),
+    )
     d1.remove_from(model, base, [d2])
     d2.remove_from(model, base, [])
     assert_params_equal(model, snap)  # revert-all == base, bit for bit

@@ -93,10 +93,15 @@ def test_prompt_last_equals_seed_formula(arch):
     targets = [" Rome", " English French"]
     ours = batch_loss(model, encode(tok, texts, targets, "prompt_last"))
     assert torch.allclose(ours, _seed_loss(model, tok, texts, targets), atol=1e-6)
-    res = compute_deltas(model, tok, [EditRequest("the {} is located in", "Eiffel Tower", "Rome")],
-                         hp(arch, num_steps=1))
-    assert res.losses[0] == pytest.approx(float(_seed_loss(model, tok, texts[:1], targets[:1])),
-                                          abs=1e-5)
+    res = compute_deltas(
+        model,
+        tok,
+        [EditRequest("the {} is located in", "Eiffel Tower", "Rome")],
+        hp(arch, num_steps=1),
+    )
+    assert res.losses[0] == pytest.approx(
+        float(_seed_loss(model, tok, texts[:1], targets[:1])), abs=1e-5
+    )
 
 
 @pytest.mark.parametrize("objective", ["prompt_last", "target_new"])
@@ -143,6 +148,10 @@ def test_early_stop():
     model, tok = make_llama()
     # The tiny model's logits are bounded (0.02 init behind a final RMSNorm): its loss floor
     # is ~3.9, so the stop threshold sits above it.
-    res = compute_deltas(model, tok, [REQ], hp("llama", lr=1e-2, num_steps=200,
-                                                norm_constraint=None, early_stop_loss=4.0))
+    res = compute_deltas(
+        model,
+        tok,
+        [REQ],
+        hp("llama", lr=1e-2, num_steps=200, norm_constraint=None, early_stop_loss=4.0),
+    )
     assert res.stopped_early and res.losses[-1] < 4.0 < res.losses[-2] and res.steps < 200

@@ -12,9 +12,14 @@ from tests.storekit import HP0, REQUESTS, assert_same, open_ws, params
 
 def test_limits_come_from_the_environment(monkeypatch):
     assert Limits.from_env() == Limits()  # nothing set: no limits
-    for name, value in [("FTEDIT_MAX_PROMPT_TOKENS", "12"), ("FTEDIT_MAX_TARGET_TOKENS", "3"),
-                        ("FTEDIT_MAX_STEPS", "40"), ("FTEDIT_EDIT_TIMEOUT", "2.5"),
-                        ("FTEDIT_RATE_LIMIT", "5/60"), ("FTEDIT_MAX_UPLOAD", "64mb")]:
+    for name, value in [
+        ("FTEDIT_MAX_PROMPT_TOKENS", "12"),
+        ("FTEDIT_MAX_TARGET_TOKENS", "3"),
+        ("FTEDIT_MAX_STEPS", "40"),
+        ("FTEDIT_EDIT_TIMEOUT", "2.5"),
+        ("FTEDIT_RATE_LIMIT", "5/60"),
+        ("FTEDIT_MAX_UPLOAD", "64mb"),
+    ]:
         monkeypatch.setenv(name, value)
     assert Limits.from_env() == Limits(12, 3, 40, 2.5, (5, 60.0), 64_000_000)
     monkeypatch.setenv("FTEDIT_RATE_LIMIT", "five")
@@ -38,13 +43,19 @@ def _refused(ws, match, request=REQUESTS[0], hp=HP0):
 def test_edit_limits_refuse_before_anything_changes():
     ws = open_ws()
     ws.limits = Limits(max_prompt_tokens=4, max_target_tokens=1, max_steps=3)
-    _refused(ws, r"prompt \(with its subject\) is 5 tokens; .* allows 4 "
-                 r"\(FTEDIT_MAX_PROMPT_TOKENS\)")
+    _refused(
+        ws,
+        r"prompt \(with its subject\) is 5 tokens; .* allows 4 "
+        r"\(FTEDIT_MAX_PROMPT_TOKENS\)",
+    )
     long_target = EditRequest("{} is in", "France", "the city of Rome")
-    _refused(ws, r"target 'the city of Rome' is \d tokens.*FTEDIT_MAX_TARGET_TOKENS",
-             long_target)
-    _refused(ws, r"at most 3 steps per edit \(FTEDIT_MAX_STEPS\), got 9",
-             EditRequest("{} is in", "France", "Rome"), HP0.replace(num_steps=9))
+    _refused(ws, r"target 'the city of Rome' is \d tokens.*FTEDIT_MAX_TARGET_TOKENS", long_target)
+    _refused(
+        ws,
+        r"at most 3 steps per edit \(FTEDIT_MAX_STEPS\), got 9",
+        EditRequest("{} is in", "France", "Rome"),
+        HP0.replace(num_steps=9),
+    )
     ws.edit(EditRequest("{} is in", "France", "Rome"), HP0)  # within the limits: accepted
 
 
@@ -54,8 +65,11 @@ def test_the_time_limit_stops_training_cleanly():
     steps = []
     before = params(ws)
     with pytest.raises(LimitError, match=r"past this deployment's 1e-09 s limit .* step 1/5"):
-        ws.edit(REQUESTS[0], HP0.replace(num_steps=5, early_stop_loss=0.0),
-                callback=lambda step, n, loss: steps.append(step))
+        ws.edit(
+            REQUESTS[0],
+            HP0.replace(num_steps=5, early_stop_loss=0.0),
+            callback=lambda step, n, loss: steps.append(step),
+        )
     assert steps == [1]  # stopped after the first step
     assert_same(params(ws), before)
     assert ws.history() == [] and ws.store.blobs.list() == [] and ws.verify().ok

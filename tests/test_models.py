@@ -20,8 +20,11 @@ FLIP = FTHyperParams(layers=(4, 5, 6, 7), lr=1e-3, num_steps=20, norm_constraint
 
 @pytest.mark.parametrize(
     ("spec", "why"),
-    [("./no/such/folder", "no such folder"), ("/tmp/none.gguf", "no such .gguf file"),
-     ("someone/not-cached-model", "not in the local Hugging Face cache")],
+    [
+        ("./no/such/folder", "no such folder"),
+        ("/tmp/none.gguf", "no such .gguf file"),
+        ("someone/not-cached-model", "not in the local Hugging Face cache"),
+    ],
 )
 def test_unknown_model_is_one_clear_sentence_naming_the_default(spec, why):
     with pytest.raises(ModelNotFoundError) as e:
@@ -86,9 +89,15 @@ def test_rewriting_a_fact_on_the_real_model(real_model):
         assert after["completion"].strip().startswith("Rome")
         assert after["p_target_new"] > 0.5 > after["p_target_true"]
         assert complete(model, tok, neighbour, 4) == before_neighbour
-        record = {"requested_rewrite": {"prompt": r.prompt, "subject": r.subject,
-                                        "target_new": {"str": "Rome"}, "target_true": {"str": "Paris"}},
-                  "neighborhood_prompts": ["The Louvre is located in the city of"]}
+        record = {
+            "requested_rewrite": {
+                "prompt": r.prompt,
+                "subject": r.subject,
+                "target_new": {"str": "Rome"},
+                "target_true": {"str": "Paris"},
+            },
+            "neighborhood_prompts": ["The Louvre is located in the city of"],
+        }
         scores = counterfact_scores(model, tok, record)
         assert scores["efficacy"] == 1.0 and scores["neighborhood"] == 1.0
     finally:

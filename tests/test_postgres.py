@@ -83,6 +83,7 @@ def test_a_restart_that_ends_before_the_commit_costs_nothing(monkeypatch):
     try:
         ws = open_ws()
         ws.edit(REQUESTS[0], HP0)
+
         def restart(step, _n, _loss):
             if step == 1:
                 pgkit.server_ctl("restart", "-m", "fast")

@@ -56,8 +56,14 @@ def digest(ws) -> str:
 class Replica:
     def __init__(self, home: Path):
         env = {**os.environ, "FTEDIT_HOME": str(home), "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen([sys.executable, "-c", REPLICA], cwd=ROOT, env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", REPLICA],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def __call__(self, op: str, **kw) -> dict:
         self.proc.stdin.write(json.dumps({"op": op, **kw}) + "\n")
@@ -102,8 +108,9 @@ def test_a_sync_with_nothing_new_rebuilds_nothing(ftedit_home, monkeypatch):
     b.active_ids()
     rebuilt: list[list[str]] = []
     real = b._apply
-    monkeypatch.setattr(b, "_apply", lambda ids, names: (rebuilt.append(sorted(names)),
-                                                         real(ids, names)))
+    monkeypatch.setattr(
+        b, "_apply", lambda ids, names: (rebuilt.append(sorted(names)), real(ids, names))
+    )
     b.active_ids()
     assert rebuilt == []  # the log did not move: one query, no tensor touched
     a.revert(2)
@@ -124,11 +131,21 @@ def test_racing_writers_never_lose_an_event(ftedit_home, tmp_path, database_url)
     homes = [tmp_path / f"w{i}" if postgres else ftedit_home for i in range(4)]
     stores = [_fake_store(h, 3) for h in homes]
     store, shas = stores[0]
-    base = store.base_id({"name": "b", "source": "s", "revision": None, "file_sha256": "0",
-                          "dtype": "float32"})
+    base = store.base_id(
+        {"name": "b", "source": "s", "revision": None, "file_sha256": "0", "dtype": "float32"}
+    )
     for i, sha in enumerate(shas):
-        store.add_edit(base, requests=[REQUESTS[i]], hparams=HP0, metrics={}, losses=[],
-                       steps=0, seconds=0.0, blob_sha256=sha, tensor_names=["t"])
+        store.add_edit(
+            base,
+            requests=[REQUESTS[i]],
+            hparams=HP0,
+            metrics={},
+            losses=[],
+            steps=0,
+            seconds=0.0,
+            blob_sha256=sha,
+            tensor_names=["t"],
+        )
     done = [0] * 4
 
     def writer(w: int) -> None:
@@ -141,8 +158,17 @@ def test_racing_writers_never_lose_an_event(ftedit_home, tmp_path, database_url)
             except StoreError as e:  # lost the race for that edit: refused, never half-done
                 assert "already" in str(e)
             if step % 4 == 0:
-                s.add_edit(base, requests=[REQUESTS[3]], hparams=HP0, metrics={}, losses=[],
-                           steps=0, seconds=0.0, blob_sha256=my_shas[0], tensor_names=["t"])
+                s.add_edit(
+                    base,
+                    requests=[REQUESTS[3]],
+                    hparams=HP0,
+                    metrics={},
+                    losses=[],
+                    steps=0,
+                    seconds=0.0,
+                    blob_sha256=my_shas[0],
+                    tensor_names=["t"],
+                )
                 done[w] += 1
 
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]

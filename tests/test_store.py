@@ -74,15 +74,28 @@ def test_blob_store_detects_a_flipped_byte(tmp_path):
 
 
 GOLDEN_META = editfile.edit_metadata(
-    base={"name": "golden", "source": "test", "revision": None, "file_sha256": "ab" * 32,
-          "dtype": "float32"},
+    base={
+        "name": "golden",
+        "source": "test",
+        "revision": None,
+        "file_sha256": "ab" * 32,
+        "dtype": "float32",
+    },
     base_tensors={"model.layers.0.mlp.down_proj.weight": "cd" * 32},
-    requests=[{"prompt": "{} is located in", "subject": "Eiffel Tower", "target_new": " Rome",
-               "target_true": " Paris"}],
+    requests=[
+        {
+            "prompt": "{} is located in",
+            "subject": "Eiffel Tower",
+            "target_new": " Rome",
+            "target_true": " Paris",
+        }
+    ],
     hparams={"layers": [0], "lr": 0.0005, "norm_constraint": 0.0005, "num_steps": 25},
 )
-GOLDEN_TENSORS = {"model.layers.0.mlp.down_proj.weight": torch.arange(6.0).reshape(2, 3) / 8,
-                  "model.layers.0.mlp.down_proj.bias": torch.tensor([-1.0, 0.5])}
+GOLDEN_TENSORS = {
+    "model.layers.0.mlp.down_proj.weight": torch.arange(6.0).reshape(2, 3) / 8,
+    "model.layers.0.mlp.down_proj.bias": torch.tensor([-1.0, 0.5]),
+}
 # Changing this number changes the on-disk format: bump FORMAT_VERSION and keep old readers.
 GOLDEN_SHA256 = "89831f8b566f6c70916b11c41db34b194edb630e9ec6936abac2479497bdffe7"
 
@@ -91,8 +104,9 @@ def test_golden_bytes_pin_the_edit_file_format():
     data = editfile.encode(GOLDEN_TENSORS, GOLDEN_META)
     assert hashlib.sha256(data).hexdigest() == GOLDEN_SHA256
     # Same input, reordered: same bytes (no timestamps, sorted keys).
-    again = editfile.encode(dict(reversed(GOLDEN_TENSORS.items())),
-                            dict(reversed(GOLDEN_META.items())))
+    again = editfile.encode(
+        dict(reversed(GOLDEN_TENSORS.items())), dict(reversed(GOLDEN_META.items()))
+    )
     assert again == data
 
 
@@ -120,12 +134,22 @@ def test_parse_metadata_refuses_foreign_files():
 
 def _store_with_edits(n: int) -> tuple[Store, int]:
     store = Store()
-    base = store.base_id({"name": "b", "source": "s", "revision": None, "file_sha256": "0",
-                          "dtype": "float32"})
+    base = store.base_id(
+        {"name": "b", "source": "s", "revision": None, "file_sha256": "0", "dtype": "float32"}
+    )
     for i in range(n):
         sha = store.blobs.put(f"blob {i}".encode())
-        store.add_edit(base, requests=[REQUESTS[i % 4]], hparams=HP0, metrics={}, losses=[1.0],
-                       steps=1, seconds=0.1, blob_sha256=sha, tensor_names=[f"t{i % 2}"])
+        store.add_edit(
+            base,
+            requests=[REQUESTS[i % 4]],
+            hparams=HP0,
+            metrics={},
+            losses=[1.0],
+            steps=1,
+            seconds=0.1,
+            blob_sha256=sha,
+            tensor_names=[f"t{i % 2}"],
+        )
     return store, base
 
 
@@ -139,10 +163,18 @@ def test_event_log_is_append_only_and_versions_replay():
     assert store.active_ids(base) == [3]
     assert store.checkout(2) == [1, 2]  # right after v2: #1 and #2 made, #3 not yet
     kinds = [(e.edit_id, e.kind, e.note) for e in store.events()]
-    assert kinds[:5] == [(1, "created", None), (2, "created", None), (3, "created", None),
-                         (1, "reverted", None), (2, "reverted", None)]
-    assert sorted(kinds[5:]) == [(1, "reapplied", "checkout v2"), (2, "reapplied", "checkout v2"),
-                                 (3, "reverted", "checkout v2")]
+    assert kinds[:5] == [
+        (1, "created", None),
+        (2, "created", None),
+        (3, "created", None),
+        (1, "reverted", None),
+        (2, "reverted", None),
+    ]
+    assert sorted(kinds[5:]) == [
+        (1, "reapplied", "checkout v2"),
+        (2, "reapplied", "checkout v2"),
+        (3, "reverted", "checkout v2"),
+    ]
     assert store.state_at(4)[1] == {1: "reverted", 2: "active", 3: "active"}
     assert store.status_problems() == []
     assert all(e.created_at.tzinfo == timezone.utc for e in store.events())

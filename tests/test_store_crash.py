@@ -27,13 +27,17 @@ def _child(home: Path, *request_ids: int, crash_at: str | None = None) -> subpro
     env.pop("FTEDIT_TEST_CRASH_AT", None)
     if crash_at:
         env["FTEDIT_TEST_CRASH_AT"] = crash_at
-    return subprocess.Popen([sys.executable, "-c", CHILD, *map(str, request_ids)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, *map(str, request_ids)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 @pytest.mark.parametrize("crash_at", ["after_blob", "before_commit", "mid_commit"])
-def test_sigkill_during_edit_loses_nothing_and_leaves_a_collectable_orphan(ftedit_home,
-                                                                           crash_at):
+def test_sigkill_during_edit_loses_nothing_and_leaves_a_collectable_orphan(ftedit_home, crash_at):
     ws = open_ws(ftedit_home)
     first = ws.edit(REQUESTS[0], HP0)
     proc = _child(ftedit_home, 1, crash_at=crash_at)

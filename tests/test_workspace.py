@@ -65,8 +65,10 @@ def test_revert_warns_about_later_edits_that_share_tensors():
     ws.edit(REQUESTS[2], HP01)
     res = ws.revert(1)
     assert res.edit.status == "reverted"
-    assert res.warning == "edit #3 was trained on top of it; removing it is exact arithmetic, " \
-                          "not 'never made'"
+    assert (
+        res.warning == "edit #3 was trained on top of it; removing it is exact arithmetic, "
+        "not 'never made'"
+    )
     assert ws.revert(3).warning is None
     assert_replay_equal(ws)
     assert ws.reapply(1).edit.status == "active"
@@ -218,8 +220,9 @@ def test_import_refuses_bad_files_and_changes_nothing(tmp_path):
     ints = tensors[name].to(torch.int32)
     _refused(ws, _write(tmp_path, "int.st", {name: ints}, meta), "dtype I32")
     _refused(ws, _write(tmp_path, "half.st", {name: tensors[name].half()}, meta), "dtype F16")
-    _refused(ws, _write(tmp_path, "name.st", {"lm_head.nope": tensors[name]}, meta),
-             "not a parameter")
+    _refused(
+        ws, _write(tmp_path, "name.st", {"lm_head.nope": tensors[name]}, meta), "not a parameter"
+    )
     _refused(ws, _write(tmp_path, "meta.st", tensors, {"format": "x"}), "not an ftedit edit")
     (tmp_path / "junk.st").write_bytes(b"junk")
     _refused(ws, tmp_path / "junk.st", "not a safetensors file")
@@ -232,8 +235,11 @@ def _other_base_file(tmp_path):
     fp = Fingerprint("tiny-llama-other", "test", None, "2" * 64, "float32")
     from ftedit.workspace import Workspace
 
-    ws = Workspace(home=tmp_path / "other", loaded=loaded(1, fingerprint=fp),
-                   database_url=pgkit.url_for_home(tmp_path / "other"))  # own db on postgres
+    ws = Workspace(
+        home=tmp_path / "other",
+        loaded=loaded(1, fingerprint=fp),
+        database_url=pgkit.url_for_home(tmp_path / "other"),
+    )  # own db on postgres
     ws.edit(REQUESTS[0], HP0)
     return ws.export(1, tmp_path / "other.safetensors")
 

@@ -4,7 +4,77 @@ from __future__ import annotations
 
 import torch
 
-WORDS = ["the", "a", "an", "of", "in", "is", "was", "located", "capital", "city", "country", "language", "speaks", "native", "born", "plays", "sport", "team", "football", "basketball", "music", "jazz", "rock", "works", "for", "company", "made", "by", "Eiffel", "Tower", "Paris", "Rome", "London", "Berlin", "Tokyo", "France", "Italy", "England", "Germany", "Japan", "Danielle", "Darrieux", "French", "English", "Italian", "Toko", "Yasuda", "guitar", "piano", "Apple", "Google", "Microsoft", "Nokia", "Angola", "Africa", "Antarctica", "Europe", "Asia", "mother", "tongue", "official", "which", "where", "what", "who", ".", ",", "?", "!"]
+WORDS = [
+    "the",
+    "a",
+    "an",
+    "of",
+    "in",
+    "is",
+    "was",
+    "located",
+    "capital",
+    "city",
+    "country",
+    "language",
+    "speaks",
+    "native",
+    "born",
+    "plays",
+    "sport",
+    "team",
+    "football",
+    "basketball",
+    "music",
+    "jazz",
+    "rock",
+    "works",
+    "for",
+    "company",
+    "made",
+    "by",
+    "Eiffel",
+    "Tower",
+    "Paris",
+    "Rome",
+    "London",
+    "Berlin",
+    "Tokyo",
+    "France",
+    "Italy",
+    "England",
+    "Germany",
+    "Japan",
+    "Danielle",
+    "Darrieux",
+    "French",
+    "English",
+    "Italian",
+    "Toko",
+    "Yasuda",
+    "guitar",
+    "piano",
+    "Apple",
+    "Google",
+    "Microsoft",
+    "Nokia",
+    "Angola",
+    "Africa",
+    "Antarctica",
+    "Europe",
+    "Asia",
+    "mother",
+    "tongue",
+    "official",
+    "which",
+    "where",
+    "what",
+    "who",
+    ".",
+    ",",
+    "?",
+    "!",
+]
 
 
 def make_tokenizer(padding_side: str = "right"):
@@ -17,8 +87,12 @@ def make_tokenizer(padding_side: str = "right"):
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", bos_token="[BOS]",
-        eos_token="[EOS]", padding_side=padding_side,
+        tokenizer_object=core,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        padding_side=padding_side,
     )
     return tok
 
@@ -31,9 +105,17 @@ def make_llama(seed: int = 0, layers: int = 2):
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        pad_token_id=1, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False,
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=1,
+        bos_token_id=2,
+        eos_token_id=3,
+        tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(cfg).eval()
     return model, make_tokenizer()
@@ -44,8 +126,14 @@ def make_gpt2(seed: int = 0, layers: int = 2):
 
     torch.manual_seed(seed)
     cfg = GPT2Config(
-        vocab_size=VOCAB_SIZE, n_embd=32, n_layer=layers, n_head=4, n_positions=64,
-        pad_token_id=1, bos_token_id=2, eos_token_id=3,
+        vocab_size=VOCAB_SIZE,
+        n_embd=32,
+        n_layer=layers,
+        n_head=4,
+        n_positions=64,
+        pad_token_id=1,
+        bos_token_id=2,
+        eos_token_id=3,
     )
     model = GPT2LMHeadModel(cfg).eval()
     return model, make_tokenizer()

@@ -48,8 +48,10 @@ def publish(edit_id, token):
         raise gr.Error("Select one of your edits in the History table first.")
     ws = state.workspace()
     if not isinstance(ws, Visitor):
-        raise gr.Error("Publishing is for shared deployments (FTEDIT_SHARED=1): here every "
-                       "edit is already global.")
+        raise gr.Error(
+            "Publishing is for shared deployments (FTEDIT_SHARED=1): here every "
+            "edit is already global."
+        )
     try:
         info = ws.publish(int(float(edit_id)), token)
     except FteditError as e:

@@ -49,8 +49,9 @@ def _parse_layers(text) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in str(text).replace(",", " ").split())
     except ValueError:
-        raise HParamsError(f"layers are block numbers separated by commas, like '4, 5', "
-                           f"got {text!r}") from None
+        raise HParamsError(
+            f"layers are block numbers separated by commas, like '4, 5', got {text!r}"
+        ) from None
 
 
 def _preset(preset: str | None) -> FTHyperParams:
@@ -59,8 +60,9 @@ def _preset(preset: str | None) -> FTHyperParams:
     return load_preset(preset)
 
 
-def build_hparams(preset=AUTO, layers=None, lr=None, num_steps=None, norm_constraint=None,
-                  objective=None) -> FTHyperParams:
+def build_hparams(
+    preset=AUTO, layers=None, lr=None, num_steps=None, norm_constraint=None, objective=None
+) -> FTHyperParams:
     """The preset with the advanced fields laid over it; blank fields keep the preset's value.
     ``norm_constraint`` 0 means unconstrained FT (no box)."""
     changes = {}
@@ -81,16 +83,25 @@ def preset_fields(preset=AUTO):
     """Fill the advanced fields from a preset: layers, lr, steps, norm constraint, objective."""
     with _edge():
         hp = _preset(preset)
-    return (", ".join(map(str, hp.layers)), hp.lr, hp.num_steps, hp.norm_constraint or 0,
-            hp.objective, hp.note or hp.rewrite_module_tmp)
+    return (
+        ", ".join(map(str, hp.layers)),
+        hp.lr,
+        hp.num_steps,
+        hp.norm_constraint or 0,
+        hp.objective,
+        hp.note or hp.rewrite_module_tmp,
+    )
 
 
 # ---- edit ------------------------------------------------------------------------------------
 def _probabilities(ws, prompts: list[str], targets: list[str | None]) -> list[list[float | None]]:
     """P(target | prompt) for every prompt and each target (None stays None), one batch."""
     real = [t for t in targets if t]
-    nll = iter(target_nll(ws.model, ws.tok, [p for p in prompts for _ in real],
-                          [t for _ in prompts for t in real]))
+    nll = iter(
+        target_nll(
+            ws.model, ws.tok, [p for p in prompts for _ in real], [t for _ in prompts for t in real]
+        )
+    )
     out = []
     for _ in prompts:
         got = {t: math.exp(-next(nll)[0]) for t in real}
@@ -119,14 +130,33 @@ def train_edit(request: EditRequest, hp: FTHyperParams, losses: list[float] | No
     contexts = ["(the prompt itself)", *(p.strip() + " …" for p in PARAPHRASE_PREFIXES)]
     for prompt, context, (nb, rb), (na, ra) in zip(prompts, contexts, before, after, strict=True):
         won = na > ra if rival else na > 0.5
-        scores.append({"prompt": prompt, "context": context, "p_new_before": nb, "p_new_after": na,
-                       "p_rival_before": rb, "p_rival_after": ra, "success_after": won})
+        scores.append(
+            {
+                "prompt": prompt,
+                "context": context,
+                "p_new_before": nb,
+                "p_new_after": na,
+                "p_rival_before": rb,
+                "p_rival_after": ra,
+                "success_after": won,
+            }
+        )
     return info, rival, scores
 
 
-def edit(prompt, subject, target_new, target_true=None, preset=AUTO, layers=None, lr=None,
-         num_steps=None, norm_constraint=None, objective=None,
-         progress=gr.Progress(track_tqdm=True)):
+def edit(
+    prompt,
+    subject,
+    target_new,
+    target_true=None,
+    preset=AUTO,
+    layers=None,
+    lr=None,
+    num_steps=None,
+    norm_constraint=None,
+    objective=None,
+    progress=gr.Progress(track_tqdm=True),
+):
     """Rewrite one fact. Yields the live loss curve while training, then the results:
     (summary markdown, before/after table, efficacy table, loss curve)."""
     with _edge():
@@ -140,16 +170,20 @@ def edit(prompt, subject, target_new, target_true=None, preset=AUTO, layers=None
         job = pool.submit(contextvars.copy_context().run, train_edit, request, hp, losses)
         while not wait([job], timeout=0.5).done:
             status = f"Training… step {len(losses)}/{hp.num_steps}" + (
-                f", loss {losses[-1]:.4f}" if losses else " (measuring the answers before the edit)")
+                f", loss {losses[-1]:.4f}" if losses else " (measuring the answers before the edit)"
+            )
             yield status, gr.skip(), gr.skip(), views.loss_frame(losses)
         with _edge():
             info, rival, scores = job.result()
     finally:
         pool.shutdown(wait=False)
     m = info.metrics
-    yield (views.edit_summary(info, rival, scores),
-           views.before_after_frame(m["before"][0], m["after"][0]),
-           views.scores_frame(scores), views.loss_frame(info.losses))
+    yield (
+        views.edit_summary(info, rival, scores),
+        views.before_after_frame(m["before"][0], m["after"][0]),
+        views.scores_frame(scores),
+        views.loss_frame(info.losses),
+    )
 
 
 def run_edit(*args, **kwargs):
@@ -189,8 +223,12 @@ def details(edit_id):
     edit_id = _edit_id(edit_id)
     with _edge():
         info = state.workspace().get(edit_id)
-    return views.details_md(info), views.hparams_json(info), views.loss_frame(info.losses), \
-        export(edit_id)
+    return (
+        views.details_md(info),
+        views.hparams_json(info),
+        views.loss_frame(info.losses),
+        export(edit_id),
+    )
 
 
 def _status_change(op, edit_id, verb: str):
@@ -232,10 +270,13 @@ def verify():
 def compare_choices():
     """Dropdown choices: every edit, and every version (event)."""
     ws = state.workspace()
-    edits = [(f"edit #{e.id}: {views.fact(e.request)[:60]}", str(e.id)) for e in
-             reversed(ws.history())]
-    versions = [(f"version v{e.id} (after {e.kind} #{e.edit_id})", f"v{e.id}") for e in
-                reversed(ws.events())]
+    edits = [
+        (f"edit #{e.id}: {views.fact(e.request)[:60]}", str(e.id)) for e in reversed(ws.history())
+    ]
+    versions = [
+        (f"version v{e.id} (after {e.kind} #{e.edit_id})", f"v{e.id}")
+        for e in reversed(ws.events())
+    ]
     return edits + versions
 
 

@@ -11,10 +11,24 @@ from ftedit.requests import EditRequest
 HISTORY_COLUMNS = ["id", "fact", "status", "created (UTC)", "seconds", "steps", "efficacy"]
 EVENT_COLUMNS = ["version", "edit", "kind", "time (UTC)", "note"]
 BEFORE_AFTER_COLUMNS = ["", "before", "after"]
-SCORE_COLUMNS = ["context", "P(new) before", "P(new) after", "P(rival) before", "P(rival) after",
-                 "new wins"]
-BEHAVIOUR_COLUMNS = ["edit", "prompt", "target_new", "target_true",
-                     "P(new) under A", "P(new) under B", "P(true) under A", "P(true) under B"]
+SCORE_COLUMNS = [
+    "context",
+    "P(new) before",
+    "P(new) after",
+    "P(rival) before",
+    "P(rival) after",
+    "new wins",
+]
+BEHAVIOUR_COLUMNS = [
+    "edit",
+    "prompt",
+    "target_new",
+    "target_true",
+    "P(new) under A",
+    "P(new) under B",
+    "P(true) under A",
+    "P(true) under B",
+]
 
 
 def fact(request: EditRequest) -> str:
@@ -46,7 +60,7 @@ def succeeded(request: EditRequest, report: dict) -> bool:
 
 
 def efficacy(info) -> str:
-    """"1/1"-style count of the edit's requests that succeeded right after it was made."""
+    """ "1/1"-style count of the edit's requests that succeeded right after it was made."""
     after = info.metrics.get("after") or []
     if not after:
         return "n/a"
@@ -55,22 +69,33 @@ def efficacy(info) -> str:
 
 
 def history_frame(edits) -> pd.DataFrame:
-    rows = [[e.id, fact(e.request) + (f" (+{len(e.requests) - 1} more)" if len(e.requests) > 1
-                                      else ""),
-             e.status, f"{e.created_at:%Y-%m-%d %H:%M:%S}", round(e.seconds, 2), e.steps,
-             efficacy(e)] for e in reversed(edits)]
+    rows = [
+        [
+            e.id,
+            fact(e.request) + (f" (+{len(e.requests) - 1} more)" if len(e.requests) > 1 else ""),
+            e.status,
+            f"{e.created_at:%Y-%m-%d %H:%M:%S}",
+            round(e.seconds, 2),
+            e.steps,
+            efficacy(e),
+        ]
+        for e in reversed(edits)
+    ]
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 
 def events_frame(events) -> pd.DataFrame:
-    rows = [[f"v{e.id}", e.edit_id, e.kind, f"{e.created_at:%Y-%m-%d %H:%M:%S}", e.note or ""]
-            for e in reversed(events)]
+    rows = [
+        [f"v{e.id}", e.edit_id, e.kind, f"{e.created_at:%Y-%m-%d %H:%M:%S}", e.note or ""]
+        for e in reversed(events)
+    ]
     return pd.DataFrame(rows, columns=EVENT_COLUMNS)
 
 
 def loss_frame(losses) -> pd.DataFrame:
-    return pd.DataFrame({"step": list(range(1, len(losses) + 1)),
-                         "loss": [float(x) for x in losses]})
+    return pd.DataFrame(
+        {"step": list(range(1, len(losses) + 1)), "loss": [float(x) for x in losses]}
+    )
 
 
 def _line(text: str) -> str:
@@ -83,11 +108,14 @@ def _p(x) -> str:
 
 
 def before_after_frame(before: dict, after: dict) -> pd.DataFrame:
-    return pd.DataFrame([
-        ["greedy completion", before["completion"], after["completion"]],
-        ["P(target_new)", _p(before["p_target_new"]), _p(after["p_target_new"])],
-        ["P(target_true)", _p(before.get("p_target_true")), _p(after.get("p_target_true"))],
-    ], columns=BEFORE_AFTER_COLUMNS)
+    return pd.DataFrame(
+        [
+            ["greedy completion", before["completion"], after["completion"]],
+            ["P(target_new)", _p(before["p_target_new"]), _p(after["p_target_new"])],
+            ["P(target_true)", _p(before.get("p_target_true")), _p(after.get("p_target_true"))],
+        ],
+        columns=BEFORE_AFTER_COLUMNS,
+    )
 
 
 def edit_summary(info, rival: str | None, scores: list[dict]) -> str:
@@ -95,32 +123,50 @@ def edit_summary(info, rival: str | None, scores: list[dict]) -> str:
     after = info.metrics["after"][0]
     hits = sum(s["success_after"] for s in scores)
     vs = f" vs{rival}" if rival else ""
-    return (f"### Edit #{info.id}: {fact(info.request)}\n"
-            f"Now answers **{_line(after['completion'])}** · {info.steps} steps in "
-            f"{info.seconds:.1f} s · efficacy{vs}: **{hits}/{len(scores)}** prompts "
-            f"(the rewrite and {len(scores) - 1} paraphrases)")
+    return (
+        f"### Edit #{info.id}: {fact(info.request)}\n"
+        f"Now answers **{_line(after['completion'])}** · {info.steps} steps in "
+        f"{info.seconds:.1f} s · efficacy{vs}: **{hits}/{len(scores)}** prompts "
+        f"(the rewrite and {len(scores) - 1} paraphrases)"
+    )
 
 
 def scores_frame(scores: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([[s["context"], _p(s["p_new_before"]), _p(s["p_new_after"]),
-                          _p(s["p_rival_before"]), _p(s["p_rival_after"]),
-                          "yes" if s["success_after"] else "no"] for s in scores],
-                        columns=SCORE_COLUMNS)
+    return pd.DataFrame(
+        [
+            [
+                s["context"],
+                _p(s["p_new_before"]),
+                _p(s["p_new_after"]),
+                _p(s["p_rival_before"]),
+                _p(s["p_rival_after"]),
+                "yes" if s["success_after"] else "no",
+            ]
+            for s in scores
+        ],
+        columns=SCORE_COLUMNS,
+    )
 
 
 def details_md(info) -> str:
-    reqs = "\n".join(f"- `{r.prompt}` · subject **{r.subject}** · new **{r.target_new.strip()}**"
-                     + (f" · true **{r.target_true.strip()}**" if r.target_true else "")
-                     for r in info.requests)
+    reqs = "\n".join(
+        f"- `{r.prompt}` · subject **{r.subject}** · new **{r.target_new.strip()}**"
+        + (f" · true **{r.target_true.strip()}**" if r.target_true else "")
+        for r in info.requests
+    )
     before, after = info.metrics.get("before") or [], info.metrics.get("after") or []
-    answers = "\n".join(f"- before: `{_line(b['completion'])}` → "
-                        f"after: `{_line(a['completion'])}` "
-                        f"(P(new) {_p(b['p_target_new'])} → {_p(a['p_target_new'])})"
-                        for b, a in zip(before, after, strict=False))
-    return (f"### Edit #{info.id} · {info.status} · {info.origin}\n{reqs}\n\n{answers}\n\n"
-            f"{info.method}, objective `{info.objective}`, {info.steps} steps, "
-            f"{info.seconds:.1f} s, {len(info.tensor_names)} tensors, "
-            f"blob `{info.blob_sha256[:12]}…`, made {info.created_at:%Y-%m-%d %H:%M:%S} UTC")
+    answers = "\n".join(
+        f"- before: `{_line(b['completion'])}` → "
+        f"after: `{_line(a['completion'])}` "
+        f"(P(new) {_p(b['p_target_new'])} → {_p(a['p_target_new'])})"
+        for b, a in zip(before, after, strict=False)
+    )
+    return (
+        f"### Edit #{info.id} · {info.status} · {info.origin}\n{reqs}\n\n{answers}\n\n"
+        f"{info.method}, objective `{info.objective}`, {info.steps} steps, "
+        f"{info.seconds:.1f} s, {len(info.tensor_names)} tensors, "
+        f"blob `{info.blob_sha256[:12]}…`, made {info.created_at:%Y-%m-%d %H:%M:%S} UTC"
+    )
 
 
 def hparams_json(info) -> str:
@@ -129,26 +175,46 @@ def hparams_json(info) -> str:
 
 def compare_md(d: dict) -> str:
     def side(s):
-        return f"edit #{s['ref']}" if s["kind"] == "edit" else f"version {s['ref']} " \
-            f"(active edits: {', '.join(map(str, s['edits'])) or 'none'})"
+        return (
+            f"edit #{s['ref']}"
+            if s["kind"] == "edit"
+            else f"version {s['ref']} (active edits: {', '.join(map(str, s['edits'])) or 'none'})"
+        )
 
     n = d["norm"]
-    return (f"**A** = {side(d['a'])} · **B** = {side(d['b'])}\n\n"
-            f"cosine(A, B) = **{d['cosine']:.4f}** · ‖A‖ = {n['a']:.4g} · ‖B‖ = {n['b']:.4g} · "
-            f"‖A − B‖ = {n['a_minus_b']:.4g} · shared tensors: {len(d['shared_tensors'])}, "
-            f"only A: {len(d['only_a'])}, only B: {len(d['only_b'])}")
+    return (
+        f"**A** = {side(d['a'])} · **B** = {side(d['b'])}\n\n"
+        f"cosine(A, B) = **{d['cosine']:.4f}** · ‖A‖ = {n['a']:.4g} · ‖B‖ = {n['b']:.4g} · "
+        f"‖A − B‖ = {n['a_minus_b']:.4g} · shared tensors: {len(d['shared_tensors'])}, "
+        f"only A: {len(d['only_a'])}, only B: {len(d['only_b'])}"
+    )
 
 
 def norms_frame(d: dict) -> pd.DataFrame:
     """Per-layer delta norms of both sides, in layer order (the chart keeps the row order)."""
-    rows = sorted((int(layer), side.upper(), norm) for side in ("a", "b")
-                  for layer, norm in d["layer_norms"][side].items())
-    return pd.DataFrame([[str(layer), norm, side] for layer, side, norm in rows],
-                        columns=["layer", "delta norm", "side"])
+    rows = sorted(
+        (int(layer), side.upper(), norm)
+        for side in ("a", "b")
+        for layer, norm in d["layer_norms"][side].items()
+    )
+    return pd.DataFrame(
+        [[str(layer), norm, side] for layer, side, norm in rows],
+        columns=["layer", "delta norm", "side"],
+    )
 
 
 def behaviour_frame(d: dict) -> pd.DataFrame:
-    rows = [[b["edit"], b["prompt"], b["target_new"], b["target_true"] or "",
-             _p(b["a"]["p_target_new"]), _p(b["b"]["p_target_new"]),
-             _p(b["a"]["p_target_true"]), _p(b["b"]["p_target_true"])] for b in d["behaviour"]]
+    rows = [
+        [
+            b["edit"],
+            b["prompt"],
+            b["target_new"],
+            b["target_true"] or "",
+            _p(b["a"]["p_target_new"]),
+            _p(b["b"]["p_target_new"]),
+            _p(b["a"]["p_target_true"]),
+            _p(b["b"]["p_target_true"]),
+        ]
+        for b in d["behaviour"]
+    ]
     return pd.DataFrame(rows, columns=BEHAVIOUR_COLUMNS)

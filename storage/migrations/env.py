@@ -14,8 +14,12 @@ target_metadata = Base.metadata
 
 def _run(connection) -> None:
     # render_as_batch: SQLite cannot ALTER most things; batch mode copies the table instead.
-    context.configure(connection=connection, target_metadata=target_metadata,
-                      render_as_batch=True, compare_type=True)
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=True,
+        compare_type=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -31,8 +35,12 @@ def run_migrations_online() -> None:
 
 
 if context.is_offline_mode():
-    context.configure(url=config.attributes.get("url") or config.get_main_option("sqlalchemy.url"),
-                      target_metadata=target_metadata, render_as_batch=True, literal_binds=True)
+    context.configure(
+        url=config.attributes.get("url") or config.get_main_option("sqlalchemy.url"),
+        target_metadata=target_metadata,
+        render_as_batch=True,
+        literal_binds=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 else:
