@@ -84,14 +84,25 @@ def _model_inputs(batch: _Batch) -> dict:
     }
 
 
+def final_hidden(model, batch: _Batch) -> torch.Tensor:
+    """Final hidden states [B, L, d] of the whole model (no head)."""
+    return model.base_model(**_model_inputs(batch)).last_hidden_state
+
+
+def last_logprobs(model, hidden: torch.Tensor, batch: _Batch) -> torch.Tensor:
+    """Next-token log-probs [B, V] at each row's first scoring position (the last prompt token
+    for ``prompt_last``): the head runs on one position per row."""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    h = hidden[rows, batch.score_pos[:, 0]]
+    return F.log_softmax(model.get_output_embeddings()(h).float(), dim=-1)
+
+
 def _head_logprobs(model, hidden: torch.Tensor, batch: _Batch) -> torch.Tensor:
     """log p(target token j | its scoring position), [B, T], from final hidden states [B, L, d]."""
-    rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
     pos = batch.score_pos
     if bool((pos == pos[:, :1]).all()):  # prompt_last: one position per row, its logits once
-        h = hidden[rows[:, 0], pos[:, 0]]
-        logp = F.log_softmax(model.get_output_embeddings()(h).float(), dim=-1)
-        return logp.gather(1, batch.target_ids)
+        return last_logprobs(model, hidden, batch).gather(1, batch.target_ids)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
     logp = F.log_softmax(model.get_output_embeddings()(hidden[rows, pos]).float(), dim=-1)
     return logp.gather(2, batch.target_ids[..., None])[..., 0]
 
@@ -99,9 +110,7 @@ def _head_logprobs(model, hidden: torch.Tensor, batch: _Batch) -> torch.Tensor:
 def target_logprobs(model: torch.nn.Module, batch: _Batch) -> torch.Tensor:
     """log p(target token j | its scoring position), [B, T]; logits only where needed."""
     if _head_is_plain(model):
-        return _head_logprobs(
-            model, model.base_model(**_model_inputs(batch)).last_hidden_state, batch
-        )
+        return _head_logprobs(model, final_hidden(model, batch), batch)
     rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)[:, None]
     logits = model(**_model_inputs(batch)).logits
     logp = F.log_softmax(logits[rows, batch.score_pos].float(), dim=-1)

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
+from ftedit.batch import _chunks, encode
 from ftedit.deltas import Deltas, rebuild
-from ftedit.ft import _chunks, compute_deltas, encode
+from ftedit.ft import compute_deltas
 from ftedit.hparams import FTHyperParams
 from ftedit.metrics import counterfact_scores
 from ftedit.requests import EditRequest

@@ -23,15 +23,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ftedit.batch import (  # noqa: F401  (re-exported: metrics, evaluate and tests use them)
+from ftedit.batch import (  # noqa: F401  (batch_loss, encode, target_logprobs: re-exported)
     _Batch,
     _chunks,
     _head_is_plain,
     _head_logprobs,
-    _model_inputs,
     _nll,
     batch_loss,
     encode,
+    final_hidden,
+    last_logprobs,
     target_logprobs,
 )
 from ftedit.deltas import Deltas
@@ -142,18 +143,8 @@ def _kl_reference(model, tok, requests, dev) -> _KL:
     texts = [t for t, _ in pairs]
     batch = encode(tok, texts, [" a"] * len(texts), "prompt_last", dev)  # target unused
     guard = [tok(g, add_special_tokens=False)["input_ids"][0] if g else -1 for _, g in pairs]
-    logp0 = _last_logprobs(model, _final_hidden(model, batch), batch)
+    logp0 = last_logprobs(model, final_hidden(model, batch), batch)
     return _KL(batch, logp0, torch.tensor(guard, device=dev))
-
-
-def _final_hidden(model, batch: _Batch) -> torch.Tensor:
-    return model.base_model(**_model_inputs(batch)).last_hidden_state
-
-
-def _last_logprobs(model, hidden: torch.Tensor, batch: _Batch) -> torch.Tensor:
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
-    h = hidden[rows, batch.score_pos[:, 0]]
-    return F.log_softmax(model.get_output_embeddings()(h).float(), dim=-1)
 
 
 def _kl_loss(model, runner, kl: _KL) -> torch.Tensor:
@@ -161,7 +152,7 @@ def _kl_loss(model, runner, kl: _KL) -> torch.Tensor:
     prompts, plus, on the stand-in prompts, how far log p(target_new's first token) rose.
     The KL alone barely sees target_new climbing from 0.1% to 5% on a neighbour (a change
     of ~0.05 nats) though that is what flips ROME's neighbourhood test; the log-ratio does."""
-    logp = _last_logprobs(model, runner.hidden(kl.batch), kl.batch)
+    logp = last_logprobs(model, runner.hidden(kl.batch), kl.batch)
     loss = F.kl_div(logp, kl.logp0, log_target=True, reduction="batchmean")
     rows = (kl.guard >= 0).nonzero()[:, 0]
     if len(rows):
@@ -215,7 +206,7 @@ class _Runner:
             self._frozen[id(batch)] = (batch, self._capture(batch) if self.stack else None)
         frozen = self._frozen[id(batch)][1]
         if frozen is None:
-            return self.model.base_model(**_model_inputs(batch)).last_hidden_state
+            return final_hidden(self.model, batch)
         return self._replay(frozen)
 
     def logprobs(self, batch: _Batch) -> torch.Tensor:
@@ -240,7 +231,7 @@ class _Runner:
 
         handle = self.stack[0][0].register_forward_pre_hook(grab, with_kwargs=True)
         try:
-            full = self.model.base_model(**_model_inputs(batch)).last_hidden_state
+            full = final_hidden(self.model, batch)
         finally:
             handle.remove()
         frozen = got.get("frozen")
@@ -277,11 +268,11 @@ def _train(
             opt.zero_grad(set_to_none=True)
             loss = _nll(runner.logprobs(b), b)
             value = loss.item()  # the edit's own loss: what early stopping and callers see
-            if kl is not None:
-                loss = loss + hp.kl_factor * _kl_loss(model, runner, kl)
             bs = b.input_ids.shape[0]
             total, count = total + value * bs, count + bs
             if value >= hp.early_stop_loss:
+                if kl is not None:  # only a step needs it: the penalty costs a forward pass
+                    loss = loss + hp.kl_factor * _kl_loss(model, runner, kl)
                 loss.backward()
                 opt.step()
             with torch.no_grad():

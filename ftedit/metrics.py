@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ftedit.ft import _chunks, encode, target_logprobs
+from ftedit.batch import _chunks, encode, target_logprobs
 from ftedit.requests import EditRequest
 
 
