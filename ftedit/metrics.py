@@ -53,15 +53,22 @@ def complete(model, tok, prompt: str, max_new_tokens: int = 12) -> str:
     return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def rewrite_report(model, tok, request: EditRequest, max_new_tokens: int = 12) -> dict:
-    """What a user looks at: greedy completion and P(target_new) / P(target_true)."""
+def target_probabilities(model, tok, request: EditRequest) -> dict:
+    """P(target_new) and P(target_true) (None without one) after the request's prompt."""
     prompts = [request.text] * (2 if request.target_true else 1)
     targets = [request.target_new] + ([request.target_true] if request.target_true else [])
     nll = target_nll(model, tok, prompts, targets)
     return {
-        "completion": complete(model, tok, request.text, max_new_tokens),
         "p_target_new": math.exp(-nll[0][0]),
         "p_target_true": math.exp(-nll[1][0]) if request.target_true else None,
+    }
+
+
+def rewrite_report(model, tok, request: EditRequest, max_new_tokens: int = 12) -> dict:
+    """What a user looks at: greedy completion and P(target_new) / P(target_true)."""
+    return {
+        "completion": complete(model, tok, request.text, max_new_tokens),
+        **target_probabilities(model, tok, request),
     }
 
 

@@ -276,6 +276,7 @@ class Workspace:
             self._apply(old, names)
             raise
         self._deltas[info.id] = deltas
+        self._touched[info.id] = names  # else _names() would reload every row to learn them
         self._sync()  # exact final value (also picks up edits other processes committed)
         return info
 

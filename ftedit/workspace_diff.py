@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
-from ftedit.deltas import Deltas, rebuild
+from ftedit.deltas import Deltas
 from ftedit.errors import StoreError
-from ftedit.metrics import target_nll
+from ftedit.metrics import target_probabilities
 
 if TYPE_CHECKING:
     from ftedit.workspace import Workspace
@@ -46,20 +45,9 @@ def _total(ws: Workspace, ids: list[int]) -> Deltas:
 
 def _score(ws: Workspace, edit_ids: list[int]) -> dict[int, list[dict]]:
     """P(target_new), P(target_true) of each request of ``edit_ids`` on the current weights."""
-    out = {}
-    for i in edit_ids:
-        rows = []
-        for r in ws.get(i).requests:
-            targets = [r.target_new] + ([r.target_true] if r.target_true else [])
-            nll = target_nll(ws.model, ws.tok, [r.text] * len(targets), targets)
-            rows.append(
-                {
-                    "p_target_new": math.exp(-nll[0][0]),
-                    "p_target_true": math.exp(-nll[1][0]) if r.target_true else None,
-                }
-            )
-        out[i] = rows
-    return out
+    return {
+        i: [target_probabilities(ws.model, ws.tok, r) for r in ws.get(i).requests] for i in edit_ids
+    }
 
 
 def _behaviour(ws: Workspace, states: list[list[int]], edit_ids: list[int]) -> list[dict]:
@@ -72,10 +60,10 @@ def _behaviour(ws: Workspace, states: list[list[int]], edit_ids: list[int]) -> l
     scores = []
     try:
         for ids in states:
-            rebuild(ws.model, ws._base, ws._stack(ids), names)
+            ws._write(names, ws._stack(ids))
             scores.append(_score(ws, edit_ids))
     finally:
-        rebuild(ws.model, ws._base, ws._stack(ws._active), names)
+        ws._write(names, ws._stack(ws._active))
     out = []
     for i in edit_ids:
         for k, r in enumerate(ws.get(i).requests):
@@ -103,7 +91,8 @@ def diff(ws: Workspace, a: int | str, b: int | str) -> dict:
         ws._sync()
         ra, rb = _resolve(ws, a), _resolve(ws, b)
         da, db = _total(ws, ra["edits"]), _total(ws, rb["edits"])
-        na, nb, nd = da.norms(), db.norms(), (da - db).norms()
+        gap = da - db
+        na, nb, nd = da.norms(), db.norms(), gap.norms()
         if ra["kind"] == rb["kind"] == "edit":
             involved = sorted(set(ra["edits"]) | set(rb["edits"]))
         else:
@@ -119,7 +108,7 @@ def diff(ws: Workspace, a: int | str, b: int | str) -> dict:
             n: {"a": na.get(n, 0.0), "b": nb.get(n, 0.0), "a_minus_b": nd[n]} for n in sorted(nd)
         },
         "layer_norms": {"a": da.layer_norms(), "b": db.layer_norms()},
-        "norm": {"a": da.norm(), "b": db.norm(), "a_minus_b": (da - db).norm()},
+        "norm": {"a": da.norm(), "b": db.norm(), "a_minus_b": gap.norm()},
         "cosine": da.cosine(db),
         "behaviour": behaviour,
     }

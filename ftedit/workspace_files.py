@@ -44,7 +44,7 @@ def verify(ws: Workspace) -> VerifyReport:
                 report.problems.append(f"edit #{edit.id}: deltas in memory differ from its blob")
             if edit.active:
                 fresh[edit.id] = d
-        params = dict(ws.model.named_parameters())
+        params = ws._params
         for name in sorted(ws._base):
             p = params[name]
             replay = compose(
@@ -107,7 +107,7 @@ def validate(ws: Workspace, path: Path, data: bytes):
     parsed = editfile.parse_metadata(meta)
     if not tensors:
         raise _refuse(path, "the file holds no tensors")
-    params = dict(ws.model.named_parameters())
+    params = ws._params
     for name, t in sorted(tensors.items()):
         if name not in params:
             raise _refuse(path, f"tensor {name} is not a parameter of {ws.fingerprint.name}")
