@@ -43,14 +43,10 @@ class _Ctx:
 
     def log_json(self) -> str:
         """`log --json`: the stdlib-sqlite fast path when it applies (no SQLAlchemy import)."""
-        import os
-
         from ftedit import paths
         from storage import fastlog
 
-        home = Path(self.home) if self.home else paths.home()
-        url = os.environ.get("FTEDIT_DATABASE_URL") or f"sqlite:///{home / 'ftedit.db'}"
-        fast = fastlog.log_json(url)
+        fast = fastlog.log_json(paths.database_url(self.home))
         return fast if fast is not None else self.store().log_json()
 
     def workspace(self, model: str | None = None, dtype: str | None = None):
@@ -239,11 +235,14 @@ def reapply(c: _Ctx, edit_id: int) -> None:
 @pass_ctx
 def checkout(c: _Ctx, version: str) -> None:
     """Make the active edits what they were right after event VERSION (e.g. 12 or v12)."""
-    text = version.lower().removeprefix("v")
-    if not text.isdigit():
-        raise click.BadParameter(f"a version is an event id like 12 or v12, got {version!r}")
-    active = c.store().checkout(int(text))
-    click.echo(f"checked out v{text}; active edits: {', '.join(f'#{i}' for i in active) or 'none'}")
+    from storage.store import version_number
+
+    try:
+        v = version_number(version)
+    except FteditError as e:
+        raise click.BadParameter(str(e)) from None
+    active = c.store().checkout(v)
+    click.echo(f"checked out v{v}; active edits: {', '.join(f'#{i}' for i in active) or 'none'}")
 
 
 # ---- comparing, files, integrity -----------------------------------------------------------

@@ -26,6 +26,7 @@ def cache_dir() -> Path:
     return p
 
 
-def database_url() -> str:
-    """``$FTEDIT_DATABASE_URL`` or SQLite at ``$FTEDIT_HOME/ftedit.db``."""
-    return os.environ.get("FTEDIT_DATABASE_URL") or f"sqlite:///{home() / 'ftedit.db'}"
+def database_url(home_dir: str | Path | None = None) -> str:
+    """``$FTEDIT_DATABASE_URL`` or SQLite at ``<home>/ftedit.db`` (default home: :func:`home`)."""
+    folder = Path(home_dir) if home_dir is not None else home()
+    return os.environ.get("FTEDIT_DATABASE_URL") or f"sqlite:///{folder / 'ftedit.db'}"

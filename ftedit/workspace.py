@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ftedit.deltas import Deltas, rebuild
-from ftedit.errors import EditNotFoundError, IntegrityError, StoreError
+from ftedit.errors import EditNotFoundError, IntegrityError
 from ftedit.ft import compute_deltas
 from ftedit.hparams import FTHyperParams, load_preset
 from ftedit.limits import Limits
@@ -27,7 +27,7 @@ from ftedit.models import LoadedModel, load_model, num_layers, rewrite_template,
 from ftedit.requests import EditRequest
 from storage import editfile
 from storage.records import EditInfo, EventInfo, OpResult, VerifyReport
-from storage.store import ALL, Store, crash_point
+from storage.store import ALL, Store, crash_point, version_number
 
 __all__ = ["EditInfo", "EventInfo", "OpResult", "VerifyReport", "Workspace"]
 log = logging.getLogger(__name__)
@@ -308,7 +308,7 @@ class Workspace:
 
         Recorded as reverted/reapplied events noted "checkout v<N>": the log stays append-only.
         """
-        version = _version_number(version)
+        version = version_number(version)
         with self.lock, self.store.file_lock:
             self._sync()
             changes = self.store.plan_checkout(version, self._base_id)
@@ -409,10 +409,3 @@ class Workspace:
         from ftedit.workspace_diff import diff
 
         return diff(self, a, b)
-
-
-def _version_number(version: int | str) -> int:
-    text = str(version).strip().lower().removeprefix("v")
-    if not text.isdigit():
-        raise StoreError(f"a version is an event id like 12 or 'v12', got {version!r}")
-    return int(text)

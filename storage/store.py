@@ -43,8 +43,12 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def sqlite_url(home: Path) -> str:
-    return f"sqlite:///{Path(home) / 'ftedit.db'}"
+def version_number(version: int | str) -> int:
+    """A version (an event id) from ``12`` or ``"v12"``."""
+    text = str(version).strip().lower().removeprefix("v")
+    if not text.isdigit():
+        raise StoreError(f"a version is an event id like 12 or 'v12', got {version!r}")
+    return int(text)
 
 
 class Store:
@@ -58,7 +62,7 @@ class Store:
     ):
         self.home = Path(home) if home is not None else paths.home()
         self.home.mkdir(parents=True, exist_ok=True)
-        url = database_url or os.environ.get("FTEDIT_DATABASE_URL") or sqlite_url(self.home)
+        url = database_url or paths.database_url(self.home)
         self.file_lock = FileLock(str(self.home / ".ftedit.lock"))
         try:  # the lock is taken only to migrate: readers (`ftedit log`) never wait on it
             self.engine = open_engine(url, lock=self.file_lock)
