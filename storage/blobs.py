@@ -65,12 +65,7 @@ class LocalBlobStore:
             data = self.path(sha256).read_bytes()
         except FileNotFoundError:
             raise IntegrityError(f"{label}: its file {self.path(sha256)} is missing") from None
-        if sha256_bytes(data) != sha256:
-            raise IntegrityError(
-                f"{label}: file {self.path(sha256)} is corrupt (sha256 mismatch); "
-                "revert it or restore the file from a backup"
-            )
-        return data
+        return _checked(data, sha256, label, f"file {self.path(sha256)}")
 
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).exists()
@@ -96,6 +91,15 @@ class LocalBlobStore:
     @staticmethod
     def _ok(path: Path, sha: str) -> bool:
         return sha256_bytes(path.read_bytes()) == sha
+
+
+def _checked(data: bytes, sha256: str, label: str, where: str) -> bytes:
+    """``data`` if it hashes to ``sha256``; else the IntegrityError naming the edit and file."""
+    if sha256_bytes(data) != sha256:
+        raise IntegrityError(
+            f"{label}: {where} is corrupt (sha256 mismatch); revert it or restore it from a backup"
+        )
+    return data
 
 
 def write_file_atomic(path: str | Path, data: bytes) -> Path:
@@ -189,12 +193,7 @@ class FsspecBlobStore:
             raise IntegrityError(
                 f"{label}: its blob {self.path(sha256)} is missing from {self.url}"
             ) from None
-        if sha256_bytes(data) != sha256:
-            raise IntegrityError(
-                f"{label}: blob {self.path(sha256)} in {self.url} is corrupt "
-                "(sha256 mismatch); revert it or restore it from a backup"
-            )
-        return data
+        return _checked(data, sha256, label, f"blob {self.path(sha256)} in {self.url}")
 
     def exists(self, sha256: str) -> bool:
         return self.fs.exists(self.path(sha256))
