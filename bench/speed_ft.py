@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
-from ftedit.ft import compute_deltas, kl_texts, training_texts
+from ftedit.ft import compute_deltas, keep_others, kl_texts, training_texts
 from ftedit.hparams import FTHyperParams, load_preset
 from ftedit.requests import EditRequest
 
@@ -79,7 +79,7 @@ def reference_ft(model, tok, request: EditRequest, hp: FTHyperParams):
     }
     weights_copy = {k: v.detach().clone() for k, v in weights.items()}
     texts, targets = training_texts(model, tok, [request], hp)
-    kl_pairs = kl_texts([request]) if hp.kl_factor else []
+    kl_pairs = kl_texts([request], keep_others(model, tok, [request], hp)) if hp.kl_factor else []
     kl_prompts = [t for t, _ in kl_pairs]
     guards = [
         (i, tok(g, add_special_tokens=False)["input_ids"][0])

@@ -15,9 +15,11 @@ template at dotted boundaries ("h.1" does not match "h.11").
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -119,15 +121,127 @@ def training_texts(model, tok, requests: Sequence[EditRequest], hp: FTHyperParam
 # with these in the subject's place should keep its pre-edit prediction, which pushes the
 # edit onto the subject rather than onto the relation (where it would move every neighbour).
 KL_SUBJECTS = ("it", "this one", "the other one")
+KEEP_SUBJECTS_FILE = Path(__file__).parent / "data" / "keep_subjects.txt"
 
 
-def kl_texts(requests: Sequence[EditRequest]) -> list[tuple[str, str | None]]:
+@functools.cache
+def _subject_pool() -> tuple[str, ...]:
+    lines = KEEP_SUBJECTS_FILE.read_text(encoding="utf-8").splitlines()
+    return tuple(x.strip() for x in lines if x.strip() and not x.startswith("#"))
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def subject_vectors(model, tok, subjects: Sequence[str], layer: int) -> torch.Tensor:
+    """Unit vectors [N, d]: each subject's last-token hidden state after block ``layer``, the
+    subject read alone (the blocks above ``layer`` are not run)."""
+    blocks = model.get_submodule(_blocks_path(model))
+    got: list[torch.Tensor] = []
+
+    def grab(module, args, out):
+        got.append(out[0] if isinstance(out, tuple) else out)
+        raise _Stop
+
+    dev = model.get_input_embeddings().weight.device
+    handle = blocks[layer].register_forward_hook(grab)
+    vecs = []
+    try:
+        for chunk in _chunks(list(subjects), 64):
+            enc = tok([" " + t for t in chunk], add_special_tokens=False)["input_ids"]
+            L = max(len(x) for x in enc)
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            ids = torch.tensor([[pad] * (L - len(x)) + x for x in enc], device=dev)
+            mask = torch.tensor([[0] * (L - len(x)) + [1] * len(x) for x in enc], device=dev)
+            pos = (mask.cumsum(1) - 1).clamp(min=0)
+            got.clear()
+            try:
+                model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+            except _Stop:
+                pass
+            vecs.append(F.normalize(got[0][:, -1].float(), dim=-1))
+    finally:
+        handle.remove()
+    return torch.cat(vecs)
+
+
+_POOL_CACHE: dict = {}
+
+
+def _pool_key(model, tok, layer: int) -> tuple:
+    """What the pool's vectors depend on: model, tokenizer, layer, pool, and the state of every
+    weight they read (``_version`` counts in-place writes, which is how edits reach weights)."""
+    blocks = model.get_submodule(_blocks_path(model))
+    params = [model.get_input_embeddings().weight]
+    params += [p for i in range(layer + 1) for p in blocks[i].parameters()]
+    key = (id(model), id(tok), layer, _subject_pool())
+    return key + (tuple(p._version for p in params), tuple(p.data_ptr() for p in params))
+
+
+def _pool_vectors(model, tok, layer: int) -> torch.Tensor:
+    """subject_vectors of the whole pool, cached while the weights they read are unchanged."""
+    key = _pool_key(model, tok, layer)
+    if _POOL_CACHE.get("key") != key:
+        _POOL_CACHE.clear()
+        _POOL_CACHE.update(key=key, vecs=subject_vectors(model, tok, _subject_pool(), layer))
+    return _POOL_CACHE["vecs"]
+
+
+def _rekey_pool(before: tuple, after: tuple) -> None:
+    """compute_deltas wrote the weights back bit for bit: what was cached for ``before`` holds
+    for ``after`` (the same bits under new ``_version`` counts)."""
+    if _POOL_CACHE.get("key") == before:
+        _POOL_CACHE["key"] = after
+
+
+def _blocks_path(model) -> str:
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        try:
+            if isinstance(model.get_submodule(path), torch.nn.ModuleList):
+                return path
+        except AttributeError:
+            continue
+    raise HParamsError("keep_subjects needs a model whose blocks this code can find")
+
+
+def nearest_subjects(model, tok, subject: str, k: int, layer: int) -> list[str]:
+    """The ``k`` subjects of the keep pool nearest to ``subject``: cosine of their last-token
+    hidden states after block ``layer`` (the top edited block), so a city gets cities and a
+    person people, the subjects whose answers an edit of this one is most likely to drag
+    along. Deterministic for given weights; never the subject itself or a name containing it
+    or contained in it."""
+    key = subject.strip().lower()
+    pool = _subject_pool()
+    keep = [i for i, s in enumerate(pool) if key not in s.lower() and s.lower() not in key]
+    if k <= 0 or not keep:
+        return []
+    sims = _pool_vectors(model, tok, layer) @ subject_vectors(model, tok, [subject], layer)[0]
+    order = sorted(keep, key=lambda i: (-round(float(sims[i]), 6), pool[i]))
+    return [pool[i] for i in order[:k]]
+
+
+def kl_texts(
+    requests: Sequence[EditRequest], others: Sequence[Sequence[str]] | None = None
+) -> list[tuple[str, str | None]]:
     """(prompt, guarded target) pairs of the keep penalty: ROME's essence prompt
-    ("{subject} is a", no guard) and each relation prompt with stand-in subjects, whose
-    probability of the request's target_new must not rise."""
+    ("{subject} is a", no guard) and each relation prompt with other subjects (``others[i]``
+    for request i; the stand-ins where not given), whose probability of the request's
+    target_new must not rise."""
     out = [(f"{r.subject} is a", None) for r in requests]
-    out += [(r.prompt.format(s), r.target_new) for r in requests for s in KL_SUBJECTS]
+    for i, r in enumerate(requests):
+        subs = others[i] if others is not None and others[i] else KL_SUBJECTS
+        out += [(r.prompt.format(s), r.target_new) for s in subs]
     return list(dict.fromkeys(out))
+
+
+def keep_others(model, tok, requests, hp: FTHyperParams) -> list[list[str]] | None:
+    """The other subjects each request's keep prompts use (None: the stand-ins)."""
+    if not hp.keep_subjects:
+        return None
+    top = max(hp.layers)
+    return [nearest_subjects(model, tok, r.subject, hp.keep_subjects, top) for r in requests]
 
 
 @dataclass
@@ -138,8 +252,8 @@ class _KL:
 
 
 @torch.no_grad()
-def _kl_reference(model, tok, requests, dev) -> _KL:
-    pairs = kl_texts(requests)
+def _kl_reference(model, tok, requests, dev, others=None) -> _KL:
+    pairs = kl_texts(requests, others)
     texts = [t for t, _ in pairs]
     batch = encode(tok, texts, [" a"] * len(texts), "prompt_last", dev)  # target unused
     guard = [tok(g, add_special_tokens=False)["input_ids"][0] if g else -1 for _, g in pairs]
@@ -305,6 +419,8 @@ def compute_deltas(
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
     dev = model.get_input_embeddings().weight.device
+    keep = hparams.kl_factor > 0 and hparams.keep_subjects > 0
+    pool_key = _pool_key(model, tok, max(hparams.layers)) if keep else None
     try:
         model.eval()
         texts, targets = training_texts(model, tok, requests, hparams)
@@ -314,7 +430,10 @@ def compute_deltas(
         batches = [encode(tok, tx, tg, hparams.objective, dev) for tx, tg in chunks]
         for n, p in model.named_parameters():
             p.requires_grad_(n in weights)
-        kl = _kl_reference(model, tok, requests, dev) if hparams.kl_factor else None
+        kl = None
+        if hparams.kl_factor:
+            others = keep_others(model, tok, requests, hparams)
+            kl = _kl_reference(model, tok, requests, dev, others)
         losses, stopped = _train(model, weights, copy, batches, hparams, callback, kl)
         deltas = Deltas({k: weights[k].detach().float() - copy[k].float() for k in weights})
     finally:
@@ -324,6 +443,8 @@ def compute_deltas(
         for n, p in model.named_parameters():
             p.requires_grad_(flags[n])
         model.train(was_training)
+        if pool_key is not None:
+            _rekey_pool(pool_key, _pool_key(model, tok, max(hparams.layers)))
     if not deltas.is_finite():
         raise HParamsError("training diverged (non-finite deltas); lower lr or num_steps")
     return EditResult(deltas, losses, len(losses), time.perf_counter() - t0, stopped)

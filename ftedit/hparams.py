@@ -44,6 +44,10 @@ class FTHyperParams:
     # ROME's essence prompt "{subject} is a" and on the relation prompt with stand-in subjects,
     # plus the rise of log p(target_new) on the latter, so the edit keys on the subject; 0 = off.
     kl_factor: float = 0.0
+    # How many other subjects (ftedit/data/keep_subjects.txt, the nearest to the request's
+    # subject by mean token embedding) fill the relation prompt in the keep penalty; 0 = the
+    # stand-ins "it", "this one", "the other one". Used only when kl_factor > 0.
+    keep_subjects: int = 0
     # Seed for anything random (prefix sampling); equal seeds give bit-identical deltas.
     seed: int = 0
     # Free-form note shown in the UI (e.g. where a preset's numbers come from).
@@ -81,6 +85,8 @@ class FTHyperParams:
             )
         if self.kl_factor < 0:
             raise HParamsError(f"kl_factor must be >= 0, got {self.kl_factor}")
+        if self.keep_subjects < 0:
+            raise HParamsError(f"keep_subjects must be >= 0, got {self.keep_subjects}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -1,0 +1,132 @@
+"""The keep penalty's other subjects (hparams.keep_subjects): the pool, the choice, the cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ftedit import evaluate as ev
+from ftedit import ft
+from ftedit.errors import HParamsError
+from ftedit.ft import compute_deltas, kl_texts, nearest_subjects
+from ftedit.hparams import FTHyperParams
+from ftedit.requests import EditRequest
+from tests.tiny import assert_params_equal, make_llama, params_snapshot
+
+POOL = ("Paris", "Rome", "London", "Berlin", "Tokyo", "Eiffel Tower", "France", "Italy")
+REQ = EditRequest("the {} is located in", "Eiffel Tower", "Rome", "Paris")
+HP = FTHyperParams(layers=(0, 1), lr=5e-2, num_steps=10, norm_constraint=None)
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact-sample.json"
+
+
+@pytest.fixture
+def pool(monkeypatch):
+    monkeypatch.setattr(ft, "_subject_pool", lambda: POOL)
+    ft._POOL_CACHE.clear()
+    return POOL
+
+
+def test_shipped_pool_is_the_dev_split_subjects():
+    names = ft._subject_pool()
+    assert len(names) >= 200 and len(set(names)) == len(names)
+    assert all(n and not n.startswith("#") and n == n.strip() for n in names)
+    if DATA.exists():  # the shared data sits beside the checkout (CI clones it there too)
+        records = json.loads(DATA.read_text())
+        dev = {r["requested_rewrite"]["subject"].strip() for r in records[:250]}
+        test = {r["requested_rewrite"]["subject"].strip() for r in records[250:]}
+        assert set(names) == dev
+        assert not (set(names) & test) - dev  # nothing from the test split that dev lacks
+
+
+def test_nearest_subjects_excludes_the_subject_and_is_deterministic(pool):
+    model, tok = make_llama()
+    got = nearest_subjects(model, tok, "Eiffel Tower", 4, layer=1)
+    assert len(got) == len(set(got)) == 4 and set(got) <= set(POOL)
+    assert "Eiffel Tower" not in got
+    ft._POOL_CACHE.clear()
+    assert nearest_subjects(model, tok, "Eiffel Tower", 4, layer=1) == got  # cold cache too
+    assert "Eiffel Tower" not in nearest_subjects(model, tok, "eiffel tower", 99, layer=1)
+    assert "Eiffel Tower" not in nearest_subjects(model, tok, "Tower", 99, layer=1)  # contains
+    assert nearest_subjects(model, tok, "Paris", 0, layer=1) == []
+
+
+def test_nearest_subjects_ranks_by_hidden_state_similarity(pool):
+    model, tok = make_llama()
+    vecs = ft.subject_vectors(model, tok, POOL, layer=1)
+    query = ft.subject_vectors(model, tok, ["Paris"], layer=1)[0]
+    sims = {name: float(v @ query) for name, v in zip(POOL, vecs, strict=True)}
+    got = nearest_subjects(model, tok, "Paris", 3, layer=1)
+    rest = [s for s in POOL if s != "Paris" and s not in got]
+    assert min(sims[s] for s in got) >= max(sims[s] for s in rest) - 1e-6
+
+
+def test_pool_vectors_recomputed_after_an_in_place_weight_change(pool):
+    model, tok = make_llama()
+    first = ft._pool_vectors(model, tok, 1)
+    assert ft._pool_vectors(model, tok, 1) is first  # cached while the weights are unchanged
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.add_(0.5)
+    second = ft._pool_vectors(model, tok, 1)
+    assert second is not first and not torch.allclose(second, first)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.add_(0.5)  # a block above: not read
+    assert not torch.equal(ft._pool_vectors(model, tok, 0), second)  # other layer, other key
+
+
+def test_kl_texts_use_the_other_subjects_and_fall_back_to_stand_ins():
+    pairs = kl_texts([REQ], [["Berlin", "London"]])
+    assert pairs == [
+        ("Eiffel Tower is a", None),
+        ("the Berlin is located in", REQ.target_new),
+        ("the London is located in", REQ.target_new),
+    ]
+    stand_ins = kl_texts([REQ])
+    assert [t for t, _ in stand_ins[1:]] == [REQ.prompt.format(s) for s in ft.KL_SUBJECTS]
+
+
+def test_keep_subjects_hold_back_a_neighbour_and_leave_the_model_unchanged(pool):
+    model, tok = make_llama(layers=3)
+    snap = params_snapshot(model)
+    hp = HP.replace(keep_subjects=3)
+    others = ft.keep_others(model, tok, [REQ], hp)[0]
+    neighbour = REQ.prompt.format(others[0])
+    base = _logp(model, tok, neighbour, REQ.target_new)
+    rise = {}
+    for kl in (0.0, 20.0):
+        res = compute_deltas(model, tok, [REQ], hp.replace(kl_factor=kl))
+        assert_params_equal(model, snap)
+        with ev.applied(model, res.deltas):
+            rise[kl] = _logp(model, tok, neighbour, REQ.target_new) - base
+    assert rise[20.0] < rise[0.0]
+    again = compute_deltas(model, tok, [REQ], hp.replace(kl_factor=20.0))
+    first = compute_deltas(model, tok, [REQ], hp.replace(kl_factor=20.0))
+    assert all(torch.equal(again.deltas[k], first.deltas[k]) for k in first.deltas)
+
+
+def test_negative_keep_subjects_is_refused():
+    with pytest.raises(HParamsError, match="keep_subjects must be >= 0"):
+        HP.replace(keep_subjects=-1)
+
+
+@torch.no_grad()
+def _logp(model, tok, prompt, target):
+    from ftedit.ft import encode, target_logprobs
+
+    return float(target_logprobs(model, encode(tok, [prompt], [target], "prompt_last"))[0, 0])
+
+
+def test_an_edit_keeps_the_pool_cache_valid(pool):
+    """compute_deltas writes the trained weights back bit for bit, so the next edit must not
+    pay for the pool again; a real change to those weights still invalidates it."""
+    model, tok = make_llama(layers=3)
+    hp = HP.replace(kl_factor=1.0, keep_subjects=2, layers=(1,))
+    compute_deltas(model, tok, [REQ], hp)
+    cached = ft._pool_vectors(model, tok, 1)
+    compute_deltas(model, tok, [REQ], hp)
+    assert ft._pool_vectors(model, tok, 1) is cached
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.mul_(1.5)
+    assert ft._pool_vectors(model, tok, 1) is not cached
