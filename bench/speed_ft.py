@@ -136,22 +136,9 @@ def reference_ft(model, tok, request: EditRequest, hp: FTHyperParams):
 
 def tiny_gpt2():
     """A GPT-2-shaped model small enough that per-step overheads dominate (tests' tokenizer)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from tests.tiny import make_gpt2
 
-    from tests.tiny import VOCAB_SIZE, make_tokenizer
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        vocab_size=VOCAB_SIZE,
-        n_embd=64,
-        n_layer=6,
-        n_head=4,
-        n_positions=128,
-        pad_token_id=1,
-        bos_token_id=2,
-        eos_token_id=3,
-    )
-    return GPT2LMHeadModel(cfg).eval(), make_tokenizer()
+    return make_gpt2(seed=0, layers=6, width=64, positions=128)
 
 
 def _agreement(a, b) -> tuple[float, float]:

@@ -122,6 +122,7 @@ def training_texts(model, tok, requests: Sequence[EditRequest], hp: FTHyperParam
 # edit onto the subject rather than onto the relation (where it would move every neighbour).
 KL_SUBJECTS = ("it", "this one", "the other one")
 KEEP_SUBJECTS_FILE = Path(__file__).parent / "data" / "keep_subjects.txt"
+DEFAULT_TEMPLATE = FTHyperParams.rewrite_module_tmp  # "model.layers.{}.mlp.down_proj"
 
 
 @functools.cache
@@ -134,11 +135,29 @@ class _Stop(Exception):
     pass
 
 
+def _blocks(model, template: str) -> torch.nn.ModuleList | None:
+    """The block list a rewrite template indexes ("model.layers.{}.mlp" -> model.layers)."""
+    try:
+        blocks = model.get_submodule(template.split(".{}")[0])
+    except AttributeError:
+        return None
+    return blocks if isinstance(blocks, torch.nn.ModuleList) else None
+
+
+def _template_blocks(model, template: str) -> torch.nn.ModuleList:
+    blocks = _blocks(model, template)
+    if blocks is None:
+        raise HParamsError(f"keep_subjects: {template!r} does not index a list of blocks")
+    return blocks
+
+
 @torch.no_grad()
-def subject_vectors(model, tok, subjects: Sequence[str], layer: int) -> torch.Tensor:
-    """Unit vectors [N, d]: each subject's last-token hidden state after block ``layer``, the
-    subject read alone (the blocks above ``layer`` are not run)."""
-    blocks = model.get_submodule(_blocks_path(model))
+def subject_vectors(
+    model, tok, subjects: Sequence[str], layer: int, template: str = DEFAULT_TEMPLATE
+) -> torch.Tensor:
+    """Unit vectors [N, d]: each subject's last-token hidden state after block ``layer`` of the
+    blocks ``template`` indexes, the subject read alone (the blocks above are not run)."""
+    blocks = _template_blocks(model, template)
     got: list[torch.Tensor] = []
 
     def grab(module, args, out):
@@ -146,13 +165,13 @@ def subject_vectors(model, tok, subjects: Sequence[str], layer: int) -> torch.Te
         raise _Stop
 
     dev = model.get_input_embeddings().weight.device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     handle = blocks[layer].register_forward_hook(grab)
     vecs = []
     try:
         for chunk in _chunks(list(subjects), 64):
             enc = tok([" " + t for t in chunk], add_special_tokens=False)["input_ids"]
             L = max(len(x) for x in enc)
-            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
             ids = torch.tensor([[pad] * (L - len(x)) + x for x in enc], device=dev)
             mask = torch.tensor([[0] * (L - len(x)) + [1] * len(x) for x in enc], device=dev)
             pos = (mask.cumsum(1) - 1).clamp(min=0)
@@ -170,22 +189,23 @@ def subject_vectors(model, tok, subjects: Sequence[str], layer: int) -> torch.Te
 _POOL_CACHE: dict = {}
 
 
-def _pool_key(model, tok, layer: int) -> tuple:
+def _pool_key(model, tok, layer: int, template: str = DEFAULT_TEMPLATE) -> tuple:
     """What the pool's vectors depend on: model, tokenizer, layer, pool, and the state of every
     weight they read (``_version`` counts in-place writes, which is how edits reach weights)."""
-    blocks = model.get_submodule(_blocks_path(model))
+    blocks = _template_blocks(model, template)
     params = [model.get_input_embeddings().weight]
     params += [p for i in range(layer + 1) for p in blocks[i].parameters()]
-    key = (id(model), id(tok), layer, _subject_pool())
+    key = (id(model), id(tok), layer, template, _subject_pool())
     return key + (tuple(p._version for p in params), tuple(p.data_ptr() for p in params))
 
 
-def _pool_vectors(model, tok, layer: int) -> torch.Tensor:
+def _pool_vectors(model, tok, layer: int, template: str = DEFAULT_TEMPLATE) -> torch.Tensor:
     """subject_vectors of the whole pool, cached while the weights they read are unchanged."""
-    key = _pool_key(model, tok, layer)
+    key = _pool_key(model, tok, layer, template)
     if _POOL_CACHE.get("key") != key:
         _POOL_CACHE.clear()
-        _POOL_CACHE.update(key=key, vecs=subject_vectors(model, tok, _subject_pool(), layer))
+        vecs = subject_vectors(model, tok, _subject_pool(), layer, template)
+        _POOL_CACHE.update(key=key, vecs=vecs)
     return _POOL_CACHE["vecs"]
 
 
@@ -196,17 +216,9 @@ def _rekey_pool(before: tuple, after: tuple) -> None:
         _POOL_CACHE["key"] = after
 
 
-def _blocks_path(model) -> str:
-    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
-        try:
-            if isinstance(model.get_submodule(path), torch.nn.ModuleList):
-                return path
-        except AttributeError:
-            continue
-    raise HParamsError("keep_subjects needs a model whose blocks this code can find")
-
-
-def nearest_subjects(model, tok, subject: str, k: int, layer: int) -> list[str]:
+def nearest_subjects(
+    model, tok, subject: str, k: int, layer: int, template: str = DEFAULT_TEMPLATE
+) -> list[str]:
     """The ``k`` subjects of the keep pool nearest to ``subject``: cosine of their last-token
     hidden states after block ``layer`` (the top edited block), so a city gets cities and a
     person people, the subjects whose answers an edit of this one is most likely to drag
@@ -217,7 +229,8 @@ def nearest_subjects(model, tok, subject: str, k: int, layer: int) -> list[str]:
     keep = [i for i, s in enumerate(pool) if key not in s.lower() and s.lower() not in key]
     if k <= 0 or not keep:
         return []
-    sims = _pool_vectors(model, tok, layer) @ subject_vectors(model, tok, [subject], layer)[0]
+    pool_vecs = _pool_vectors(model, tok, layer, template)
+    sims = pool_vecs @ subject_vectors(model, tok, [subject], layer, template)[0]
     order = sorted(keep, key=lambda i: (-round(float(sims[i]), 6), pool[i]))
     return [pool[i] for i in order[:k]]
 
@@ -240,8 +253,8 @@ def keep_others(model, tok, requests, hp: FTHyperParams) -> list[list[str]] | No
     """The other subjects each request's keep prompts use (None: the stand-ins)."""
     if not hp.keep_subjects:
         return None
-    top = max(hp.layers)
-    return [nearest_subjects(model, tok, r.subject, hp.keep_subjects, top) for r in requests]
+    top, tmpl = max(hp.layers), hp.rewrite_module_tmp
+    return [nearest_subjects(model, tok, r.subject, hp.keep_subjects, top, tmpl) for r in requests]
 
 
 @dataclass
@@ -281,11 +294,7 @@ _FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm")
 
 def _upper_stack(model, hparams: FTHyperParams):
     """(blocks from the lowest edited one up, final norm), or None when the layout is unknown."""
-    path = hparams.rewrite_module_tmp.split(".{}")[0]  # "model.layers.{}.mlp" -> "model.layers"
-    try:
-        blocks = model.get_submodule(path)
-    except AttributeError:
-        return None
+    blocks = _blocks(model, hparams.rewrite_module_tmp)
     base = model.base_model
     norm = next(
         (
@@ -295,7 +304,7 @@ def _upper_stack(model, hparams: FTHyperParams):
         ),
         None,
     )
-    if not isinstance(blocks, torch.nn.ModuleList) or norm is None or not _head_is_plain(model):
+    if blocks is None or norm is None or not _head_is_plain(model):
         return None
     return blocks[min(hparams.layers) :], norm
 
@@ -420,7 +429,8 @@ def compute_deltas(
     was_training = model.training
     dev = model.get_input_embeddings().weight.device
     keep = hparams.kl_factor > 0 and hparams.keep_subjects > 0
-    pool_key = _pool_key(model, tok, max(hparams.layers)) if keep else None
+    top, tmpl = max(hparams.layers), hparams.rewrite_module_tmp
+    pool_key = _pool_key(model, tok, top, tmpl) if keep else None
     try:
         model.eval()
         texts, targets = training_texts(model, tok, requests, hparams)
@@ -444,7 +454,7 @@ def compute_deltas(
             p.requires_grad_(flags[n])
         model.train(was_training)
         if pool_key is not None:
-            _rekey_pool(pool_key, _pool_key(model, tok, max(hparams.layers)))
+            _rekey_pool(pool_key, _pool_key(model, tok, top, tmpl))
     if not deltas.is_finite():
         raise HParamsError("training diverged (non-finite deltas); lower lr or num_steps")
     return EditResult(deltas, losses, len(losses), time.perf_counter() - t0, stopped)

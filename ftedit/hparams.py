@@ -45,8 +45,8 @@ class FTHyperParams:
     # plus the rise of log p(target_new) on the latter, so the edit keys on the subject; 0 = off.
     kl_factor: float = 0.0
     # How many other subjects (ftedit/data/keep_subjects.txt, the nearest to the request's
-    # subject by mean token embedding) fill the relation prompt in the keep penalty; 0 = the
-    # stand-ins "it", "this one", "the other one". Used only when kl_factor > 0.
+    # subject by hidden state after the top edited block) fill the relation prompt in the keep
+    # penalty; 0 = the stand-ins "it", "this one", "the other one". Used only if kl_factor > 0.
     keep_subjects: int = 0
     # Seed for anything random (prefix sampling); equal seeds give bit-identical deltas.
     seed: int = 0

@@ -121,16 +121,16 @@ def make_llama(seed: int = 0, layers: int = 2):
     return model, make_tokenizer()
 
 
-def make_gpt2(seed: int = 0, layers: int = 2):
+def make_gpt2(seed: int = 0, layers: int = 2, width: int = 32, positions: int = 64):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
     cfg = GPT2Config(
         vocab_size=VOCAB_SIZE,
-        n_embd=32,
+        n_embd=width,
         n_layer=layers,
         n_head=4,
-        n_positions=64,
+        n_positions=positions,
         pad_token_id=1,
         bos_token_id=2,
         eos_token_id=3,
