@@ -27,9 +27,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
-from ftedit import ft
-from ftedit.ft import compute_deltas, keep_others, kl_texts, training_texts
+from ftedit import keep
+from ftedit.ft import compute_deltas, training_texts
 from ftedit.hparams import FTHyperParams, load_preset
+from ftedit.keep import keep_others, kl_texts
 from ftedit.requests import EditRequest
 
 REQUEST = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
@@ -162,11 +163,11 @@ def compare(model, tok, request, hp, repeats: int) -> dict:
     for _ in range(repeats):
         # Both sides pick the keep penalty's subjects from a cold pool, as a fresh process does
         # (the reference's in-place restore would otherwise leave it to ours alone).
-        ft._POOL_CACHE.clear()
+        keep._POOL_CACHE.clear()
         t = time.perf_counter()
         ours = compute_deltas(model, tok, [request], hp)
         ours_t.append(time.perf_counter() - t)
-        ft._POOL_CACHE.clear()
+        keep._POOL_CACHE.clear()
         t = time.perf_counter()
         ref_deltas, ref_losses = reference_ft(model, tok, request, hp)
         ref_t.append(time.perf_counter() - t)

@@ -40,7 +40,7 @@ class FTHyperParams:
     num_prefixes: int = 0
     # Tokens in each random prefix, generated greedily-sampled from the model itself.
     prefix_len: int = 5
-    # Weight of the keep penalty (ft.kl_texts): KL to the pre-edit next-token distribution on
+    # Weight of the keep penalty (keep.kl_texts): KL to the pre-edit next-token distribution on
     # ROME's essence prompt "{subject} is a" and on the relation prompt with stand-in subjects,
     # plus the rise of log p(target_new) on the latter, so the edit keys on the subject; 0 = off.
     kl_factor: float = 0.0

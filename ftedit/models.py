@@ -117,6 +117,15 @@ def num_layers(model: torch.nn.Module) -> int:
     raise ModelNotFoundError(f"cannot tell how many layers a {type(model).__name__} has")
 
 
+def blocks_of(model: torch.nn.Module, template: str) -> torch.nn.ModuleList | None:
+    """The block list a rewrite template indexes ("model.layers.{}.mlp" -> model.layers)."""
+    try:
+        blocks = model.get_submodule(template.split(".{}")[0])
+    except AttributeError:
+        return None
+    return blocks if isinstance(blocks, torch.nn.ModuleList) else None
+
+
 def rewrite_template(model: torch.nn.Module) -> str | None:
     return REWRITE_TEMPLATES.get(getattr(model.config, "model_type", ""))
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from ftedit import evaluate as ev
-from ftedit import ft
+from ftedit import keep
 from ftedit.errors import HParamsError
-from ftedit.ft import compute_deltas, kl_texts, nearest_subjects
+from ftedit.ft import compute_deltas
 from ftedit.hparams import FTHyperParams
+from ftedit.keep import kl_texts, nearest_subjects
 from ftedit.requests import EditRequest
 from tests.tiny import assert_params_equal, make_llama, params_snapshot
 
@@ -24,13 +25,13 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact-sa
 
 @pytest.fixture
 def pool(monkeypatch):
-    monkeypatch.setattr(ft, "_subject_pool", lambda: POOL)
-    ft._POOL_CACHE.clear()
+    monkeypatch.setattr(keep, "_subject_pool", lambda: POOL)
+    keep._POOL_CACHE.clear()
     return POOL
 
 
 def test_shipped_pool_is_the_dev_split_subjects():
-    names = ft._subject_pool()
+    names = keep._subject_pool()
     assert len(names) >= 200 and len(set(names)) == len(names)
     assert all(n and not n.startswith("#") and n == n.strip() for n in names)
     if DATA.exists():  # the shared data sits beside the checkout (CI clones it there too)
@@ -46,7 +47,7 @@ def test_nearest_subjects_excludes_the_subject_and_is_deterministic(pool):
     got = nearest_subjects(model, tok, "Eiffel Tower", 4, layer=1)
     assert len(got) == len(set(got)) == 4 and set(got) <= set(POOL)
     assert "Eiffel Tower" not in got
-    ft._POOL_CACHE.clear()
+    keep._POOL_CACHE.clear()
     assert nearest_subjects(model, tok, "Eiffel Tower", 4, layer=1) == got  # cold cache too
     assert "Eiffel Tower" not in nearest_subjects(model, tok, "eiffel tower", 99, layer=1)
     assert "Eiffel Tower" not in nearest_subjects(model, tok, "Tower", 99, layer=1)  # contains
@@ -55,8 +56,8 @@ def test_nearest_subjects_excludes_the_subject_and_is_deterministic(pool):
 
 def test_nearest_subjects_ranks_by_hidden_state_similarity(pool):
     model, tok = make_llama()
-    vecs = ft.subject_vectors(model, tok, POOL, layer=1)
-    query = ft.subject_vectors(model, tok, ["Paris"], layer=1)[0]
+    vecs = keep.subject_vectors(model, tok, POOL, layer=1)
+    query = keep.subject_vectors(model, tok, ["Paris"], layer=1)[0]
     sims = {name: float(v @ query) for name, v in zip(POOL, vecs, strict=True)}
     got = nearest_subjects(model, tok, "Paris", 3, layer=1)
     rest = [s for s in POOL if s != "Paris" and s not in got]
@@ -65,15 +66,15 @@ def test_nearest_subjects_ranks_by_hidden_state_similarity(pool):
 
 def test_pool_vectors_recomputed_after_an_in_place_weight_change(pool):
     model, tok = make_llama()
-    first = ft._pool_vectors(model, tok, 1)
-    assert ft._pool_vectors(model, tok, 1) is first  # cached while the weights are unchanged
+    first = keep._pool_vectors(model, tok, 1)
+    assert keep._pool_vectors(model, tok, 1) is first  # cached while the weights are unchanged
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight.add_(0.5)
-    second = ft._pool_vectors(model, tok, 1)
+    second = keep._pool_vectors(model, tok, 1)
     assert second is not first and not torch.allclose(second, first)
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight.add_(0.5)  # a block above: not read
-    assert not torch.equal(ft._pool_vectors(model, tok, 0), second)  # other layer, other key
+    assert not torch.equal(keep._pool_vectors(model, tok, 0), second)  # other layer, other key
 
 
 def test_kl_texts_use_the_other_subjects_and_fall_back_to_stand_ins():
@@ -84,14 +85,14 @@ def test_kl_texts_use_the_other_subjects_and_fall_back_to_stand_ins():
         ("the London is located in", REQ.target_new),
     ]
     stand_ins = kl_texts([REQ])
-    assert [t for t, _ in stand_ins[1:]] == [REQ.prompt.format(s) for s in ft.KL_SUBJECTS]
+    assert [t for t, _ in stand_ins[1:]] == [REQ.prompt.format(s) for s in keep.KL_SUBJECTS]
 
 
 def test_keep_subjects_hold_back_a_neighbour_and_leave_the_model_unchanged(pool):
     model, tok = make_llama(layers=3)
     snap = params_snapshot(model)
     hp = HP.replace(keep_subjects=3)
-    others = ft.keep_others(model, tok, [REQ], hp)[0]
+    others = keep.keep_others(model, tok, [REQ], hp)[0]
     neighbour = REQ.prompt.format(others[0])
     base = _logp(model, tok, neighbour, REQ.target_new)
     rise = {}
@@ -124,9 +125,9 @@ def test_an_edit_keeps_the_pool_cache_valid(pool):
     model, tok = make_llama(layers=3)
     hp = HP.replace(kl_factor=1.0, keep_subjects=2, layers=(1,))
     compute_deltas(model, tok, [REQ], hp)
-    cached = ft._pool_vectors(model, tok, 1)
+    cached = keep._pool_vectors(model, tok, 1)
     compute_deltas(model, tok, [REQ], hp)
-    assert ft._pool_vectors(model, tok, 1) is cached
+    assert keep._pool_vectors(model, tok, 1) is cached
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight.mul_(1.5)
-    assert ft._pool_vectors(model, tok, 1) is not cached
+    assert keep._pool_vectors(model, tok, 1) is not cached
