@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ftedit.batch import _chunks, encode
+from ftedit.batch import _chunks, _model_inputs, encode
 from ftedit.deltas import Deltas, rebuild
 from ftedit.ft import compute_deltas
 from ftedit.hparams import FTHyperParams
@@ -148,12 +148,7 @@ def token_accuracy(
         _chunks(list(prompts), batch_size), _chunks(list(targets), batch_size), strict=True
     ):
         b = encode(tok, ps, ts, "target_new", dev)
-        logits = model(
-            input_ids=b.input_ids,
-            attention_mask=b.attention_mask,
-            position_ids=b.position_ids,
-            use_cache=False,
-        ).logits
+        logits = model(**_model_inputs(b)).logits
         rows = torch.arange(len(ps), device=dev)[:, None]
         hit = (logits[rows, b.score_pos].argmax(-1) == b.target_ids).float() * b.target_mask
         out += (hit.sum(1) / b.target_mask.sum(1)).tolist()
