@@ -39,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="CounterFact split (zsRE: the first --n records of the sample)",
     )
     p.add_argument("--n", type=int, default=None, help="first N records of the split")
+    p.add_argument(
+        "--start", type=int, default=0, help="skip the split's first START records (then --n)"
+    )
     p.add_argument("--data", default=None, help="records file (default: ../shared/data/...)")
     p.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2)")
     p.add_argument("--gen-prompts", type=int, default=2, help="generation prompts per record")
@@ -81,11 +84,15 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     zsre = args.dataset == "zsre"
     data = args.data or ev.DATA_DIR / f"{args.dataset}-sample.json"
-    records = ev.load_records(data, None if zsre else args.split, args.n)
+    records = ev.load_records(data, None if zsre else args.split)
+    if not 0 <= args.start < len(records):
+        sys.exit(f"--start must be in 0..{len(records) - 1}, got {args.start}")
+    records = records[args.start :]
+    records = records[: args.n] if args.n is not None else records
     metrics = ev.ZSRE_METRICS if zsre else ev.CF_METRICS
     lm = load_model(args.model)
     todo = methods(args)
-    lo = 0 if zsre else ev.SPLITS[args.split][0]
+    lo = (0 if zsre else ev.SPLITS[args.split][0]) + args.start
     where = "zsRE (MEMIT convention)" if zsre else f"CounterFact {args.split}"
     title = (
         f"{where}, records {lo}-{lo + len(records) - 1}, {lm.fingerprint.name}, one edit at a time"
