@@ -1,0 +1,79 @@
+"""Join eval reports on consecutive record ranges into one report over all their records.
+
+    .venv/bin/python bench/merge_results.py --out bench/results/counterfact-test-200 \
+        bench/results/counterfact-test bench/results/counterfact-test-350
+
+Each input is an ``--out`` folder of ``bench/eval_counterfact.py`` (same dataset, split and
+generation settings). The merged report keeps the methods every input has, with the same
+hyperparameters in each, and summarises their per-record rows afresh: it is what one run over
+the joined records would have written (``results.md``, ``results.json``, ``results.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
+
+from ftedit import evaluate as ev
+
+SAME = ("dataset", "split", "gen_prompts", "gen_tokens", "gen_records")
+RANGE = re.compile(r"records (\d+)-(\d+)")
+
+
+def merge(reports: list[dict]) -> dict:
+    first = reports[0]
+    for r in reports[1:]:
+        for k in SAME:
+            if r.get(k) != first.get(k):
+                sys.exit(f"reports differ in {k}: {first.get(k)!r} vs {r.get(k)!r}")
+    spans = [tuple(map(int, RANGE.search(r["title"]).groups())) for r in reports]
+    for (_, hi), (lo, _) in itertools.pairwise(spans):
+        if lo != hi + 1:
+            sys.exit(f"record ranges are not consecutive: {spans}")
+    names = [m for m in first["summaries"] if all(m in r["summaries"] for r in reports)]
+    if not names:
+        sys.exit("no method is in every report")
+    for m in names:
+        if any(r["hparams"][m] != first["hparams"][m] for r in reports):
+            sys.exit(f"method {m!r} has other hyperparameters in some report")
+    metrics = ev.CF_METRICS if first["dataset"] == "counterfact" else ev.ZSRE_METRICS
+    rows = {m: [row for r in reports for row in r["rows"][m]] for m in names}
+    title = RANGE.sub(f"records {spans[0][0]}-{spans[-1][1]}", first["title"], count=1)
+    return {
+        **{k: first.get(k) for k in SAME},
+        "title": title,
+        "records": sum(r["records"] for r in reports),
+        "merged_from": [r["title"] for r in reports],
+        "hparams": {m: first["hparams"][m] for m in names},
+        "summaries": {m: ev.summarize(rows[m], metrics) for m in names},
+        "rows": rows,
+    }
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("inputs", nargs="+", help="report folders, in record order")
+    p.add_argument("--out", required=True, help="output folder")
+    args = p.parse_args(argv)
+    if len(args.inputs) < 2:
+        sys.exit("give at least two report folders")
+    reports = [json.loads((Path(d) / "results.json").read_text()) for d in args.inputs]
+    merged = merge(reports)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = ev.CF_METRICS if merged["dataset"] == "counterfact" else ev.ZSRE_METRICS
+    table = ev.markdown_table(merged["summaries"], metrics)
+    (out / "results.md").write_text(f"{merged['title']}\n\n{table}")
+    (out / "results.json").write_text(json.dumps(merged, indent=1))
+    ev.save_chart(merged["summaries"], out / "results.png", merged["title"])
+    print(f"{merged['title']}\n\n{table}")
+
+
+if __name__ == "__main__":
+    main()
