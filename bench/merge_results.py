@@ -1,12 +1,13 @@
-"""Join eval reports on consecutive record ranges into one report over all their records.
+"""Join eval reports: more methods on the same records, more records in consecutive ranges.
 
     .venv/bin/python bench/merge_results.py --out bench/results/counterfact-test-200 \
         bench/results/counterfact-test bench/results/counterfact-test-350
 
 Each input is an ``--out`` folder of ``bench/eval_counterfact.py`` (same dataset, split and
-generation settings). The merged report keeps the methods every input has, with the same
-hyperparameters in each, and summarises their per-record rows afresh: it is what one run over
-the joined records would have written (``results.md``, ``results.json``, ``results.png``).
+generation settings). Inputs on the same records contribute their methods side by side (two
+jobs can share the cores); over the record ranges, the merged report keeps the methods every
+range has, with the same hyperparameters in each, and summarises their per-record rows afresh:
+it is what one run over the joined records would have written (``results.md``, ``results.json``, ``results.png``).
 """
 
 from __future__ import annotations
@@ -26,21 +27,42 @@ SAME = ("dataset", "split", "gen_prompts", "gen_tokens", "gen_records")
 RANGE = re.compile(r"records (\d+)-(\d+)")
 
 
+def _span(report: dict) -> tuple[int, int]:
+    return tuple(map(int, RANGE.search(report["title"]).groups()))
+
+
+def _join_methods(reports: list[dict]) -> dict:
+    """Reports on the same records: one report with all their methods (none in two)."""
+    out = dict(reports[0], hparams={}, summaries={}, rows={})
+    for r in reports:
+        for m in r["summaries"]:
+            if m in out["summaries"]:
+                sys.exit(f"method {m!r} is in two reports on records {_span(r)}")
+            out["hparams"][m], out["summaries"][m] = r["hparams"][m], r["summaries"][m]
+            out["rows"][m] = r["rows"][m]
+    return out
+
+
 def merge(reports: list[dict]) -> dict:
     first = reports[0]
     for r in reports[1:]:
         for k in SAME:
             if r.get(k) != first.get(k):
                 sys.exit(f"reports differ in {k}: {first.get(k)!r} vs {r.get(k)!r}")
-    spans = [tuple(map(int, RANGE.search(r["title"]).groups())) for r in reports]
+    # Reports on the same records add methods; reports on the next records add records.
+    groups: dict[tuple[int, int], list[dict]] = {}
+    for r in reports:
+        groups.setdefault(_span(r), []).append(r)
+    reports = [_join_methods(g) for g in groups.values()]
+    spans = list(groups)
     for (_, hi), (lo, _) in itertools.pairwise(spans):
         if lo != hi + 1:
             sys.exit(f"record ranges are not consecutive: {spans}")
-    names = [m for m in first["summaries"] if all(m in r["summaries"] for r in reports)]
+    names = [m for m in reports[0]["summaries"] if all(m in r["summaries"] for r in reports)]
     if not names:
-        sys.exit("no method is in every report")
+        sys.exit("no method is in every record range")
     for m in names:
-        if any(r["hparams"][m] != first["hparams"][m] for r in reports):
+        if any(r["hparams"][m] != reports[0]["hparams"][m] for r in reports):
             sys.exit(f"method {m!r} has other hyperparameters in some report")
     metrics = ev.CF_METRICS if first["dataset"] == "counterfact" else ev.ZSRE_METRICS
     rows = {m: [row for r in reports for row in r["rows"][m]] for m in names}
@@ -49,8 +71,8 @@ def merge(reports: list[dict]) -> dict:
         **{k: first.get(k) for k in SAME},
         "title": title,
         "records": sum(r["records"] for r in reports),
-        "merged_from": [r["title"] for r in reports],
-        "hparams": {m: first["hparams"][m] for m in names},
+        "merged_from": [f"{r['title']}: {', '.join(r['summaries'])}" for r in reports],
+        "hparams": {m: reports[0]["hparams"][m] for m in names},
         "summaries": {m: ev.summarize(rows[m], metrics) for m in names},
         "rows": rows,
     }
