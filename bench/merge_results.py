@@ -31,6 +31,11 @@ def _span(report: dict) -> tuple[int, int]:
     return tuple(map(int, RANGE.search(report["title"]).groups()))
 
 
+def _values(hparams: dict | None) -> dict | None:
+    """What trains: the hyperparameters without their free-text ``note``."""
+    return {k: v for k, v in hparams.items() if k != "note"} if hparams else hparams
+
+
 def _join_methods(reports: list[dict]) -> dict:
     """Reports on the same records: one report with all their methods (none in two)."""
     out = dict(reports[0], hparams={}, summaries={}, rows={})
@@ -62,7 +67,7 @@ def merge(reports: list[dict]) -> dict:
     if not names:
         sys.exit("no method is in every record range")
     for m in names:
-        if any(r["hparams"][m] != reports[0]["hparams"][m] for r in reports):
+        if any(_values(r["hparams"][m]) != _values(reports[0]["hparams"][m]) for r in reports):
             sys.exit(f"method {m!r} has other hyperparameters in some report")
     metrics = ev.CF_METRICS if first["dataset"] == "counterfact" else ev.ZSRE_METRICS
     rows = {m: [row for r in reports for row in r["rows"][m]] for m in names}

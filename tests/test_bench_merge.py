@@ -68,7 +68,8 @@ def _report(folder: Path, lo: int, n: int, methods: dict[str, dict | None]) -> P
 def test_consecutive_ranges_summarise_as_one_run(tmp_path):
     hp = {"lr": 1e-3}
     a = _report(tmp_path / "a", 250, 100, {"unedited": None, "default": hp})
-    b = _report(tmp_path / "b", 350, 50, {"unedited": None, "default": hp, "extra": hp})
+    noted = {**hp, "note": "reworded since"}  # a note is not a hyperparameter
+    b = _report(tmp_path / "b", 350, 50, {"unedited": None, "default": noted, "extra": hp})
     out = tmp_path / "out"
     merge_results.main([str(a), str(b), "--out", str(out)])
     got = json.loads((out / "results.json").read_text())
