@@ -28,7 +28,10 @@ RANGE = re.compile(r"records (\d+)-(\d+)")
 
 
 def _span(report: dict) -> tuple[int, int]:
-    return tuple(map(int, RANGE.search(report["title"]).groups()))
+    found = RANGE.search(report.get("title", ""))
+    if found is None:
+        sys.exit(f"no 'records A-B' in the title {report.get('title')!r}: not an eval report")
+    return int(found[1]), int(found[2])
 
 
 def _values(hparams: dict | None) -> dict | None:

@@ -109,3 +109,15 @@ def test_bad_inputs_are_refused_and_write_nothing(tmp_path, second, message):
     with pytest.raises(SystemExit, match=message):
         merge_results.main([str(a), str(b), "--out", str(out)])
     assert not out.exists()
+
+
+def test_a_report_without_a_record_range_is_refused(tmp_path):
+    a = _report(tmp_path / "a", 250, 10, {"m": None})
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "results.json").write_text(
+        json.dumps({**json.loads((a / "results.json").read_text()), "title": "x"})
+    )
+    with pytest.raises(SystemExit, match="no 'records A-B' in the title"):
+        merge_results.main([str(a), str(b), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
