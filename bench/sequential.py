@@ -3,6 +3,8 @@ the ones before (DESIGN.md's invariant: live = base + d_1 + ... + d_k, summed in
 
     .venv/bin/python bench/sequential.py --preset default --n 100 --out bench/results/sequential
 
+``--stop-at HH:MM`` stops stacking at that time and reports the edits made by then.
+
 Every ``--every`` edits it scores the rewrite prompts of all edits so far (efficacy so far) and
 the neighbourhood prompts of all N records (the probe whose unedited score is the baseline);
 at the end, ROME's three scores over all N edits under the full stack.
@@ -64,7 +66,17 @@ def neighborhood(model, tok, records, per_record: int) -> float:
     return 100 * statistics.fmean(hits)
 
 
-def run(model, tok, records, hp: FTHyperParams, every: int, probe: int = 10) -> dict:
+def run(
+    model,
+    tok,
+    records,
+    hp: FTHyperParams,
+    every: int,
+    probe: int = 10,
+    deadline: float | None = None,
+) -> dict:
+    """Stack the records' edits; past ``deadline`` (epoch seconds) stop stacking, score the
+    stack as it is, and report over the edits made."""
     names = list(weights_to_edit(model, hp))
     params = dict(model.named_parameters())
     base = {k: params[k].detach().clone() for k in names}
@@ -77,6 +89,7 @@ def run(model, tok, records, hp: FTHyperParams, every: int, probe: int = 10) -> 
     ]
     stack, per_edit = [], []
     t0 = time.perf_counter()
+    done = 0
     for i, rec in enumerate(records, 1):
         res = compute_deltas(model, tok, [EditRequest.from_counterfact(rec)], hp)
         stack.append(res.deltas)
@@ -91,7 +104,9 @@ def run(model, tok, records, hp: FTHyperParams, every: int, probe: int = 10) -> 
                 "delta_norm": res.deltas.norm(),
             }
         )
-        if i % every == 0 or i == len(records):
+        done = i
+        late = deadline is not None and time.time() >= deadline
+        if i % every == 0 or i == len(records) or late:
             curve.append(
                 {
                     "edits": i,
@@ -100,7 +115,10 @@ def run(model, tok, records, hp: FTHyperParams, every: int, probe: int = 10) -> 
                 }
             )
             print(f"{i} edits ({time.perf_counter() - t0:.0f} s): {curve[-1]}", flush=True)
-    final = ev.summarize([ev.score_counterfact(model, tok, r, gen_tokens=0) for r in records])
+        if late:
+            break
+    edited = records[:done]
+    final = ev.summarize([ev.score_counterfact(model, tok, r, gen_tokens=0) for r in edited])
     rebuild(model, base, [], names=names)
     return {
         "curve": curve,
@@ -140,6 +158,14 @@ def plot(result: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _deadline(hhmm: str | None) -> float | None:
+    if not hhmm:
+        return None
+    h, m = map(int, hhmm.split(":"))
+    now = time.localtime()
+    return time.mktime((now.tm_year, now.tm_mon, now.tm_mday, h, m, 0, 0, 0, -1))
+
+
 def _fmt(x: float | None) -> str:
     return "" if x is None else f"{x:.1f}"
 
@@ -159,6 +185,11 @@ def main(argv=None) -> None:
     p.add_argument("--data", default=str(ev.DATA_DIR / "counterfact-sample.json"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--stop-at",
+        default=None,
+        help="wall-clock HH:MM (local): stop stacking there and report the edits made",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -167,9 +198,15 @@ def main(argv=None) -> None:
     records = ev.load_records(args.data, args.split, args.n)
     lm = load_model()
     hp = load_preset(args.preset)
-    result = run(lm.model, lm.tok, records, hp, args.every, args.probe)
+    result = run(lm.model, lm.tok, records, hp, args.every, args.probe, _deadline(args.stop_at))
+    done = result["final"]["n"]
+    count = (
+        f"{done}"
+        if done == len(records)
+        else f"{done} (of {len(records)}, stopped at {args.stop_at})"
+    )
     title = (
-        f"{len(records)} sequential CounterFact {args.split} edits, preset "
+        f"{count} sequential CounterFact {args.split} edits, preset "
         f"{args.preset!r}, {lm.fingerprint.name}"
     )
     f, c0 = result["final"], result["curve"][0]
@@ -178,7 +215,7 @@ def main(argv=None) -> None:
         "|---|---|---|---|---|\n"
         f"| unedited (curve's probe: {args.probe} neighbours per record) | {len(records)} | | | "
         f"{c0['neighborhood']:.1f} |\n"
-        f"| all {len(records)} edits stacked | {f['n']} | {f['efficacy']:.1f} | "
+        f"| all {done} edits stacked | {f['n']} | {f['efficacy']:.1f} | "
         f"{f['paraphrase']:.1f} | {f['neighborhood']:.1f} |\n\n"
         "| edits | efficacy over edits so far | neighborhood |\n|---|---|---|\n"
         + "".join(
