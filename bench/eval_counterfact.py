@@ -80,15 +80,14 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     zsre = args.dataset == "zsre"
     data = args.data or ev.DATA_DIR / f"{args.dataset}-sample.json"
-    records = ev.load_records(data, None if zsre else args.split)
-    if not 0 <= args.start < len(records):
-        sys.exit(f"--start must be in 0..{len(records) - 1}, got {args.start}")
-    records = records[args.start :]
-    records = records[: args.n] if args.n is not None else records
+    try:
+        records = ev.load_records(data, None if zsre else args.split, args.n, args.start)
+    except ValueError as e:
+        sys.exit(f"--start: {e}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # only once the records are known to be there
     metrics = ev.ZSRE_METRICS if zsre else ev.CF_METRICS
     lm = load_model(args.model)
     todo = methods(args)
@@ -128,21 +127,13 @@ def main(argv=None) -> None:
                     "gen_records": args.gen_records,
                 }
             )
-            kw["deadline"] = _deadline(args.stop_at)
+            kw["deadline"] = ev.stop_time(args.stop_at)
             rows = ev.evaluate(lm.model, lm.tok, records, hp, args.dataset, progress, **kw)
             all_rows[name], summaries[name] = rows, ev.summarize(rows, metrics)
             # Written after every method, so a run cut short keeps the methods it finished.
             write(out, title, args, len(records), todo, summaries, all_rows, metrics)
     (out / "rows.jsonl").unlink(missing_ok=True)  # a progress log: results.json has every row
     print(ev.markdown_table(summaries, metrics))
-
-
-def _deadline(hhmm: str | None) -> float | None:
-    if not hhmm:
-        return None
-    h, m = map(int, hhmm.split(":"))
-    now = time.localtime()
-    return time.mktime((now.tm_year, now.tm_mon, now.tm_mday, h, m, 0, 0, 0, -1))
 
 
 def _hp(d: dict | None) -> FTHyperParams | None:

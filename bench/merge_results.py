@@ -27,6 +27,10 @@ SAME = ("dataset", "split", "gen_prompts", "gen_tokens", "gen_records")
 RANGE = re.compile(r"records (\d+)-(\d+)")
 
 
+def _metrics(dataset: str) -> tuple[str, ...]:
+    return ev.CF_METRICS if dataset == "counterfact" else ev.ZSRE_METRICS
+
+
 def _span(report: dict) -> tuple[int, int]:
     found = RANGE.search(report.get("title", ""))
     if found is None:
@@ -72,7 +76,6 @@ def merge(reports: list[dict]) -> dict:
     for m in names:
         if any(_values(r["hparams"][m]) != _values(reports[0]["hparams"][m]) for r in reports):
             sys.exit(f"method {m!r} has other hyperparameters in some report")
-    metrics = ev.CF_METRICS if first["dataset"] == "counterfact" else ev.ZSRE_METRICS
     rows = {m: [row for r in reports for row in r["rows"][m]] for m in names}
     title = RANGE.sub(f"records {spans[0][0]}-{spans[-1][1]}", first["title"], count=1)
     return {
@@ -81,7 +84,7 @@ def merge(reports: list[dict]) -> dict:
         "records": sum(r["records"] for r in reports),
         "merged_from": [f"{r['title']}: {', '.join(r['summaries'])}" for r in reports],
         "hparams": {m: reports[0]["hparams"][m] for m in names},
-        "summaries": {m: ev.summarize(rows[m], metrics) for m in names},
+        "summaries": {m: ev.summarize(rows[m], _metrics(first["dataset"])) for m in names},
         "rows": rows,
     }
 
@@ -97,8 +100,7 @@ def main(argv=None) -> None:
     merged = merge(reports)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = ev.CF_METRICS if merged["dataset"] == "counterfact" else ev.ZSRE_METRICS
-    table = ev.markdown_table(merged["summaries"], metrics)
+    table = ev.markdown_table(merged["summaries"], _metrics(merged["dataset"]))
     (out / "results.md").write_text(f"{merged['title']}\n\n{table}")
     (out / "results.json").write_text(json.dumps(merged, indent=1))
     ev.save_chart(merged["summaries"], out / "results.png", merged["title"])

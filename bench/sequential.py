@@ -89,7 +89,6 @@ def run(
     ]
     stack, per_edit = [], []
     t0 = time.perf_counter()
-    done = 0
     for i, rec in enumerate(records, 1):
         res = compute_deltas(model, tok, [EditRequest.from_counterfact(rec)], hp)
         stack.append(res.deltas)
@@ -104,7 +103,6 @@ def run(
                 "delta_norm": res.deltas.norm(),
             }
         )
-        done = i
         late = deadline is not None and time.time() >= deadline
         if i % every == 0 or i == len(records) or late:
             curve.append(
@@ -117,7 +115,7 @@ def run(
             print(f"{i} edits ({time.perf_counter() - t0:.0f} s): {curve[-1]}", flush=True)
         if late:
             break
-    edited = records[:done]
+    edited = records[: len(per_edit)]
     final = ev.summarize([ev.score_counterfact(model, tok, r, gen_tokens=0) for r in edited])
     rebuild(model, base, [], names=names)
     return {
@@ -158,14 +156,6 @@ def plot(result: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _deadline(hhmm: str | None) -> float | None:
-    if not hhmm:
-        return None
-    h, m = map(int, hhmm.split(":"))
-    now = time.localtime()
-    return time.mktime((now.tm_year, now.tm_mon, now.tm_mday, h, m, 0, 0, 0, -1))
-
-
 def _fmt(x: float | None) -> str:
     return "" if x is None else f"{x:.1f}"
 
@@ -198,7 +188,7 @@ def main(argv=None) -> None:
     records = ev.load_records(args.data, args.split, args.n)
     lm = load_model()
     hp = load_preset(args.preset)
-    result = run(lm.model, lm.tok, records, hp, args.every, args.probe, _deadline(args.stop_at))
+    result = run(lm.model, lm.tok, records, hp, args.every, args.probe, ev.stop_time(args.stop_at))
     done = result["final"]["n"]
     count = (
         f"{done}"

@@ -49,15 +49,30 @@ ZSRE_METRICS = ("efficacy", "paraphrase", "neighborhood", "seconds")
 Progress = Callable[[int, int, dict], None]  # (records done, total, that record's row)
 
 
-def load_records(path: str | Path, split: str | None = None, n: int | None = None) -> list[dict]:
-    """Records of a JSON list file, restricted to a CounterFact split and/or the first ``n``."""
+def load_records(
+    path: str | Path, split: str | None = None, n: int | None = None, start: int = 0
+) -> list[dict]:
+    """Records of a JSON list file, restricted to a CounterFact split, then ``n`` of them from
+    the ``start``-th on (default: from the first)."""
     records = json.loads(Path(path).read_text())
     if split is not None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
         lo, hi = SPLITS[split]
         records = records[lo:hi]
+    if start < 0 or (start and start >= len(records)):
+        raise ValueError(f"start must be in 0..{len(records) - 1}, got {start}")
+    records = records[start:]
     return records[:n] if n is not None else records
+
+
+def stop_time(hhmm: str | None) -> float | None:
+    """A wall-clock "HH:MM" today (local) as a ``time.time()`` deadline; None for None."""
+    if not hhmm:
+        return None
+    h, m = map(int, hhmm.split(":"))
+    now = time.localtime()
+    return time.mktime((now.tm_year, now.tm_mon, now.tm_mday, h, m, 0, 0, 0, -1))
 
 
 @contextmanager

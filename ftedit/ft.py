@@ -38,13 +38,7 @@ from ftedit.batch import (  # noqa: F401  (batch_loss, encode, target_logprobs: 
 from ftedit.deltas import Deltas
 from ftedit.errors import HParamsError, RequestError
 from ftedit.hparams import FTHyperParams
-from ftedit.keep import (  # noqa: F401  (KL_SUBJECTS, kl_texts: re-exported)
-    KL_SUBJECTS,
-    _pool_key,
-    _rekey_pool,
-    keep_others,
-    kl_texts,
-)
+from ftedit.keep import _pool_key, _rekey_pool, keep_others, kl_texts
 from ftedit.models import blocks_of, num_layers
 from ftedit.requests import EditRequest
 

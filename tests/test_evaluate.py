@@ -109,6 +109,16 @@ def test_splits(tmp_path):
         ev.load_records(path, "train")
 
 
+def test_records_from_a_start_within_the_split(tmp_path):
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps([{"case_id": i} for i in range(500)]))
+    assert [r["case_id"] for r in ev.load_records(path, "test", 2, start=100)] == [350, 351]
+    assert len(ev.load_records(path, "dev", start=20)) == 230
+    for bad in (-1, 250):
+        with pytest.raises(ValueError, match="start must be in 0..249"):
+            ev.load_records(path, "dev", start=bad)
+
+
 # ---- the FT internals the quality work added (fast path, keep penalty) -----------------------
 
 
@@ -143,12 +153,12 @@ def test_fast_path_equals_full_forward(monkeypatch, maker, tmpl):
 
 
 def test_keep_penalty_holds_back_stand_in_subjects():
-    from ftedit import ft
+    from ftedit import keep
 
     model, tok = make_llama(layers=3)
     snap = params_snapshot(model)
     req = EditRequest.from_counterfact(CF)
-    stand_in = req.prompt.format(ft.KL_SUBJECTS[0])
+    stand_in = req.prompt.format(keep.KL_SUBJECTS[0])
     rise = {}
     for kl in (0.0, 20.0):
         res = compute_deltas(model, tok, [req], HP.replace(kl_factor=kl, num_steps=10))
