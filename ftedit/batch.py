@@ -116,9 +116,11 @@ def _head_logprobs(model, hidden: torch.Tensor, batch: _Batch) -> torch.Tensor:
 
 
 def target_logprobs(model: torch.nn.Module, batch: _Batch) -> torch.Tensor:
-    """log p(target token j | its scoring position), [B, T]; logits only where needed."""
+    """log p(target token j | its scoring position), [B, T], on the batch's device (as a
+    dispatched model's own forward returns); logits only where needed."""
     if _head_is_plain(model):
-        return _head_logprobs(model, final_hidden(model, batch), batch)
+        lp = _head_logprobs(model, final_hidden(model, batch), batch)
+        return lp.to(batch.target_ids.device)
     logits = model(**_model_inputs(batch)).logits
     rows = torch.arange(batch.input_ids.shape[0], device=logits.device)[:, None]
     logp = F.log_softmax(logits[rows, batch.score_pos.to(logits.device)].float(), dim=-1)
