@@ -40,6 +40,7 @@ from ftedit.errors import HParamsError, RequestError
 from ftedit.hparams import FTHyperParams
 from ftedit.keep import _pool_key, _rekey_pool, keep_others, kl_texts
 from ftedit.models import blocks_of, input_device, module_device, num_layers, offloaded
+from ftedit.precision import box_bounds, float32_masters, to_device
 from ftedit.requests import EditRequest
 
 Callback = Callable[[int, int, float], None]  # (step, num_steps, epoch mean loss)
@@ -89,17 +90,6 @@ def weights_to_edit(
 
 def _matches(name: str, prefix: str) -> bool:
     return ("." + name + ".").find("." + prefix + ".") >= 0
-
-
-def _to(dev: torch.device, x):
-    """``x`` (a tensor, or tensors in tuples / lists / dicts) moved to ``dev``."""
-    if torch.is_tensor(x):
-        return x.to(dev)
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to(dev, v) for v in x)
-    if isinstance(x, dict):
-        return {k: _to(dev, v) for k, v in x.items()}
-    return x
 
 
 @torch.no_grad()
@@ -221,7 +211,7 @@ class _Runner:
         for block in blocks:  # blocks may sit on different devices (a device_map)
             dev = module_device(block)
             if dev is not None and h.device != dev:
-                h, rest, kwargs = _to(dev, h), _to(dev, rest), _to(dev, kwargs)
+                h, rest, kwargs = to_device(dev, h), to_device(dev, rest), to_device(dev, kwargs)
             out = block(h, *rest, **kwargs)
             h = out[0] if isinstance(out, tuple) else out
         dev = module_device(norm)
@@ -249,37 +239,6 @@ class _Runner:
         return frozen if same else None
 
 
-def _masters(weights: dict, copy: dict) -> tuple[dict, dict]:
-    """(float32 masters, float32 base) of the edited tensors.
-
-    A float32 weight is its own master (and its copy its base): the computation is the one FT
-    always did, bit for bit. A bfloat16 / float16 weight gets a float32 master that Adam updates
-    and the box clamps; the weight is only the master cast before each forward. Trained in the
-    weight's own dtype, Adam's second moment underflows in float16 (and its eps rounds to 0),
-    and in both half dtypes the box bounds and each update are rounded to a half step.
-    """
-    masters, base = {}, {}
-    for k, w in weights.items():
-        if w.dtype == torch.float32:
-            masters[k], base[k] = w, copy[k]
-        else:
-            base[k] = copy[k].float()
-            masters[k] = base[k].clone()
-    return masters, base
-
-
-def _box(base: torch.Tensor, eps: float, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bounds base -/+ eps. ``exact``: pulled in by one float32 step where rounding put them
-    past eps, so that every |master - base| <= eps holds in float32 (the half-precision path;
-    float32 weights keep the bounds they always had, which may pass eps by one rounding)."""
-    e = torch.tensor(eps, dtype=base.dtype, device=base.device)
-    lo, hi = base - e, base + e
-    if exact:  # monotone rounding: once the exact difference is <= eps, its rounding is too
-        lo = torch.where(base - lo > e, torch.nextafter(lo, base), lo)
-        hi = torch.where(hi - base > e, torch.nextafter(hi, base), hi)
-    return lo, hi
-
-
 @torch.enable_grad()  # callers may sit in no_grad / inference contexts (UI handlers, eval)
 def _train(
     model,
@@ -293,14 +252,18 @@ def _train(
     """ROME's update loop: Adam step while the batch loss is >= the stop loss, clamp after
     every batch, early stop on the epoch's mean loss. Returns (epoch losses, stopped early,
     float32 deltas = trained masters - float32 base)."""
-    masters, base = _masters(weights, copy)
+    masters, base = float32_masters(weights, copy)
     shadowed = [k for k in weights if masters[k] is not weights[k]]
     opt = torch.optim.Adam(list(masters.values()), lr=hp.lr, weight_decay=hp.weight_decay)
     runner = _Runner(model, hp)  # frozen blocks below the lowest edited one run once
     eps = hp.norm_constraint
     # The box is the same at every step: its bounds are computed once (float32 for a half
     # model), the clamp is in place.
-    box = {k: _box(base[k], eps, exact=k in shadowed) for k in masters} if eps is not None else {}
+    box = (
+        {k: box_bounds(base[k], eps, exact=k in shadowed) for k in masters}
+        if eps is not None
+        else {}
+    )
     losses: list[float] = []
     for step in tqdm(range(hp.num_steps), desc="FT edit", leave=False):
         total, count = 0.0, 0

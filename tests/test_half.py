@@ -175,3 +175,18 @@ def test_cli_prints_the_dtype_notice(monkeypatch):
     run = CliRunner().invoke(cli.cli, ["--home", str(ws.home), "verify", "--dtype", "bfloat16"])
     assert run.exit_code == 0 and opened["dtype"] == "bfloat16", run.output
     assert "warning" not in run.stderr and "1 edits" in run.stdout
+
+
+@pytest.mark.parametrize("eps", [1e-4, 5e-3, 0.1, 1.0])
+def test_box_bounds_are_exact_in_float32(eps):
+    from ftedit.precision import box_bounds
+
+    torch.manual_seed(0)
+    w = torch.cat([torch.randn(20000) * s for s in (1e-4, 1e-2, 1.0, 30.0)])
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        base = w.to(dtype).float()
+        lo, hi = box_bounds(base, eps, exact=True)
+        e32 = torch.tensor(eps, dtype=torch.float32)
+        assert bool(((hi - base) <= e32).all() and ((base - lo) <= e32).all())
+        # only pulled in where needed: one step further out would pass eps (or equal it)
+        assert bool(((torch.nextafter(hi, hi + 1) - base) >= e32).all())
