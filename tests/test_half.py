@@ -190,3 +190,18 @@ def test_box_bounds_are_exact_in_float32(eps):
         assert bool(((hi - base) <= e32).all() and ((base - lo) <= e32).all())
         # only pulled in where needed: one step further out would pass eps (or equal it)
         assert bool(((torch.nextafter(hi, hi + 1) - base) >= e32).all())
+
+
+def test_app_dtype_from_flag_then_env(monkeypatch):
+    from ui import state
+
+    for name in ("_workspace", "_model_spec", "_dtype"):  # restored after the test
+        monkeypatch.setattr(state, name, getattr(state, name))
+    monkeypatch.setenv("FTEDIT_DTYPE", "float16")
+    state.configure(None, "bfloat16")
+    assert state._dtype == "bfloat16"
+    state.configure(None)
+    assert state._dtype == "float16"
+    monkeypatch.delenv("FTEDIT_DTYPE")
+    state.configure(None)
+    assert state._dtype is None
