@@ -10,7 +10,9 @@ tokenisation happens once; logits are computed only where the loss reads them; p
 handled on either side (explicit position ids, the real last prompt token); the target loss
 mask comes from the target's attention mask (ROME masks ``unk`` ids, which lets pad ids into
 the loss when targets of different lengths share a batch); parameter names match the
-template at dotted boundaries ("h.1" does not match "h.11").
+template at dotted boundaries ("h.1" does not match "h.11"). A bfloat16 / float16 model
+trains float32 master copies of the edited tensors (Adam, the box and the updates in float32,
+the forward in the model's dtype; ftedit/precision.py): in float32 nothing changes.
 """
 
 from __future__ import annotations
@@ -278,7 +280,8 @@ def _train(
                     loss = loss + hp.kl_factor * _kl_loss(model, runner, kl)
                 loss.backward()
                 for k in shadowed:  # the model-dtype weight's gradient drives its master
-                    masters[k].grad = weights[k].grad.float()
+                    g = weights[k].grad
+                    masters[k].grad = None if g is None else g.float()
                     weights[k].grad = None
                 opt.step()
             with torch.no_grad():
