@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import gradio as gr
@@ -246,6 +247,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="HF id, local folder or .gguf (default: $FTEDIT_MODEL, "
         "else the embedded SmolLM2-135M-Instruct)",
     )
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="weights dtype (default: $FTEDIT_DTYPE, else float32)",
+    )
     # Spaces set GRADIO_SERVER_NAME=0.0.0.0; anywhere else the app stays on localhost.
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
@@ -256,7 +263,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     t0 = time.perf_counter()
-    state.configure(args.model)
+    state.configure(args.model, args.dtype)
     try:
         ws = state.workspace()
     except FteditError as e:  # e.g. a --model that does not resolve: say why, no traceback
@@ -266,6 +273,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{ws.home}) in {time.perf_counter() - t0:.1f} s",
         flush=True,
     )
+    if getattr(ws, "dtype_notice", None):
+        print(f"warning: {ws.dtype_notice}", file=sys.stderr, flush=True)
     _, local_url, share_url = demo.queue().launch(
         server_name=args.host,
         server_port=args.port,

@@ -44,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--data", default=None, help="records file (default: ../shared/data/...)")
     p.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2)")
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="weights dtype"
+    )
     p.add_argument("--gen-prompts", type=int, default=2, help="generation prompts per record")
     p.add_argument("--gen-tokens", type=int, default=40, help="new tokens per generation")
     p.add_argument(
@@ -89,7 +92,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)  # only once the records are known to be there
     metrics = ev.ZSRE_METRICS if zsre else ev.CF_METRICS
-    lm = load_model(args.model)
+    lm = load_model(args.model, dtype=args.dtype)
     todo = methods(args)
     lo = (0 if zsre else ev.SPLITS[args.split][0]) + args.start
     where = "zsRE (MEMIT convention)" if zsre else f"CounterFact {args.split}"

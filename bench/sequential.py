@@ -174,6 +174,9 @@ def main(argv=None) -> None:
     )
     p.add_argument("--data", default=str(ev.DATA_DIR / "counterfact-sample.json"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="weights dtype"
+    )
     p.add_argument("--out", required=True)
     p.add_argument(
         "--stop-at",
@@ -186,7 +189,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     records = ev.load_records(args.data, args.split, args.n)
-    lm = load_model()
+    lm = load_model(dtype=args.dtype)
     hp = load_preset(args.preset)
     result = run(lm.model, lm.tok, records, hp, args.every, args.probe, ev.stop_time(args.stop_at))
     done = result["final"]["n"]

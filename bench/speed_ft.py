@@ -195,7 +195,7 @@ def cases(args):
     from ftedit.models import load_model
 
     if args.models in ("all", "smollm2"):
-        lm = load_model()
+        lm = load_model(dtype=args.dtype)
         for preset in ("smollm2-ft-l", "fast", "default"):
             yield "SmolLM2-135M", preset, lm.model, lm.tok, REQUEST, load_preset(preset)
         # Not a preset: shows how the saving grows with the number of frozen blocks below.
@@ -220,6 +220,12 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads, the same for both")
     p.add_argument("--models", choices=["all", "smollm2", "tiny"], default="all")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="SmolLM2 weights dtype",
+    )
     p.add_argument("--out", default=None, help="folder for speed.md / speed.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

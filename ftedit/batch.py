@@ -85,7 +85,13 @@ def _model_inputs(batch: _Batch) -> dict:
 
 
 def final_hidden(model, batch: _Batch) -> torch.Tensor:
-    """Final hidden states [B, L, d] of the whole model (no head)."""
+    """Final hidden states [B, L, d] of the whole model (no head).
+
+    Under accelerate's ``device_map`` every submodule carries its own hook, which moves its
+    inputs to where it runs, so calling ``base_model`` runs them all; the one hook it skips is
+    the top-level one that moves outputs back to the input device. The hidden state may thus
+    sit on the last block's device: every index below follows the tensor it indexes.
+    """
     return model.base_model(**_model_inputs(batch)).last_hidden_state
 
 
@@ -93,7 +99,7 @@ def last_logprobs(model, hidden: torch.Tensor, batch: _Batch) -> torch.Tensor:
     """Next-token log-probs [B, V] at each row's first scoring position (the last prompt token
     for ``prompt_last``): the head runs on one position per row."""
     rows = torch.arange(hidden.shape[0], device=hidden.device)
-    h = hidden[rows, batch.score_pos[:, 0]]
+    h = hidden[rows, batch.score_pos[:, 0].to(hidden.device)]
     return F.log_softmax(model.get_output_embeddings()(h).float(), dim=-1)
 
 
@@ -101,20 +107,24 @@ def _head_logprobs(model, hidden: torch.Tensor, batch: _Batch) -> torch.Tensor:
     """log p(target token j | its scoring position), [B, T], from final hidden states [B, L, d]."""
     pos = batch.score_pos
     if bool((pos == pos[:, :1]).all()):  # prompt_last: one position per row, its logits once
-        return last_logprobs(model, hidden, batch).gather(1, batch.target_ids)
+        logp = last_logprobs(model, hidden, batch)
+        return logp.gather(1, batch.target_ids.to(logp.device))
     rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
-    logp = F.log_softmax(model.get_output_embeddings()(hidden[rows, pos]).float(), dim=-1)
-    return logp.gather(2, batch.target_ids[..., None])[..., 0]
+    h = hidden[rows, pos.to(hidden.device)]
+    logp = F.log_softmax(model.get_output_embeddings()(h).float(), dim=-1)
+    return logp.gather(2, batch.target_ids.to(logp.device)[..., None])[..., 0]
 
 
 def target_logprobs(model: torch.nn.Module, batch: _Batch) -> torch.Tensor:
-    """log p(target token j | its scoring position), [B, T]; logits only where needed."""
+    """log p(target token j | its scoring position), [B, T], on the batch's device (as a
+    dispatched model's own forward returns); logits only where needed."""
     if _head_is_plain(model):
-        return _head_logprobs(model, final_hidden(model, batch), batch)
-    rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)[:, None]
+        lp = _head_logprobs(model, final_hidden(model, batch), batch)
+        return lp.to(batch.target_ids.device)
     logits = model(**_model_inputs(batch)).logits
-    logp = F.log_softmax(logits[rows, batch.score_pos].float(), dim=-1)
-    return logp.gather(2, batch.target_ids[..., None])[..., 0]
+    rows = torch.arange(batch.input_ids.shape[0], device=logits.device)[:, None]
+    logp = F.log_softmax(logits[rows, batch.score_pos.to(logits.device)].float(), dim=-1)
+    return logp.gather(2, batch.target_ids.to(logp.device)[..., None])[..., 0]
 
 
 def batch_loss(model: torch.nn.Module, batch: _Batch) -> torch.Tensor:
@@ -123,7 +133,7 @@ def batch_loss(model: torch.nn.Module, batch: _Batch) -> torch.Tensor:
 
 
 def _nll(lp: torch.Tensor, batch: _Batch) -> torch.Tensor:
-    m = batch.target_mask.to(lp.dtype)
+    m = batch.target_mask.to(device=lp.device, dtype=lp.dtype)
     return (-(lp * m).sum(1) / m.sum(1)).mean()
 
 

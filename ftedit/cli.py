@@ -7,6 +7,7 @@ model replays the store. Commands that need weights load the model lazily.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -54,10 +55,26 @@ class _Ctx:
             from ftedit.workspace import Workspace
 
             self._ws = Workspace(model or self.model, self.home, dtype=dtype or self.dtype)
+            if self._ws.dtype_notice:
+                click.echo(f"warning: {self._ws.dtype_notice}", err=True)
         return self._ws
 
 
 pass_ctx = click.make_pass_decorator(_Ctx)
+DTYPE_HELP = "weights dtype (default float32); edits are kept per dtype"
+
+
+def _dtype_option(f):
+    """``--dtype`` given after a command that loads the model (the group's
+    ``ftedit --dtype X CMD`` works too)."""
+
+    @functools.wraps(f)
+    def run(*args, dtype=None, **kwargs):
+        if dtype is not None:
+            click.get_current_context().find_object(_Ctx).dtype = dtype
+        return f(*args, **kwargs)
+
+    return click.option("--dtype", type=click.Choice(DTYPES), default=None, help=DTYPE_HELP)(run)
 
 
 def _json(obj) -> None:
@@ -72,7 +89,9 @@ def _json(obj) -> None:
     help="store folder (default: $FTEDIT_HOME or the user data dir)",
 )
 @click.option("--model", "model", default=None, help=MODEL_HELP)
-@click.option("--dtype", type=click.Choice(DTYPES), default=None, help="weights dtype")
+@click.option(
+    "--dtype", type=click.Choice(DTYPES), default=None, envvar="FTEDIT_DTYPE", help=DTYPE_HELP
+)
 @click.pass_context
 def cli(ctx: click.Context, home: str | None, model: str | None, dtype: str | None) -> None:
     """Edit facts in a language model (ROME's FT / FT-L), keeping every edit reversible."""
@@ -106,7 +125,7 @@ def _fmt(report: dict) -> str:
     "--hparams", "hparams_file", type=click.Path(dir_okay=False), help="hyperparameters JSON file"
 )
 @click.option("--model", default=None, help=MODEL_HELP)
-@click.option("--dtype", type=click.Choice(DTYPES), default=None, help="weights dtype")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None, help=DTYPE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object as the last line")
 @pass_ctx
 def edit(
@@ -141,6 +160,7 @@ def edit(
 @click.argument("prompt")
 @click.option("--base", is_flag=True, help="answer as the unedited base model")
 @click.option("--max-new-tokens", default=20, show_default=True, type=click.IntRange(1, 2048))
+@_dtype_option
 @pass_ctx
 def generate(c: _Ctx, prompt: str, base: bool, max_new_tokens: int) -> None:
     """Greedy continuation of PROMPT with the current stack of edits (or the base)."""
@@ -250,6 +270,7 @@ def checkout(c: _Ctx, version: str) -> None:
 @click.argument("a")
 @click.argument("b")
 @click.option("--json", "as_json", is_flag=True, help="print the comparison as JSON")
+@_dtype_option
 @pass_ctx
 def diff(c: _Ctx, a: str, b: str, as_json: bool) -> None:
     """Compare two edits (like 3 5) or two versions (like v4 v9)."""
@@ -277,6 +298,7 @@ def diff(c: _Ctx, a: str, b: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("edit_ids", type=int, nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="file to write")
+@_dtype_option
 @pass_ctx
 def export(c: _Ctx, edit_ids: tuple[int, ...], out: str) -> None:
     """Write edits as a safetensors file (one edit: its stored file, byte for byte)."""
@@ -293,6 +315,7 @@ def export(c: _Ctx, edit_ids: tuple[int, ...], out: str) -> None:
 
 @cli.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@_dtype_option
 @pass_ctx
 def import_(c: _Ctx, path: str) -> None:
     """Add an edit file made for this base model (validated before anything changes)."""
@@ -302,6 +325,7 @@ def import_(c: _Ctx, path: str) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="print {ok, problems, orphans, ...}")
+@_dtype_option
 @pass_ctx
 def verify(c: _Ctx, as_json: bool) -> None:
     """Check blobs, the log, and that the live weights equal a replay; exit 1 if not ok."""
@@ -323,6 +347,7 @@ def verify(c: _Ctx, as_json: bool) -> None:
 
 @cli.command("save-model")
 @click.argument("directory", type=click.Path(file_okay=False))
+@_dtype_option
 @pass_ctx
 def save_model(c: _Ctx, directory: str) -> None:
     """Write the current stacked model as a transformers folder (from_pretrained loads it)."""

@@ -10,7 +10,9 @@ tokenisation happens once; logits are computed only where the loss reads them; p
 handled on either side (explicit position ids, the real last prompt token); the target loss
 mask comes from the target's attention mask (ROME masks ``unk`` ids, which lets pad ids into
 the loss when targets of different lengths share a batch); parameter names match the
-template at dotted boundaries ("h.1" does not match "h.11").
+template at dotted boundaries ("h.1" does not match "h.11"). A bfloat16 / float16 model
+trains float32 master copies of the edited tensors (Adam, the box and the updates in float32,
+the forward in the model's dtype; ftedit/precision.py): in float32 nothing changes.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from ftedit.deltas import Deltas
 from ftedit.errors import HParamsError, RequestError
 from ftedit.hparams import FTHyperParams
 from ftedit.keep import _pool_key, _rekey_pool, keep_others, kl_texts
-from ftedit.models import blocks_of, num_layers
+from ftedit.models import blocks_of, input_device, module_device, num_layers, offloaded
+from ftedit.precision import box_bounds, float32_masters, to_device
 from ftedit.requests import EditRequest
 
 Callback = Callable[[int, int, float], None]  # (step, num_steps, epoch mean loss)
@@ -76,6 +79,13 @@ def weights_to_edit(
                 f"rewrite_module_tmp {hparams.rewrite_module_tmp!r} matches no parameter for "
                 f"layer {layer}; this model's names look like {example!r}"
             )
+        away = [k for k in hits if offloaded(model, k)]
+        if away:  # refused before anything changes: training would update a discarded copy
+            raise HParamsError(
+                f"layer {layer} is offloaded ({away[0]} is on meta, CPU offload or disk) and "
+                f"cannot be edited; give the model more max_memory so that the edited layers "
+                f"sit on a device, or edit fewer / other layers"
+            )
         out.update(hits)
     return dict(sorted(out.items()))
 
@@ -87,7 +97,7 @@ def _matches(name: str, prefix: str) -> bool:
 @torch.no_grad()
 def random_prefixes(model, tok, n: int, length: int, seed: int) -> list[str]:
     """ROME's context templates: short texts the model writes itself, used as prompt prefixes."""
-    dev = model.get_input_embeddings().weight.device
+    dev = input_device(model)
     out = []
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -140,9 +150,10 @@ def _kl_loss(model, runner, kl: _KL) -> torch.Tensor:
     of ~0.05 nats) though that is what flips ROME's neighbourhood test; the log-ratio does."""
     logp = last_logprobs(model, runner.hidden(kl.batch), kl.batch)
     loss = F.kl_div(logp, kl.logp0, log_target=True, reduction="batchmean")
-    rows = (kl.guard >= 0).nonzero()[:, 0]
+    guard = kl.guard.to(logp.device)
+    rows = (guard >= 0).nonzero()[:, 0]
     if len(rows):
-        tok = kl.guard[rows]
+        tok = guard[rows]
         rise = logp[rows, tok] - kl.logp0[rows, tok]
         loss = loss + F.relu(rise).mean()
     return loss
@@ -199,10 +210,14 @@ class _Runner:
     def _replay(self, frozen: tuple) -> torch.Tensor:
         blocks, norm = self.stack
         (h, *rest), kwargs = frozen
-        for block in blocks:
+        for block in blocks:  # blocks may sit on different devices (a device_map)
+            dev = module_device(block)
+            if dev is not None and h.device != dev:
+                h, rest, kwargs = to_device(dev, h), to_device(dev, rest), to_device(dev, kwargs)
             out = block(h, *rest, **kwargs)
             h = out[0] if isinstance(out, tuple) else out
-        return norm(h)
+        dev = module_device(norm)
+        return norm(h if dev is None else h.to(dev))
 
     @torch.no_grad()
     def _capture(self, batch: _Batch) -> tuple | None:
@@ -235,14 +250,22 @@ def _train(
     hp: FTHyperParams,
     callback: Callback | None,
     kl: _KL | None = None,
-) -> tuple[list[float], bool]:
+) -> tuple[list[float], bool, dict]:
     """ROME's update loop: Adam step while the batch loss is >= the stop loss, clamp after
-    every batch, early stop on the epoch's mean loss. Returns (epoch losses, stopped early)."""
-    opt = torch.optim.Adam(list(weights.values()), lr=hp.lr, weight_decay=hp.weight_decay)
+    every batch, early stop on the epoch's mean loss. Returns (epoch losses, stopped early,
+    float32 deltas = trained masters - float32 base)."""
+    masters, base = float32_masters(weights, copy)
+    shadowed = [k for k in weights if masters[k] is not weights[k]]
+    opt = torch.optim.Adam(list(masters.values()), lr=hp.lr, weight_decay=hp.weight_decay)
     runner = _Runner(model, hp)  # frozen blocks below the lowest edited one run once
     eps = hp.norm_constraint
-    # The box is the same at every step: its bounds are computed once, the clamp is in place.
-    box = {k: (c - eps, c + eps) for k, c in copy.items()} if eps is not None else {}
+    # The box is the same at every step: its bounds are computed once (float32 for a half
+    # model), the clamp is in place.
+    box = (
+        {k: box_bounds(base[k], eps, exact=k in shadowed) for k in masters}
+        if eps is not None
+        else {}
+    )
     losses: list[float] = []
     for step in tqdm(range(hp.num_steps), desc="FT edit", leave=False):
         total, count = 0.0, 0
@@ -256,16 +279,26 @@ def _train(
                 if kl is not None:  # only a step needs it: the penalty costs a forward pass
                     loss = loss + hp.kl_factor * _kl_loss(model, runner, kl)
                 loss.backward()
+                for k in shadowed:  # the model-dtype weight's gradient drives its master
+                    g = weights[k].grad
+                    masters[k].grad = None if g is None else g.float()
+                    weights[k].grad = None
                 opt.step()
             with torch.no_grad():
+                # HOOK POINT: a step is backward -> opt.step on the float32 masters -> (here:
+                # anything that reshapes the update, e.g. a projection of masters - base) ->
+                # clamp the masters to the box -> write the masters into the model's weights.
                 for k, (lo, hi) in box.items():
-                    weights[k].clamp_(min=lo, max=hi)
+                    masters[k].clamp_(min=lo, max=hi)
+                for k in shadowed:
+                    weights[k].copy_(masters[k])  # the one cast to the model's dtype
         losses.append(total / count)
         if callback is not None:
             callback(step + 1, hp.num_steps, losses[-1])
         if losses[-1] < hp.early_stop_loss:
-            return losses, True
-    return losses, False
+            break
+    deltas = {k: masters[k].detach() - base[k] for k in masters}
+    return losses, bool(losses) and losses[-1] < hp.early_stop_loss, deltas
 
 
 def compute_deltas(
@@ -286,7 +319,7 @@ def compute_deltas(
     copy = {k: v.detach().clone() for k, v in weights.items()}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
-    dev = model.get_input_embeddings().weight.device
+    dev = input_device(model)
     keep = hparams.kl_factor > 0 and hparams.keep_subjects > 0
     top, tmpl = max(hparams.layers), hparams.rewrite_module_tmp
     pool_key = _pool_key(model, tok, top, tmpl) if keep else None
@@ -303,12 +336,13 @@ def compute_deltas(
         if hparams.kl_factor:
             others = keep_others(model, tok, requests, hparams)
             kl = _kl_reference(model, tok, requests, dev, others)
-        losses, stopped = _train(model, weights, copy, batches, hparams, callback, kl)
-        deltas = Deltas({k: weights[k].detach().float() - copy[k].float() for k in weights})
+        losses, stopped, trained = _train(model, weights, copy, batches, hparams, callback, kl)
+        deltas = Deltas(trained)
     finally:
         with torch.no_grad():
             for k, v in weights.items():
                 v.copy_(copy[k])
+                v.grad = None
         for n, p in model.named_parameters():
             p.requires_grad_(flags[n])
         model.train(was_training)

@@ -70,7 +70,7 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        return input_device(self.model)
 
     @property
     def num_layers(self) -> int:
@@ -124,6 +124,41 @@ def blocks_of(model: torch.nn.Module, template: str) -> torch.nn.ModuleList | No
     except AttributeError:
         return None
     return blocks if isinstance(blocks, torch.nn.ModuleList) else None
+
+
+def _hooks(module: torch.nn.Module) -> list:
+    """accelerate's hooks on a module (a SequentialHook holds several), or []."""
+    hook = getattr(module, "_hf_hook", None)
+    return [] if hook is None else list(getattr(hook, "hooks", None) or [hook])
+
+
+def module_device(module: torch.nn.Module) -> torch.device | None:
+    """Where a module runs: accelerate's execution device when it has one (an offloaded
+    module's weights sit on ``meta`` between calls), else its first parameter's device."""
+    for h in _hooks(module):
+        dev = getattr(h, "execution_device", None)
+        if dev is not None:
+            return torch.device(dev if not isinstance(dev, int) else f"cuda:{dev}")
+    p = next(module.parameters(), None)
+    return None if p is None or p.device.type == "meta" else p.device
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where the token ids go: the input embedding's device."""
+    emb = model.get_input_embeddings()
+    return module_device(emb) or emb.weight.device
+
+
+def offloaded(model: torch.nn.Module, name: str) -> bool:
+    """True when parameter ``name`` is not resident: on ``meta``, or under a module that
+    accelerate offloads to CPU or disk (its weights are loaded for each forward, so an
+    optimizer would update a copy that is thrown away)."""
+    param = model.get_parameter(name)
+    if param.device.type == "meta":
+        return True
+    parts = name.split(".")[:-1]
+    mods = [model] + [model.get_submodule(".".join(parts[: i + 1])) for i in range(len(parts))]
+    return any(getattr(h, "offload", False) for m in mods for h in _hooks(m))
 
 
 def rewrite_template(model: torch.nn.Module) -> str | None:

@@ -34,6 +34,25 @@ log = logging.getLogger(__name__)
 _ARCH_PRESETS = {"gpt2": "gpt2-xl-ft-l", "gptj": "gpt-j-ft-l"}
 
 
+def _other_dtype_notice(store: Store, fp: dict) -> str | None:
+    """One line when the store holds edits of this model made in another dtype (they are not
+    loaded: a delta was trained against the weights as rounded to that dtype), else None."""
+    from ftedit.models import DTYPES
+
+    found = []
+    for dtype in sorted(DTYPES):
+        bid = None if dtype == fp["dtype"] else store.base_id({**fp, "dtype": dtype}, create=False)
+        if bid is not None and (n := len(store.edits(bid))):
+            found.append((n, dtype))
+    if not found:
+        return None
+    made = " and ".join(f"{n} edit{'s' * (n != 1)} made in {d}" for n, d in found)
+    return (
+        f"this store has {made} on {fp['name']}; you opened it in {fp['dtype']}, so they are "
+        f"not shown: pass --dtype {found[0][1]} (FTEDIT_DTYPE={found[0][1]} for the app)"
+    )
+
+
 class Workspace:
     """A model whose weights follow the store: edit, revert, reapply, checkout, diff, verify."""
 
@@ -58,6 +77,10 @@ class Workspace:
         self.store = Store(home, database_url, blob_url)  # blob_url: else $FTEDIT_BLOB_URL
         self.home = self.store.home
         self._base_id = self.store.base_id(self.fingerprint.to_dict())
+        # Edits are kept per (model, dtype): say so when this dtype hides some, not zero edits.
+        self.dtype_notice = _other_dtype_notice(self.store, self.fingerprint.to_dict())
+        if self.dtype_notice:  # the CLI and the app print it; logged for library callers
+            log.info("%s", self.dtype_notice)
         self._base: dict[str, torch.Tensor] = {}  # name -> CPU clone of the untouched tensor
         self._base_sha: dict[str, str] = {}
         self._deltas: dict[int, Deltas] = {}  # blob contents, read once (sha256-checked)

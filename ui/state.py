@@ -13,6 +13,7 @@ from pathlib import Path
 _lock = threading.Lock()
 _workspace = None
 _model_spec: str | None = None
+_dtype: str | None = None
 
 
 def spaces_home() -> Path | None:
@@ -23,11 +24,13 @@ def spaces_home() -> Path | None:
     return None
 
 
-def configure(model: str | None = None) -> None:
+def configure(model: str | None = None, dtype: str | None = None) -> None:
     """Pick the model the Workspace loads (``--model``; default: env FTEDIT_MODEL, then the
-    embedded default). Has no effect once the Workspace exists."""
-    global _model_spec
+    embedded default) and its dtype (``--dtype``; default: env FTEDIT_DTYPE, then float32).
+    Has no effect once the Workspace exists."""
+    global _model_spec, _dtype
     _model_spec = model or os.environ.get("FTEDIT_MODEL") or None
+    _dtype = dtype or os.environ.get("FTEDIT_DTYPE") or None
     if not os.environ.get("FTEDIT_HOME") and (data := spaces_home()):
         os.environ["FTEDIT_HOME"] = str(data)
 
@@ -42,7 +45,7 @@ def workspace():
 
                 if _model_spec is None:
                     configure(None)
-                _workspace = Workspace(_model_spec)
+                _workspace = Workspace(_model_spec, dtype=_dtype)
     from ui.branches import view
 
     return view(_workspace)  # a visitor's branch on a shared deployment (FTEDIT_SHARED=1)
