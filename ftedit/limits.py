@@ -97,7 +97,14 @@ class Limits:
         )
 
     def check_edit(self, requests: Sequence[EditRequest], tok, hp: FTHyperParams) -> None:
-        """Refuse requests or hyperparameters over the limits, before any training."""
+        """Refuse requests or hyperparameters over the limits, before any training.
+
+        Also the core's own length check (prompt + target within ``requests.MAX_TOKENS``): the
+        Workspace calls this before its "before" report, so an over-long target is refused at
+        once instead of after scoring it.
+        """
+        for r in requests:
+            r.check_length(tok)
         if self.max_steps is not None and hp.num_steps > self.max_steps:
             raise LimitError(
                 f"this deployment allows at most {self.max_steps} steps per edit "
