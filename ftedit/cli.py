@@ -8,6 +8,7 @@ model replays the store. Commands that need weights load the model lazily.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -143,7 +144,19 @@ pass_ctx = click.make_pass_decorator(_Ctx)
 
 
 def _json(obj) -> None:
-    click.echo(json.dumps(obj, sort_keys=True, default=str))
+    click.echo(json.dumps(_standard(obj), sort_keys=True, default=str, allow_nan=False))
+
+
+def _standard(obj):
+    """Standard JSON has no Infinity/NaN (a row stored before hparams were checked for them
+    may hold one): those become the strings "inf" / "nan"."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _standard(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_standard(v) for v in obj]
+    return obj
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

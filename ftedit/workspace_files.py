@@ -12,7 +12,7 @@ import torch
 
 from ftedit.deltas import Deltas, compose
 from ftedit.errors import FteditError, ImportRefusedError, IntegrityError, LimitError
-from ftedit.hparams import FTHyperParams
+from ftedit.hparams import FTHyperParams, check_finite
 from ftedit.metrics import rewrite_report
 from ftedit.requests import EditRequest
 from storage import editfile
@@ -159,7 +159,7 @@ def _recorded_hparams(parsed: dict, path: Path) -> list[FTHyperParams]:
             raise _refuse(path, "its metadata 'combined_from' must be a list of hparams")
         dicts = more
     try:
-        return [FTHyperParams.from_dict(d) for d in dicts]
+        return [check_finite(FTHyperParams.from_dict(d)) for d in dicts]
     except FteditError as e:
         raise _refuse(path, f"its metadata is invalid ({e})") from None
 
@@ -207,11 +207,11 @@ def validate(
     parsed = editfile.parse_metadata(header.get("__metadata__") or {})
     try:
         requests = [EditRequest.from_dict(r) for r in parsed["requests"]]
-        hparams = FTHyperParams.from_dict(parsed["hparams"])
+        hparams = check_finite(FTHyperParams.from_dict(parsed["hparams"]))
         recorded = _recorded_hparams(parsed, path)
         if not requests:
             raise _refuse(path, "its metadata lists no request")
-        ws.limits.check_edit(requests, ws.tok, hparams)  # as for a typed edit, before scoring
+        ws.limits.check_requests(requests, ws.tok)  # as for a typed edit, before scoring
     except ImportRefusedError:
         raise
     except LimitError as e:

@@ -167,10 +167,10 @@ CLI_CASES = [
             ("layers-abc", '{"layers": "abc"}', "layers must be a list of whole numbers"),
             ("steps-2.5", '{"num_steps": 2.5}', "num_steps must be a whole number"),
             ("seed-abc", '{"seed": "abc"}', "seed must be a whole number"),
-            ("lr-fast", '{"lr": "fast"}', "lr must be a finite number"),
+            ("lr-fast", '{"lr": "fast"}', 'lr must be a number, got "fast"'),
             ("string-fast", '"fast"', 'must hold a JSON object like {"lr": 0.001}, got str "fast"'),
             ("lr-infinity", '{"lr": Infinity}', "lr must be a finite number"),
-            ("lr-nan", '{"lr": NaN}', "lr must be a finite number"),
+            ("lr-nan", '{"lr": NaN}', "lr must be > 0, got nan"),
         ]
     ],
     ("generate-empty", lambda w: [*w["m"], "generate", ""], {}, "prompt is empty"),
@@ -187,6 +187,12 @@ CLI_CASES = [
             ("norm_weight", "pass --allow-any-tensor"),
         ]
     ],
+    (
+        "import-over-deployment-limit",
+        lambda w: [*w["m"], "import", w["root"] / "e1.safetensors"],
+        {"FTEDIT_MAX_PROMPT_TOKENS": "2"},
+        "(FTEDIT_MAX_PROMPT_TOKENS)",
+    ),
     (
         "import-twice",
         lambda w: [*w["m"], "import", w["root"] / "e1.safetensors"],
@@ -299,6 +305,25 @@ def test_app_import_refuses_tampered_files(world, app):
         with pytest.raises(gr.Error, match="nothing was changed"):
             app.import_file(str(tampered(world, how)))
     assert state(world) == before
+
+
+def test_show_json_is_standard_json_for_rows_stored_before_the_checks(tmp_path):
+    """A box of Infinity used to be accepted (and trains fine); such a row still loads, and
+    `show --json` prints standard JSON for it."""
+    from ftedit.hparams import FTHyperParams
+    from ftedit.requests import EditRequest
+    from ftedit.workspace import Workspace
+
+    model, tok = make_llama()
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    ws = Workspace(str(tmp_path / "m"), tmp_path / "h")
+    hp = FTHyperParams(num_steps=1, lr=0.01, norm_constraint=float("inf"))
+    ws.edit(EditRequest("{} is in", "Eiffel Tower", "Rome"), hp)
+    res = CliRunner().invoke(cli, ["--home", str(tmp_path / "h"), "show", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    shown = json.loads(res.stdout, parse_constant=lambda c: pytest.fail(f"non-standard {c}"))
+    assert shown["hparams"]["norm_constraint"] == "inf"
 
 
 def test_import_flags_exports_mode_and_damaged_blob(world, app, tmp_path):
