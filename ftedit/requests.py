@@ -59,6 +59,12 @@ class EditRequest:
 
     def check_length(self, tok, max_tokens: int = MAX_TOKENS) -> None:
         """Raise if prompt + target would not fit ``max_tokens`` tokens."""
+        chars = len(self.text) + len(self.target_new)
+        if chars > 64 * max_tokens:  # far past any limit: not worth tokenizing (a 1 MB import)
+            raise RequestError(
+                f"prompt + target_new is {chars:,} characters; the limit is {max_tokens} "
+                "tokens: shorten them"
+            )
         n = len(tok(self.text + self.target_new, add_special_tokens=False)["input_ids"])
         if n > max_tokens:
             raise RequestError(
