@@ -30,10 +30,8 @@ class _Group(click.Group):
         except FteditError as e:
             raise click.ClickException(str(e)) from None
         except OSError as e:
-            where = f" {e.filename}" if e.filename else ""
-            raise click.ClickException(
-                f"cannot use{where}: {e.strerror or e}; give a path you can write"
-            ) from None
+            where = f": {e.filename}" if e.filename else ""
+            raise click.ClickException(f"{e.strerror or e}{where}") from None
 
 
 class _Id(click.ParamType):
@@ -133,10 +131,10 @@ class _Ctx:
         if self._ws is None:
             from ftedit.workspace import Workspace
 
-            self._ws = _opening(
-                self.home,
-                lambda: Workspace(model or self.model, self.home, dtype=dtype or self.dtype),
-            )
+            # The store first: a bad URL, driver or home is said before a model loads, and an
+            # ImportError from the model's own loading is not mistaken for a database driver's.
+            self.store()
+            self._ws = Workspace(model or self.model, self.home, dtype=dtype or self.dtype)
         return self._ws
 
 
@@ -399,12 +397,17 @@ def export(c: _Ctx, edit_ids: tuple[int, ...], out: str, force: bool) -> None:
     from ftedit.workspace_files import check_out_path, write_export
 
     check_out_path(Path(out), force)  # before reading anything or loading a model
-    if len(edit_ids) == 1:
-        store = c.store()
-        e = store.get(edit_ids[0])
-        write_export(Path(out), store.blobs.get(e.blob_sha256, what=f"edit #{e.id}"))
-    else:
-        c.workspace().export(list(edit_ids), out)
+    try:
+        if len(edit_ids) == 1:
+            store = c.store()
+            e = store.get(edit_ids[0])
+            write_export(Path(out), store.blobs.get(e.blob_sha256, what=f"edit #{e.id}"))
+        else:
+            c.workspace().export(list(edit_ids), out)
+    except OSError as e:
+        raise click.ClickException(
+            f"cannot write {out}: {e.strerror or e}; give --out a path in a folder you can write"
+        ) from None
     click.echo(f"wrote {out}")
 
 
