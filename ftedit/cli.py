@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -21,13 +22,85 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 class _Group(click.Group):
-    """Turns domain errors into one clean line (no traceback) and exit code 1."""
+    """Turns domain errors into one clean line (no traceback) and exit code 1. An OSError that
+    escapes (a path that cannot be created or written) is said in one line too."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except FteditError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:
+            where = f": {e.filename}" if e.filename else ""
+            raise click.ClickException(f"{e.strerror or e}{where}") from None
+
+
+class _Id(click.ParamType):
+    """An edit id: ASCII digits, 1 .. 2**63 - 1 (``int`` would take '٣' as 3 and 2**64)."""
+
+    name = "ID"
+
+    def convert(self, value, param, ctx):
+        from ftedit.parse import InputError, edit_id
+
+        try:
+            return edit_id(value)
+        except InputError as e:
+            self.fail(str(e), param, ctx)
+
+
+class _Text(click.ParamType):
+    """Text that must be valid UTF-8 (non-UTF-8 argv bytes arrive as surrogate escapes)."""
+
+    name = "TEXT"
+
+    def convert(self, value, param, ctx):
+        from ftedit.parse import InputError, text
+
+        try:
+            return text(value, f"--{param.name.replace('_', '-')}" if param else "the text")
+        except InputError as e:
+            self.fail(str(e), param, ctx)
+
+
+ID, TEXT = _Id(), _Text()
+
+
+def _opening(home: str | None, what):
+    """Run ``what`` (opening the store, and the model with it), turning what goes wrong while
+    opening into a StoreError that says what to fix: a malformed FTEDIT_DATABASE_URL, a missing
+    driver, a file that is not a database, an unknown blob protocol, a home that cannot be made."""
+    from ftedit.errors import StoreError
+
+    try:
+        return what()
+    except FteditError:
+        raise
+    except OSError as e:
+        where = e.filename or home or "the store folder"
+        raise StoreError(
+            f"cannot use {where}: {e.strerror or e}; give --home (or FTEDIT_HOME) a folder "
+            "you can write"
+        ) from None
+    except ImportError as e:  # a database driver that is not installed
+        raise StoreError(
+            f"the database driver {e.name or ''} is not installed: install it, or fix "
+            "FTEDIT_DATABASE_URL"
+        ) from None
+    except Exception as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        module = type(e).__module__
+        if module.startswith("sqlalchemy"):
+            raise StoreError(
+                f"cannot open the database: {why}. FTEDIT_DATABASE_URL must be a database URL "
+                "like sqlite:////path/ftedit.db or postgresql://user@host/name, naming a "
+                "database (not another kind of file)"
+            ) from None
+        if isinstance(e, ValueError) and "protocol" in why.lower():
+            raise StoreError(
+                f"FTEDIT_BLOB_URL: {why}; use a folder or an fsspec URL such as s3://bucket/x"
+            ) from None
+        raise
 
 
 class _Ctx:
@@ -39,21 +112,29 @@ class _Ctx:
         if self._store is None:
             from storage.store import Store
 
-            self._store = Store(self.home)
+            self._store = _opening(self.home, lambda: Store(self.home))
         return self._store
 
     def log_json(self) -> str:
         """`log --json`: the stdlib-sqlite fast path when it applies (no SQLAlchemy import)."""
+        import sqlite3
+
         from ftedit import paths
         from storage import fastlog
 
-        fast = fastlog.log_json(paths.database_url(self.home))
+        try:
+            fast = fastlog.log_json(paths.database_url(self.home))
+        except sqlite3.Error:
+            fast = None  # let the store open it and say what is wrong
         return fast if fast is not None else self.store().log_json()
 
     def workspace(self, model: str | None = None, dtype: str | None = None):
         if self._ws is None:
             from ftedit.workspace import Workspace
 
+            # The store first: a bad URL, driver or home is said before a model loads, and an
+            # ImportError from the model's own loading is not mistaken for a database driver's.
+            self.store()
             self._ws = Workspace(model or self.model, self.home, dtype=dtype or self.dtype)
             if self._ws.dtype_notice:
                 click.echo(f"warning: {self._ws.dtype_notice}", err=True)
@@ -78,7 +159,19 @@ def _dtype_option(f):
 
 
 def _json(obj) -> None:
-    click.echo(json.dumps(obj, sort_keys=True, default=str))
+    click.echo(json.dumps(_standard(obj), sort_keys=True, default=str, allow_nan=False))
+
+
+def _standard(obj):
+    """Standard JSON has no Infinity/NaN (a row stored before hparams were checked for them
+    may hold one): those become the strings "inf" / "nan"."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _standard(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_standard(v) for v in obj]
+    return obj
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -116,10 +209,10 @@ def _fmt(report: dict) -> str:
 
 
 @cli.command()
-@click.option("--prompt", required=True, help="prompt with one {} for the subject")
-@click.option("--subject", required=True, help="the subject, e.g. 'Eiffel Tower'")
-@click.option("--target", required=True, help="the new answer, e.g. 'Rome'")
-@click.option("--target-true", default=None, help="the current answer, e.g. 'Paris'")
+@click.option("--prompt", required=True, type=TEXT, help="prompt with one {} for the subject")
+@click.option("--subject", required=True, type=TEXT, help="the subject, e.g. 'Eiffel Tower'")
+@click.option("--target", required=True, type=TEXT, help="the new answer, e.g. 'Rome'")
+@click.option("--target-true", default=None, type=TEXT, help="the current answer, e.g. 'Paris'")
 @click.option("--preset", default=None, help="hyperparameter preset name (ftedit/presets)")
 @click.option(
     "--hparams", "hparams_file", type=click.Path(dir_okay=False), help="hyperparameters JSON file"
@@ -135,8 +228,12 @@ def edit(
     from ftedit.requests import EditRequest
 
     request = EditRequest(prompt, subject, target, target_true)
+    if preset and hparams_file:
+        raise click.UsageError("give --preset or --hparams, not both")
+    # A bad hparams file is refused before the model loads; lengths before any scoring.
+    hp = _hparams(None, preset, hparams_file) if preset or hparams_file else None
     ws = c.workspace(model, dtype)
-    info = ws.edit([request], _hparams(ws, preset, hparams_file))
+    info = ws.edit([request], hp or _hparams(ws, None, None))
     before, after = info.metrics["before"][0], info.metrics["after"][0]
     if as_json:
         _json(
@@ -157,14 +254,24 @@ def edit(
 
 
 @cli.command()
-@click.argument("prompt")
+@click.argument("prompt", type=TEXT)
 @click.option("--base", is_flag=True, help="answer as the unedited base model")
 @click.option("--max-new-tokens", default=20, show_default=True, type=click.IntRange(1, 2048))
 @_dtype_option
 @pass_ctx
 def generate(c: _Ctx, prompt: str, base: bool, max_new_tokens: int) -> None:
     """Greedy continuation of PROMPT with the current stack of edits (or the base)."""
-    click.echo(prompt + c.workspace().generate(prompt, max_new_tokens, base=base))
+    from ftedit.requests import check_prompt_length
+
+    if not prompt.strip():
+        raise click.BadParameter("the prompt is empty: give text to complete", param_hint="PROMPT")
+    ws = c.workspace()
+    check_prompt_length(ws.tok, prompt)  # the same token limit as an edit's prompt
+    text = ws.generate(prompt, max_new_tokens, base=base)
+    if ws.broken and not base:  # a damaged blob: the stack served lacks those edits
+        for i, why in sorted(ws.broken.items()):
+            click.echo(f"warning: edit #{i} is damaged and NOT applied: {why}")
+    click.echo(prompt + text)
 
 
 # ---- history (store only: no model load) ---------------------------------------------------------
@@ -209,7 +316,7 @@ def events(c: _Ctx, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("edit_id", type=int)
+@click.argument("edit_id", type=ID)
 @click.option("--json", "as_json", is_flag=True, help="print the edit as JSON")
 @pass_ctx
 def show(c: _Ctx, edit_id: int, as_json: bool) -> None:
@@ -231,7 +338,7 @@ def show(c: _Ctx, edit_id: int, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("edit_id", type=int)
+@click.argument("edit_id", type=ID)
 @pass_ctx
 def revert(c: _Ctx, edit_id: int) -> None:
     """Undo an edit exactly (it stays in the history and can be reapplied)."""
@@ -242,7 +349,7 @@ def revert(c: _Ctx, edit_id: int) -> None:
 
 
 @cli.command()
-@click.argument("edit_id", type=int)
+@click.argument("edit_id", type=ID)
 @pass_ctx
 def reapply(c: _Ctx, edit_id: int) -> None:
     """Put a reverted edit back on the stack."""
@@ -255,12 +362,12 @@ def reapply(c: _Ctx, edit_id: int) -> None:
 @pass_ctx
 def checkout(c: _Ctx, version: str) -> None:
     """Make the active edits what they were right after event VERSION (e.g. 12 or v12)."""
-    from storage.store import version_number
+    from ftedit.parse import version as version_number
 
     try:
         v = version_number(version)
     except FteditError as e:
-        raise click.BadParameter(str(e)) from None
+        raise click.BadParameter(str(e), param_hint="VERSION") from None
     active = c.store().checkout(v)
     click.echo(f"checked out v{v}; active edits: {', '.join(f'#{i}' for i in active) or 'none'}")
 
@@ -274,6 +381,12 @@ def checkout(c: _Ctx, version: str) -> None:
 @pass_ctx
 def diff(c: _Ctx, a: str, b: str, as_json: bool) -> None:
     """Compare two edits (like 3 5) or two versions (like v4 v9)."""
+    from ftedit.parse import InputError, ref
+
+    try:
+        a, b = ref(a), ref(b)
+    except InputError as e:
+        raise click.BadParameter(str(e)) from None
     d = c.workspace().diff(a, b)
     if as_json:
         _json(d)
@@ -296,30 +409,47 @@ def diff(c: _Ctx, a: str, b: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("edit_ids", type=int, nargs=-1, required=True)
+@click.argument("edit_ids", type=ID, nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="file to write")
 @_dtype_option
+@click.option("--force", is_flag=True, help="overwrite --out if it exists")
 @pass_ctx
-def export(c: _Ctx, edit_ids: tuple[int, ...], out: str) -> None:
+def export(c: _Ctx, edit_ids: tuple[int, ...], out: str, force: bool) -> None:
     """Write edits as a safetensors file (one edit: its stored file, byte for byte)."""
-    if len(edit_ids) == 1:
-        from storage.blobs import write_file_atomic
+    from ftedit.workspace_files import check_out_path, write_export
 
-        store = c.store()
-        e = store.get(edit_ids[0])
-        write_file_atomic(Path(out), store.blobs.get(e.blob_sha256, what=f"edit #{e.id}"))
-    else:
-        c.workspace().export(list(edit_ids), out)
+    check_out_path(Path(out), force)  # before reading anything or loading a model
+    try:
+        if len(edit_ids) == 1:
+            store = c.store()
+            e = store.get(edit_ids[0])
+            write_export(Path(out), store.blobs.get(e.blob_sha256, what=f"edit #{e.id}"))
+        else:
+            c.workspace().export(list(edit_ids), out)
+    except OSError as e:
+        raise click.ClickException(
+            f"cannot write {out}: {e.strerror or e}; give --out a path in a folder you can write"
+        ) from None
     click.echo(f"wrote {out}")
 
 
 @cli.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @_dtype_option
+@click.option(
+    "--allow-any-tensor",
+    is_flag=True,
+    help="accept tensors outside the file's recorded hparams (layers, rewrite_module_tmp)",
+)
+@click.option(
+    "--again", is_flag=True, help="import a file that is already an edit here (stacks it twice)"
+)
 @pass_ctx
-def import_(c: _Ctx, path: str) -> None:
+def import_(c: _Ctx, path: str, allow_any_tensor: bool, again: bool) -> None:
     """Add an edit file made for this base model (validated before anything changes)."""
-    info = c.workspace().import_(path)
+    from ftedit.workspace_files import import_edit
+
+    info = import_edit(c.workspace(), path, allow_any_tensor=allow_any_tensor, again=again)
     click.echo(f"imported {path} as edit #{info.id}")
 
 
@@ -351,6 +481,12 @@ def verify(c: _Ctx, as_json: bool) -> None:
 @pass_ctx
 def save_model(c: _Ctx, directory: str) -> None:
     """Write the current stacked model as a transformers folder (from_pretrained loads it)."""
+    try:  # before the model loads: a folder that cannot be made is said at once
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise click.BadParameter(
+            f"cannot create folder {directory}: {e.strerror}", param_hint="DIRECTORY"
+        ) from None
     click.echo(f"saved to {c.workspace().save_model(directory)}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,10 @@ class FTHyperParams:
     note: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_type(f.name, f.type, getattr(self, f.name))
+            if f.type == "int" and isinstance(getattr(self, f.name), float):
+                object.__setattr__(self, f.name, int(getattr(self, f.name)))
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
         if not self.layers:
             raise HParamsError("layers must name at least one layer, got an empty list")
@@ -98,6 +103,11 @@ class FTHyperParams:
 
     @classmethod
     def from_dict(cls, d: dict) -> FTHyperParams:
+        if not isinstance(d, dict):
+            raise HParamsError(
+                f'hyperparameters must be a JSON object like {{"lr": 0.001}}, '
+                f"got {type(d).__name__} {_short(d)}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -110,15 +120,71 @@ class FTHyperParams:
     @classmethod
     def from_json(cls, path: str | Path) -> FTHyperParams:
         try:
-            d = json.loads(Path(path).read_text())
+            d = json.loads(Path(path).read_bytes()[: 1 << 20].decode("utf-8"))
         except FileNotFoundError:
             raise HParamsError(f"hyperparameter file {path} does not exist") from None
+        except OSError as e:
+            raise HParamsError(f"cannot read hyperparameter file {path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise HParamsError(f"hyperparameter file {path} is not UTF-8 JSON text") from None
         except json.JSONDecodeError as e:
             raise HParamsError(f"hyperparameter file {path} is not valid JSON: {e}") from None
-        return cls.from_dict(d)
+        if not isinstance(d, dict):
+            raise HParamsError(
+                f'hyperparameter file {path} must hold a JSON object like {{"lr": 0.001}}, '
+                f"got {type(d).__name__} {_short(d)}"
+            )
+        return check_finite(cls.from_dict(d))
 
     def replace(self, **changes) -> FTHyperParams:
         return dataclasses.replace(self, **changes)
+
+
+def _short(value) -> str:
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_int(v) -> bool:
+    """An int, or a float with an integral value (2.0: rows stored before this check)."""
+    if isinstance(v, float):
+        return v.is_integer()
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# Checks by annotation (the dataclass uses string annotations): every field, including ones
+# added later, is type-checked before any range check can crash on a wrong type. Finiteness is
+# checked where people give values (check_finite), not here: a row stored before it must load.
+_TYPE_CHECKS = {
+    "int": (_is_int, "a whole number"),
+    "float": (_is_number, "a number"),
+    "float | None": (lambda v: v is None or _is_number(v), "a number or null"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "tuple[int, ...]": (
+        lambda v: isinstance(v, (list, tuple)) and all(_is_int(i) for i in v),
+        "a list of whole numbers like [4, 5]",
+    ),
+}
+
+
+def _check_type(name: str, annotation, value) -> None:
+    check = _TYPE_CHECKS.get(annotation if isinstance(annotation, str) else "")
+    if check is not None and not check[0](value):
+        raise HParamsError(f"{name} must be {check[1]}, got {_short(value)}")
+
+
+def check_finite(hp: FTHyperParams) -> FTHyperParams:
+    """Refuse Infinity / NaN (JSON files may hold them; `show --json` could not print them)."""
+    for f in dataclasses.fields(hp):
+        value = getattr(hp, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise HParamsError(f"{f.name} must be a finite number, got {value}")
+    return hp
 
 
 def _positive(name: str, value: float) -> None:

@@ -97,12 +97,24 @@ class Limits:
         )
 
     def check_edit(self, requests: Sequence[EditRequest], tok, hp: FTHyperParams) -> None:
-        """Refuse requests or hyperparameters over the limits, before any training."""
+        """Refuse requests or hyperparameters over the limits, before any training.
+
+        Also the core's own length check (prompt + target within ``requests.MAX_TOKENS``): the
+        Workspace calls this before its "before" report, so an over-long target is refused at
+        once instead of after scoring it.
+        """
         if self.max_steps is not None and hp.num_steps > self.max_steps:
             raise LimitError(
                 f"this deployment allows at most {self.max_steps} steps per edit "
                 f"(FTEDIT_MAX_STEPS), got {hp.num_steps}: lower Max steps"
             )
+        self.check_requests(requests, tok)
+
+    def check_requests(self, requests: Sequence[EditRequest], tok) -> None:
+        """Lengths only (typed edits and imported files alike): the core's prompt + target
+        limit, then the deployment's token limits."""
+        for r in requests:
+            r.check_length(tok)
         for r in requests:
             _check_tokens(
                 tok,

@@ -242,6 +242,9 @@ def resolve(spec: str | None) -> tuple[str, Path | str, str | None]:
     if p.suffix == ".gguf":
         if not p.is_file():
             raise _not_found(spec, "no such .gguf file")
+        with p.open("rb") as f:  # before any conversion (and its lock file in the cache)
+            if f.read(4) != b"GGUF":
+                raise _not_found(spec, "the file is not GGUF (it lacks the GGUF magic bytes)")
         return "gguf", p, p.name
     if p.is_dir():
         if not (p / "config.json").exists():

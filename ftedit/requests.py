@@ -23,7 +23,15 @@ class EditRequest:
         for name in ("prompt", "subject", "target_new"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
-                raise RequestError(f"{name} must be a non-empty string, got {value!r}")
+                raise RequestError(f"{name} must be a non-empty string, got {_short(value)}")
+        if self.target_true is not None and not isinstance(self.target_true, str):
+            raise RequestError(f"target_true must be a string, got {_short(self.target_true)}")
+        for name in ("prompt", "subject", "target_new", "target_true"):
+            value = getattr(self, name)
+            if value is not None and not _utf8(value):
+                raise RequestError(
+                    f"{name} is not valid UTF-8 text (check the terminal's or file's encoding)"
+                )
         if self.prompt.count("{}") != 1:
             raise RequestError(
                 "prompt must contain exactly one '{}' where the subject goes, e.g. "
@@ -51,6 +59,12 @@ class EditRequest:
 
     def check_length(self, tok, max_tokens: int = MAX_TOKENS) -> None:
         """Raise if prompt + target would not fit ``max_tokens`` tokens."""
+        chars = len(self.text) + len(self.target_new)
+        if chars > 64 * max_tokens:  # far past any limit: not worth tokenizing (a 1 MB import)
+            raise RequestError(
+                f"prompt + target_new is {chars:,} characters; the limit is {max_tokens} "
+                "tokens: shorten them"
+            )
         n = len(tok(self.text + self.target_new, add_special_tokens=False)["input_ids"])
         if n > max_tokens:
             raise RequestError(
@@ -64,7 +78,7 @@ class EditRequest:
     def from_dict(cls, d: dict) -> EditRequest:
         known = {"prompt", "subject", "target_new", "target_true"}
         if not isinstance(d, dict) or not {"prompt", "subject", "target_new"} <= set(d):
-            raise RequestError(f"a request needs prompt, subject and target_new; got {d!r}")
+            raise RequestError(f"a request needs prompt, subject and target_new; got {_short(d)}")
         return cls(**{k: v for k, v in d.items() if k in known})
 
     @classmethod
@@ -93,6 +107,40 @@ class EditRequest:
             raise RequestError(f"zsRE subject {subject!r} does not occur in question {src!r}")
         prompt = src.replace("{", "").replace("}", "").replace(subject, "{}", 1)
         return cls(prompt=prompt, subject=subject, target_new=target)
+
+
+def _utf8(s: str) -> bool:
+    """False for lone surrogates (non-UTF-8 argv bytes arrive as surrogate escapes)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}... ({len(str(value)):,} characters)"
+
+
+def check_prompt_length(tok, prompt: str, max_tokens: int = MAX_TOKENS) -> None:
+    """Refuse a prompt to complete that is longer than an edit's prompt may be (``/generate``
+    and ``ftedit generate``): a long prompt would hold the model for everyone."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RequestError("the prompt is empty: type text to complete, e.g. 'The Eiffel Tower is'")
+    if not _utf8(prompt):
+        raise RequestError("the prompt is not valid UTF-8 text (check the terminal's encoding)")
+    if len(prompt) > 64 * max_tokens:  # never worth tokenizing: far past any limit
+        raise RequestError(
+            f"the prompt is {len(prompt):,} characters; the limit is {max_tokens} tokens "
+            "(as for an edit's prompt): shorten it"
+        )
+    n = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    if n > max_tokens:
+        raise RequestError(
+            f"the prompt is {n} tokens; the limit is {max_tokens} (as for an edit's prompt): "
+            "shorten it"
+        )
 
 
 def _leading_space(s: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
@@ -22,6 +23,9 @@ from ftedit.errors import ImportRefusedError
 FORMAT = "ftedit.edit"
 FORMAT_VERSION = "1"
 REQUIRED_KEYS = ("format", "format_version", "base", "base_tensors", "requests", "hparams")
+# What each JSON metadata value must decode to (checked before anything indexes into it).
+_META_TYPES = {"base": dict, "base_tensors": dict, "requests": list, "hparams": dict}
+MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 
 
 def _dumps(obj) -> str:
@@ -67,6 +71,63 @@ def encode(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> 
     return struct.pack("<Q", len(head)) + head + b"".join(chunks)
 
 
+def read_file(path: str | Path, max_bytes: int) -> bytes:
+    """An edit file's bytes, reading no more than its header declares and ``max_bytes`` allows.
+
+    The 8-byte header length and the tensors' data offsets are checked against the limit
+    before the rest is read, so ``/dev/zero``, a FIFO or a file that declares terabytes is
+    refused after a few bytes instead of filling memory.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            first = f.read(8)
+            if len(first) < 8:
+                raise ImportRefusedError("not a safetensors file: shorter than 8 bytes")
+            (n,) = struct.unpack("<Q", first)
+            if n == 0 or n > min(MAX_HEADER, max_bytes):
+                raise ImportRefusedError(
+                    f"not a safetensors file: it declares a {n:,}-byte header (the limit is "
+                    f"{min(MAX_HEADER, max_bytes):,})"
+                )
+            head = f.read(n)
+            if len(head) < n:
+                raise ImportRefusedError("not a safetensors file: header length runs past the end")
+            end = _data_end(read_header(first + head))
+            if 8 + n + end > max_bytes:
+                raise ImportRefusedError(
+                    f"the file declares {8 + n + end:,} bytes; edit files for this model are at "
+                    f"most {max_bytes:,} bytes"
+                )
+            body = f.read(end + 1)
+    except OSError as e:
+        raise ImportRefusedError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(body) != end:
+        raise ImportRefusedError(
+            f"not a safetensors file: its header declares {end:,} bytes of tensors, the file "
+            f"holds {'more' if len(body) > end else f'{len(body):,}'}"
+        )
+    return first + head + body
+
+
+def _data_end(header: dict) -> int:
+    """Where the last tensor's bytes end, after checking every entry's data_offsets."""
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+            and offsets[0] <= offsets[1]
+        ):
+            raise ImportRefusedError(f"not a safetensors file: tensor {name!r} has bad offsets")
+        end = max(end, offsets[1])
+    return end
+
+
 def read_header(data: bytes) -> dict:
     """The parsed JSON header (tensor entries and ``__metadata__``) without loading tensors."""
     if len(data) < 8:
@@ -96,6 +157,8 @@ def decode(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 def parse_metadata(meta: Mapping[str, str]) -> dict:
     """Decode the JSON values of an edit file's metadata; refuse files that are not edits."""
+    if not isinstance(meta, Mapping):
+        raise ImportRefusedError("not an ftedit edit file: its metadata is not an object")
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing or meta.get("format") != FORMAT:
         raise ImportRefusedError(
@@ -111,8 +174,15 @@ def parse_metadata(meta: Mapping[str, str]) -> dict:
     for key in REQUIRED_KEYS[2:]:
         try:
             out[key] = json.loads(meta[key])
-        except json.JSONDecodeError:
+        except (TypeError, json.JSONDecodeError):
             raise ImportRefusedError(f"edit file metadata {key!r} is not valid JSON") from None
+        if not isinstance(out[key], _META_TYPES[key]):
+            kind = "an object" if _META_TYPES[key] is dict else "a list"
+            raise ImportRefusedError(
+                f"edit file metadata {key!r} must be {kind}, got {type(out[key]).__name__}"
+            )
+    if not all(isinstance(v, str) for v in out["base_tensors"].values()):
+        raise ImportRefusedError("edit file metadata 'base_tensors' must map names to sha256s")
     for key, value in meta.items():
         out.setdefault(key, value)
     return out

@@ -161,7 +161,7 @@ def test_export_import_diff_gc_generate_save(two_edits, tmp_path, tiny_dir):
     m = two_edits[0]
     out = tmp_path / "e1.safetensors"
     assert "wrote" in run("export", "1", "--out", str(out)).stdout
-    assert "as edit #3" in run(*m, "import", str(out)).stdout
+    assert "as edit #3" in run(*m, "import", str(out), "--again").stdout
     assert json.loads(run("show", "3", "--json").stdout)["origin"] == "imported"
     run(*m, "export", "1", "2", "--out", str(tmp_path / "both.safetensors"))
     d = json.loads(run(*m, "diff", "1", "2", "--json").stdout)

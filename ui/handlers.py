@@ -16,7 +16,10 @@ import gradio as gr
 from ftedit.errors import FteditError, HParamsError
 from ftedit.hparams import FTHyperParams, load_preset
 from ftedit.metrics import target_nll
-from ftedit.requests import EditRequest
+from ftedit.parse import InputError, number, ref
+from ftedit.parse import edit_id as parse_edit_id
+from ftedit.parse import version as parse_version
+from ftedit.requests import EditRequest, check_prompt_length
 from ui import state, views
 
 AUTO = "auto"  # the preset choice meaning Workspace.default_hparams()
@@ -34,24 +37,30 @@ def _edge():
 
 
 def _edit_id(edit_id) -> int:
-    if edit_id is None or str(edit_id).strip() in ("", "nan"):
+    if edit_id is None or (isinstance(edit_id, str) and edit_id.strip() in ("", "nan")):
         raise gr.Error("Select an edit in the History table first (or type its id).")
-    try:
-        return int(float(str(edit_id).strip().lstrip("#")))
-    except ValueError:
-        raise gr.Error(f"An edit id is a number like 3, got {edit_id!r}.") from None
+    try:  # ASCII digits, 1 .. 2**63 - 1: never '٣' as 3, never a database overflow
+        return parse_edit_id(edit_id)
+    except InputError as e:
+        raise gr.Error(f"{str(e)[0].upper()}{str(e)[1:]}.") from None
 
 
 # ---- hyperparameters ----------------------------------------------------------------------
+MAX_LAYER = 10_000  # no model has more blocks; bigger numbers are typos
+
+
 def _parse_layers(text) -> tuple[int, ...]:
-    if isinstance(text, (list, tuple)):
-        return tuple(int(x) for x in text)
+    items = text if isinstance(text, (list, tuple)) else str(text).replace(",", " ").split()
     try:
-        return tuple(int(x) for x in str(text).replace(",", " ").split())
-    except ValueError:
+        return tuple(number(x, "a layer", integer=True, hi=MAX_LAYER) for x in items)
+    except InputError:
         raise HParamsError(
             f"layers are block numbers separated by commas, like '4, 5', got {text!r}"
         ) from None
+
+
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def _preset(preset: str | None) -> FTHyperParams:
@@ -68,12 +77,16 @@ def build_hparams(
     changes = {}
     if layers not in (None, "") and str(layers).strip():
         changes["layers"] = _parse_layers(layers)
-    if lr not in (None, ""):
-        changes["lr"] = float(lr)
-    if num_steps not in (None, ""):
-        changes["num_steps"] = int(num_steps)
-    if norm_constraint not in (None, ""):
-        changes["norm_constraint"] = float(norm_constraint) or None
+    # Number fields arrive as whatever the client sent (strings, lists, inf, 1e300): each is
+    # parsed strictly, named, and bounded before it reaches the hyperparameters.
+    if not _blank(lr):
+        # negatives reach FTHyperParams, which says "lr must be > 0"
+        changes["lr"] = number(lr, "Learning rate (lr)", lo=-1e6, hi=10.0)
+    if not _blank(num_steps):
+        changes["num_steps"] = number(num_steps, "Max steps", integer=True, lo=1, hi=100_000)
+    if not _blank(norm_constraint):
+        box = number(norm_constraint, "Norm constraint", hi=1e3)
+        changes["norm_constraint"] = box or None
     if objective:
         changes["objective"] = objective
     return _preset(preset).replace(**changes)
@@ -162,6 +175,7 @@ def edit(
     with _edge():
         request = EditRequest(prompt or "", subject or "", target_new or "", target_true or None)
         hp = build_hparams(preset, layers, lr, num_steps, norm_constraint, objective)
+        request.check_length(state.workspace().tok)  # before the worker and any scoring
     losses: list[float] = []
     # Train in a worker so this generator can stream the loss curve; the copied context
     # carries gradio's progress tracker (track_tqdm) into that thread.
@@ -257,7 +271,7 @@ def checkout(version):
     if not str(version or "").strip():
         raise gr.Error("Type a version from the events table, like v3.")
     with _edge():
-        active = state.workspace().checkout(str(version))
+        active = state.workspace().checkout(parse_version(version))
     return f"Checked out {version}: active edits {active or 'none'}.", *history()
 
 
@@ -297,20 +311,24 @@ def compare(a, b):
     if not str(a or "").strip() or not str(b or "").strip():
         raise gr.Error("Pick two edits (e.g. 1 and 2) or two versions (e.g. v1 and v3).")
     with _edge():
-        d = state.workspace().diff(str(a).strip(), str(b).strip())
+        d = state.workspace().diff(ref(a), ref(b))
     return views.compare_md(d), views.norms_frame(d), views.behaviour_frame(d)
 
 
 def generate(prompt, max_new_tokens=20):
     """Greedy completion by the base model and by the current stack: (base, stack)."""
-    if not (prompt or "").strip():
+    if not isinstance(prompt, str) or not prompt.strip():
         raise gr.Error("Type a prompt to complete, e.g. 'The Eiffel Tower is located in'.")
-    n = int(max_new_tokens or 20)
-    if not 1 <= n <= 256:
-        raise gr.Error(f"max new tokens must be between 1 and 256, got {n}.")
-    ws = state.workspace()
-    with _edge(), ws.lock:
-        return ws.generate(prompt, n, base=True), ws.generate(prompt, n)
+    with _edge():
+        n = 20 if _blank(max_new_tokens) else max_new_tokens
+        n = number(n, "Max new tokens", integer=True, lo=1, hi=256)
+        ws = state.workspace()
+        check_prompt_length(ws.tok, prompt)  # the same token limit as an edit's prompt
+        with ws.lock:
+            out = ws.generate(prompt, n, base=True), ws.generate(prompt, n)
+    for i, why in sorted((getattr(ws, "broken", None) or {}).items()):
+        gr.Warning(f"Edit #{i} is damaged and NOT applied to this answer: {why}")
+    return out
 
 
 def import_file(file):
@@ -318,6 +336,12 @@ def import_file(file):
     if not file:
         raise gr.Error("Choose an edit file (.safetensors, from History → Download) first.")
     path = getattr(file, "name", file)
+    from ftedit.workspace_files import duplicate_warning
+
     with _edge():
-        info = state.workspace().import_(path)
+        ws = state.workspace()
+        twice = duplicate_warning(ws, path)
+        info = ws.import_(path)
+    if twice:
+        gr.Warning(twice)
     return f"Imported as edit #{info.id}: {views.fact(info.request)} ({info.status}).", *history()
