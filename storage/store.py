@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from ftedit.errors import EditNotFoundError, StoreError
 from ftedit.hparams import FTHyperParams
 from ftedit.requests import EditRequest
 from storage.blobs import LocalBlobStore, open_blob_store
-from storage.db import Sessions, describe, open_engine
+from storage.db import Sessions, crash_point, describe, open_engine
 from storage.models import BaseModelRow, EditRow, EventRow, utcnow
 from storage.records import EditInfo, EventInfo, OpResult
 
@@ -35,12 +34,6 @@ ACTIVE_AFTER = {
     "reapplied": "active",
     "reverted": "reverted",
 }
-
-
-def crash_point(name: str) -> None:
-    """Test hook: die like a power cut (SIGKILL, no cleanup) where FTEDIT_TEST_CRASH_AT says."""
-    if os.environ.get("FTEDIT_TEST_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def version_number(version: int | str) -> int:
