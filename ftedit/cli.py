@@ -330,11 +330,25 @@ def save_model(c: _Ctx, directory: str) -> None:
 
 
 @cli.command()
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=60,
+    show_default=True,
+    help="minutes: only collect orphans older than this (an edit in progress in another "
+    "process or replica has written its blob but not yet its row)",
+)
 @pass_ctx
-def gc(c: _Ctx) -> None:
-    """Delete orphan blobs (left by edits interrupted before their commit)."""
-    gone = c.store().collect_orphans()
-    click.echo(f"removed {len(gone)} orphan blob(s)")
+def gc(c: _Ctx, grace: float) -> None:
+    """Delete orphan blobs (left by edits interrupted before their commit).
+
+    On a blob root shared with other stores (homes or replicas), a blob counts as an orphan
+    only if no registered store's database refers to it; gc refuses if one cannot be read."""
+    from storage.gc import collect
+
+    gone, young = collect(c.store(), grace * 60)
+    kept = f"; kept {young} younger than {grace:g} min (--grace 0 collects them)" if young else ""
+    click.echo(f"removed {len(gone)} orphan blob(s){kept}")
 
 
 def main() -> None:

@@ -256,8 +256,8 @@ class Workspace:
         self._write(names, self._stack(old) + [deltas])  # tentative: on top, as its id will be
         try:
             after = [rewrite_report(self.model, self.tok, r) for r in requests]
-            with self.store.file_lock:
-                sha = self.store.blobs.put(data)  # durable before any row points at it
+            with self.store.writing():  # home + blob root locks (gc waits for the commit)
+                sha = self.store.put_blob(data)  # durable before any row points at it
                 crash_point("after_blob")
                 info = self.store.add_edit(
                     self._base_id,
@@ -391,9 +391,12 @@ class Workspace:
 
         return verify(self)
 
-    def collect_orphans(self) -> list[str]:
-        """Delete blobs no edit refers to (left by interrupted edits)."""
-        return self.store.collect_orphans()
+    def collect_orphans(self, grace_seconds: float | None = None) -> list[str]:
+        """Delete blobs no edit refers to (left by interrupted edits), once older than
+        ``grace_seconds`` (default: storage.gc's grace period)."""
+        if grace_seconds is None:
+            return self.store.collect_orphans()
+        return self.store.collect_orphans(grace_seconds)
 
     def export(self, ids: int | Sequence[int], path: str | Path) -> Path:
         from ftedit.workspace_files import export

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock
@@ -20,6 +21,7 @@ from ftedit import paths
 from ftedit.errors import EditNotFoundError, StoreError
 from ftedit.hparams import FTHyperParams
 from ftedit.requests import EditRequest
+from storage import gc
 from storage.blobs import LocalBlobStore, open_blob_store
 from storage.db import Sessions, crash_point, describe, open_engine
 from storage.models import BaseModelRow, EditRow, EventRow, utcnow
@@ -52,10 +54,18 @@ class Store:
         home: str | Path | None = None,
         database_url: str | None = None,
         blob_url: str | None = None,
+        *,
+        ephemeral_ok: bool = False,
     ):
+        """``ephemeral_ok``: allow an in-memory database or blob root (tests only; env
+        FTEDIT_ALLOW_EPHEMERAL=1 does the same): elsewhere they are refused, since every edit
+        would vanish when the process ends."""
         self.home = Path(home) if home is not None else paths.home()
-        self.home.mkdir(parents=True, exist_ok=True)
         url = database_url or paths.database_url(self.home)
+        blob_url = blob_url or os.environ.get("FTEDIT_BLOB_URL")
+        if not (ephemeral_ok or os.environ.get("FTEDIT_ALLOW_EPHEMERAL") == "1"):
+            refuse_ephemeral(url, blob_url)
+        self.home.mkdir(parents=True, exist_ok=True)
         self.file_lock = FileLock(str(self.home / ".ftedit.lock"))
         try:  # the lock is taken only to migrate: readers (`ftedit log`) never wait on it
             self.engine = open_engine(url, lock=self.file_lock)
@@ -66,8 +76,9 @@ class Store:
         # Sessions turn a lost connection (a restarted PostgreSQL) into a StoreError.
         self.session = Sessions(self.engine, url)
         # Blobs: a folder or any fsspec URL (FTEDIT_BLOB_URL; replicas share it), else the home.
-        blob_url = blob_url or os.environ.get("FTEDIT_BLOB_URL")
         self.blobs = open_blob_store(blob_url) if blob_url else LocalBlobStore(self.home / "blobs")
+        self.url, self.id = url, gc.store_id(url)
+        self._registered = False  # the root's stores/<id>.json marker (put_blob writes it)
 
     # ---- base models -------------------------------------------------------------------
     def base_id(self, fingerprint: dict, create: bool = True) -> int | None:
@@ -365,22 +376,27 @@ class Store:
             return set(s.scalars(select(EditRow.blob_sha256).distinct()))
 
     def orphans(self) -> list[str]:
-        """Blobs no edit refers to (an edit killed before its commit), and temp leftovers."""
-        used = self.referenced_blobs()
-        stray = [str(p) for p in self.blobs.temp_files()]
-        return [sha for sha in self.blobs.list() if sha not in used] + stray
+        """Blobs no database using the blob root refers to (an edit killed before its
+        commit), and temp leftovers (see :mod:`storage.gc`)."""
+        return gc.orphans(self)
 
-    def collect_orphans(self) -> list[str]:
-        """Delete orphan blobs and temp files; returns what was removed."""
-        with self.file_lock:
-            gone = self.orphans()
-            stray = {str(p) for p in self.blobs.temp_files()}
-            for item in gone:
-                if item in stray:
-                    self.blobs.discard(item)
-                else:
-                    self.blobs.delete(item)
-        return gone
+    def collect_orphans(self, grace_seconds: float = gc.DEFAULT_GRACE_SECONDS) -> list[str]:
+        """Delete orphans older than ``grace_seconds``; returns what was removed."""
+        return gc.collect(self, grace_seconds)[0]
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """The locks a blob writer holds until its row commits: the home's, then the blob
+        root's (which gc also takes, so it never collects a blob about to be referenced)."""
+        with self.file_lock, self.blobs.lock():
+            yield
+
+    def put_blob(self, data: bytes) -> str:
+        """Store a blob (call inside :meth:`writing`), registering this store in the root."""
+        if not self._registered:
+            gc.register(self)
+            self._registered = True
+        return self.blobs.put(data)
 
     def status_problems(self, base_id: int | None = None) -> list[str]:
         """Edits whose status column disagrees with their newest event."""
@@ -393,6 +409,46 @@ class Store:
             for e in self.edits(base_id)
             if last.get(e.id) != e.status
         ]
+
+
+def refuse_ephemeral(database_url: str, blob_url: str | None) -> None:
+    """Refuse a database or blob root that lives in this process's memory (nothing persists)."""
+    if is_memory_database(database_url):
+        raise StoreError(
+            f"the database {database_url!r} lives in memory: every edit would vanish when this "
+            "process ends (leaving an orphan blob); set FTEDIT_DATABASE_URL to a file "
+            "(sqlite:////path/to/ftedit.db, or unset it for <home>/ftedit.db) or a server "
+            "(postgresql+psycopg://user@host/db)"
+        )
+    if blob_url and is_memory_blob_url(blob_url):
+        raise StoreError(
+            f"the blob root {blob_url!r} lives in memory: the edits' deltas would vanish when "
+            "this process ends while their rows stay; set FTEDIT_BLOB_URL to a folder, "
+            "file:///path, or an object store (s3://bucket/prefix), or unset it for <home>/blobs"
+        )
+
+
+def is_memory_database(url: str) -> bool:
+    """True for SQLite URLs with no file: ``sqlite://``, ``:memory:``, ``mode=memory``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url)
+    except ArgumentError:  # malformed: open_engine says what is wrong with it
+        return False
+    if u.get_backend_name() != "sqlite":
+        return False
+    db = (u.database or "").strip()
+    return (
+        db in ("", ":memory:")
+        or db.startswith("file::memory:")
+        or (u.query.get("mode") == "memory" or "mode=memory" in db)
+    )
+
+
+def is_memory_blob_url(url: str) -> bool:
+    return str(url).strip().lower().startswith("memory:")
 
 
 def visible(q, branch: str | None):

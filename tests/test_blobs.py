@@ -23,6 +23,8 @@ def blob_url(request, tmp_path, monkeypatch):
         else f"memory://ftedit-{uuid.uuid4().hex[:12]}/blobs"
     )
     monkeypatch.setenv("FTEDIT_BLOB_URL", url)
+    if request.param == "memory":  # refused outside tests: blobs there die with the process
+        monkeypatch.setenv("FTEDIT_ALLOW_EPHEMERAL", "1")
     yield url
     if request.param == "memory":
         store = open_blob_store(url)
