@@ -3,16 +3,18 @@ replicas mid-write) and stores that cannot persist (in-memory database or blob r
 
 from __future__ import annotations
 
+import contextvars
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from click.testing import CliRunner
 
 from ftedit.cli import cli
-from ftedit.errors import StoreError
+from ftedit.errors import Cancelled, LimitError, StoreError
 from storage.store import Store
-from tests.storekit import HP0, HP1, REQUESTS, open_ws
+from tests.storekit import HP0, HP1, REQUESTS, assert_same, open_ws, params
 
 
 # ---- 1a: two homes sharing one blob root ------------------------------------------------------
@@ -113,3 +115,94 @@ def test_an_in_memory_blob_root_is_refused_unless_allowed(ftedit_home, monkeypat
     with pytest.raises(StoreError, match="blob root 'memory://x/blobs' lives in memory"):
         Store(ftedit_home)
     assert Store(ftedit_home, ephemeral_ok=True).blobs.list() == []  # tests may opt in
+
+
+# ---- 5: one request cannot stall everyone ---------------------------------------------------
+LONG = HP0.replace(num_steps=150, early_stop_loss=0.0)  # would train 150 steps if not stopped
+
+
+def _lock_is_free(ws) -> bool:
+    """Whether another thread can take the workspace and home locks right now."""
+    got: list[bool] = []
+
+    def probe() -> None:
+        ok = ws.lock.acquire(blocking=False)
+        if ok:
+            ws.lock.release()
+        got.append(ok)
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    ws.store.file_lock.acquire(timeout=0)  # raises filelock.Timeout if held
+    ws.store.file_lock.release()
+    return got == [True]
+
+
+def test_cancel_stops_training_at_the_next_step_and_changes_nothing(ftedit_home):
+    ws = open_ws(ftedit_home)
+    ws.edit(REQUESTS[1], HP1)
+    before = params(ws)
+    cancel, steps = threading.Event(), []
+
+    def leave_after_two(step, _n, _loss):
+        steps.append(step)
+        if step == 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled, match="cancelled at step 2/150; nothing was changed"):
+        ws.edit(REQUESTS[0], LONG, callback=leave_after_two, cancel=cancel)
+    assert steps == [1, 2]
+    assert_same(params(ws), before)  # bit-identical
+    assert [e.id for e in ws.history()] == [1] and len(ws.store.blobs.list()) == 1
+    assert _lock_is_free(ws)
+    assert ws.verify().ok
+
+
+def test_a_visitor_leaving_the_app_cancels_their_training(ftedit_home, monkeypatch):
+    from ui import state
+
+    ws = open_ws(ftedit_home)
+    state.set_workspace(ws)
+    monkeypatch.setattr("ui.branches.visitor_session", lambda: "visitor-1")
+    steps: list[int] = []
+
+    def visitor_closes_the_tab_at_step_two(step, _n, _loss):
+        steps.append(step)
+        if step == 2:
+            state.visitor_left(type("Request", (), {"session_hash": "visitor-1"})())
+
+    def train():  # as ui/handlers.py runs it: a worker thread, the request's context copied
+        return state.workspace().edit(
+            REQUESTS[0], LONG, callback=visitor_closes_the_tab_at_step_two
+        )
+
+    before = params(ws)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            job = pool.submit(contextvars.copy_context().run, train)
+            with pytest.raises(Cancelled):
+                job.result()
+    finally:
+        state.set_workspace(None)
+    assert steps == [1, 2] and ws.history() == []
+    assert_same(params(ws), before)
+    assert _lock_is_free(ws)
+
+
+def test_num_steps_has_a_default_ceiling_that_the_deployment_can_raise(ftedit_home, monkeypatch):
+    ws = open_ws(ftedit_home)
+    with pytest.raises(LimitError, match="default ceiling of 200.*FTEDIT_MAX_STEPS"):
+        ws.edit(REQUESTS[0], HP0.replace(num_steps=1_000_000))
+    assert ws.history() == [] and ws.store.blobs.list() == []
+    monkeypatch.setenv("FTEDIT_MAX_STEPS", "1000")
+    ws = open_ws(ftedit_home)
+    cancel, steps = threading.Event(), []
+
+    def stop_at_once(step, _n, _loss):
+        steps.append(step)
+        cancel.set()
+
+    with pytest.raises(Cancelled):  # allowed past the ceiling: it trains (we stop it at once)
+        ws.edit(REQUESTS[0], HP0.replace(num_steps=500), callback=stop_at_once, cancel=cancel)
+    assert steps == [1]
