@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DatabaseError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -180,6 +180,24 @@ def open_engine(url: str, lock: AbstractContextManager | None = None) -> Engine:
     return engine
 
 
+# What SQLite says when a file is damaged (or not a database at all).
+_DAMAGED = ("file is not a database", "malformed", "disk image", "file is encrypted")
+
+
+def damaged(e: Exception) -> bool:
+    """Whether a driver error means the SQLite file itself is damaged."""
+    text = str(getattr(e, "orig", None) or e).lower()
+    return any(m in text for m in _DAMAGED)
+
+
+def damaged_message(url: str, e: Exception) -> str:
+    why = str(getattr(e, "orig", None) or e).strip().splitlines()[0][:200]
+    return (
+        f"the database {describe(url)} is damaged ({why}): `ftedit recover` rebuilds it "
+        "from the blob root (the damaged file is kept, renamed); nothing was changed"
+    )
+
+
 class Sessions:
     """A ``sessionmaker`` whose sessions turn a lost or failing database into a StoreError.
 
@@ -193,16 +211,20 @@ class Sessions:
         from sqlalchemy.orm import sessionmaker
 
         self._maker = sessionmaker(engine, expire_on_commit=False)
-        self._where = describe(url)
+        self._where, self._url = describe(url), url
 
     @contextmanager
     def __call__(self) -> Iterator[Session]:
         try:
             with self._maker() as s:
                 yield s
-        except (OperationalError, InterfaceError) as e:
+        except DatabaseError as e:
             from ftedit.errors import StoreError
 
+            if damaged(e):
+                raise StoreError(damaged_message(self._url, e)) from e
+            if not isinstance(e, (OperationalError, InterfaceError)):
+                raise
             why = str(e.orig or e).strip().splitlines()[0][:200]
             raise StoreError(
                 f"the database {self._where} failed ({why}); this operation was not "

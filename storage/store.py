@@ -14,8 +14,8 @@ from pathlib import Path
 
 from filelock import FileLock
 from sqlalchemy import Text, func, or_, select, type_coerce
+from sqlalchemy.exc import DatabaseError, InterfaceError, OperationalError
 from sqlalchemy.exc import IntegrityError as RowConflict
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from ftedit import paths
 from ftedit.errors import EditNotFoundError, StoreError
@@ -23,7 +23,7 @@ from ftedit.hparams import FTHyperParams
 from ftedit.requests import EditRequest
 from storage import gc
 from storage.blobs import LocalBlobStore, open_blob_store
-from storage.db import Sessions, crash_point, describe, open_engine
+from storage.db import Sessions, crash_point, damaged, damaged_message, describe, open_engine
 from storage.models import BaseModelRow, EditRow, EventRow, utcnow
 from storage.records import EditInfo, EventInfo, OpResult
 
@@ -69,8 +69,12 @@ class Store:
         self.file_lock = FileLock(str(self.home / ".ftedit.lock"))
         try:  # the lock is taken only to migrate: readers (`ftedit log`) never wait on it
             self.engine = open_engine(url, lock=self.file_lock)
-        except (OperationalError, InterfaceError) as e:  # a server that is down
-            raise StoreError(
+        except DatabaseError as e:
+            if damaged(e):
+                raise StoreError(damaged_message(url, e)) from e
+            if not isinstance(e, (OperationalError, InterfaceError)):
+                raise
+            raise StoreError(  # a server that is down
                 f"cannot open the database {describe(url)}: {str(e).strip().splitlines()[0][:200]}"
             ) from e
         # Sessions turn a lost connection (a restarted PostgreSQL) into a StoreError.
@@ -397,6 +401,15 @@ class Store:
             gc.register(self)
             self._registered = True
         return self.blobs.put(data)
+
+    def integrity_problems(self) -> list[str]:
+        """SQLite's ``PRAGMA quick_check`` of the database file ([] when sound or not SQLite):
+        a damaged index page passes every query but the INSERT that needs it."""
+        from storage import fastlog
+        from storage.recover import quick_check
+
+        path = fastlog.sqlite_path(self.url)
+        return quick_check(path) if path is not None else []
 
     def status_problems(self, base_id: int | None = None) -> list[str]:
         """Edits whose status column disagrees with their newest event."""
