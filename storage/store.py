@@ -24,6 +24,7 @@ from ftedit.requests import EditRequest
 from storage import gc
 from storage.blobs import LocalBlobStore, open_blob_store
 from storage.db import Sessions, crash_point, damaged, damaged_message, describe, open_engine
+from storage.ephemeral import refuse_ephemeral
 from storage.models import BaseModelRow, EditRow, EventRow, utcnow
 from storage.records import EditInfo, EventInfo, OpResult
 
@@ -422,46 +423,6 @@ class Store:
             for e in self.edits(base_id)
             if last.get(e.id) != e.status
         ]
-
-
-def refuse_ephemeral(database_url: str, blob_url: str | None) -> None:
-    """Refuse a database or blob root that lives in this process's memory (nothing persists)."""
-    if is_memory_database(database_url):
-        raise StoreError(
-            f"the database {database_url!r} lives in memory: every edit would vanish when this "
-            "process ends (leaving an orphan blob); set FTEDIT_DATABASE_URL to a file "
-            "(sqlite:////path/to/ftedit.db, or unset it for <home>/ftedit.db) or a server "
-            "(postgresql+psycopg://user@host/db)"
-        )
-    if blob_url and is_memory_blob_url(blob_url):
-        raise StoreError(
-            f"the blob root {blob_url!r} lives in memory: the edits' deltas would vanish when "
-            "this process ends while their rows stay; set FTEDIT_BLOB_URL to a folder, "
-            "file:///path, or an object store (s3://bucket/prefix), or unset it for <home>/blobs"
-        )
-
-
-def is_memory_database(url: str) -> bool:
-    """True for SQLite URLs with no file: ``sqlite://``, ``:memory:``, ``mode=memory``."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        u = make_url(url)
-    except ArgumentError:  # malformed: open_engine says what is wrong with it
-        return False
-    if u.get_backend_name() != "sqlite":
-        return False
-    db = (u.database or "").strip()
-    return (
-        db in ("", ":memory:")
-        or db.startswith("file::memory:")
-        or (u.query.get("mode") == "memory" or "mode=memory" in db)
-    )
-
-
-def is_memory_blob_url(url: str) -> bool:
-    return str(url).strip().lower().startswith("memory:")
 
 
 def visible(q, branch: str | None):
