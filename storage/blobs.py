@@ -203,7 +203,11 @@ class FsspecBlobStore:
         sha = sha256_bytes(data)
         dest = self.path(sha)
         if self.exists(sha) and sha256_bytes(self.fs.cat_file(dest)) == sha:
-            return sha
+            age = self.age(sha)
+            if age is not None and age < 60:
+                return sha
+            # An old copy (perhaps an orphan gc is about to take): written again, so gc's
+            # grace counts from now (object stores have no cheap "touch").
         tmp = f"{self.root}/{sha[:2]}/.tmp-{uuid.uuid4().hex}{SUFFIX}"
         try:
             if self.atomic_put:
