@@ -308,9 +308,14 @@ def verify(c: _Ctx, as_json: bool) -> None:
     equal a replay; exit 1 if not ok."""
     damage = c.store().integrity_problems()
     if damage:  # before loading a model: every later step reads this database
-        for p in damage:
-            click.echo(f"problem: {p}")
-        click.echo("NOT ok: the database is damaged; `ftedit recover` rebuilds it from the blobs")
+        from storage.records import VerifyReport
+
+        if as_json:
+            _json(VerifyReport(problems=damage).to_dict())
+        else:
+            for p in damage:
+                click.echo(f"problem: {p}")
+            click.echo("NOT ok: the database is damaged; `ftedit recover` rebuilds it from blobs")
         click.get_current_context().exit(1)
     report = c.workspace().verify()
     if as_json:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -108,6 +109,8 @@ def test_a_damaged_index_fails_verify_and_recover_keeps_the_surviving_log(ftedit
     assert problems and all("is damaged" in p for p in problems)
     res = _run("verify")  # quick_check runs before any model is loaded
     assert res.exit_code == 1 and "ftedit recover" in res.output, res.output
+    res = _run("verify", "--json")
+    assert res.exit_code == 1 and json.loads(res.output)["problems"] == problems
     res = _run("recover")
     assert res.exit_code == 0, res.output
     assert "the damaged database itself" in res.output
