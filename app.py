@@ -68,6 +68,10 @@ def launch_options() -> dict:
     }
 
 
+def _visitor_left(request: gr.Request) -> None:
+    state.visitor_left(request)
+
+
 with gr.Blocks(title="ftedit") as demo:
     gr.Markdown(INTRO)
     with gr.Tabs():
@@ -190,6 +194,8 @@ with gr.Blocks(title="ftedit") as demo:
     sides = [side_a, side_b]
     refreshed = [*tables, *sides]
     demo.load(refresh, None, refreshed, **PRIVATE)
+    # A visitor who leaves mid-edit: their training stops at the next step (lock released).
+    demo.unload(_visitor_left)
     demo.load(
         preset_fields, preset, [layers, lr, num_steps, norm, objective, preset_note], **PRIVATE
     )

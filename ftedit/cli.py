@@ -458,7 +458,19 @@ def import_(c: _Ctx, path: str, allow_any_tensor: bool, again: bool) -> None:
 @_dtype_option
 @pass_ctx
 def verify(c: _Ctx, as_json: bool) -> None:
-    """Check blobs, the log, and that the live weights equal a replay; exit 1 if not ok."""
+    """Check the database (SQLite quick_check), blobs, the log, and that the live weights
+    equal a replay; exit 1 if not ok."""
+    damage = c.store().integrity_problems()
+    if damage:  # before loading a model: every later step reads this database
+        from storage.records import VerifyReport
+
+        if as_json:
+            _json(VerifyReport(problems=damage).to_dict())
+        else:
+            for p in damage:
+                click.echo(f"problem: {p}")
+            click.echo("NOT ok: the database is damaged; `ftedit recover` rebuilds it from blobs")
+        click.get_current_context().exit(1)
     report = c.workspace().verify()
     if as_json:
         _json(report.to_dict())
@@ -491,11 +503,57 @@ def save_model(c: _Ctx, directory: str) -> None:
 
 
 @cli.command()
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=60,
+    show_default=True,
+    help="minutes: only collect orphans older than this (an edit in progress in another "
+    "process or replica has written its blob but not yet its row)",
+)
 @pass_ctx
-def gc(c: _Ctx) -> None:
-    """Delete orphan blobs (left by edits interrupted before their commit)."""
-    gone = c.store().collect_orphans()
-    click.echo(f"removed {len(gone)} orphan blob(s)")
+def gc(c: _Ctx, grace: float) -> None:
+    """Delete orphan blobs (left by edits interrupted before their commit).
+
+    On a blob root shared with other stores (homes or replicas), a blob counts as an orphan
+    only if no registered store's database refers to it; gc refuses if one cannot be read."""
+    from storage.gc import collect
+
+    gone, young = collect(c.store(), grace * 60)
+    kept = f"; kept {young} younger than {grace:g} min (--grace 0 collects them)" if young else ""
+    click.echo(f"removed {len(gone)} orphan blob(s){kept}")
+
+
+@cli.command()
+@click.option(
+    "--log",
+    "log_db",
+    type=click.Path(exists=True, dir_okay=False),
+    help="an older copy of the database whose event log gives ids and statuses",
+)
+@click.option("--force", is_flag=True, help="rebuild even a database that reads fine")
+@pass_ctx
+def recover(c: _Ctx, log_db: str | None, force: bool) -> None:
+    """Rebuild a lost or damaged SQLite database from the blob root.
+
+    The damaged file is renamed aside, never deleted. Statuses come from the damaged file's
+    event log if it still reads, or --log; otherwise every edit comes back reverted."""
+    from storage.recover import recover as rebuild
+
+    r = rebuild(c.home, log=log_db, force=force)
+    for path in r.moved_to:
+        click.echo(f"kept the old file as {path}")
+    for line in r.skipped:
+        click.echo(f"skipped: {line}")
+    click.echo(f"recovered {len(r.recovered)} edit(s) from the blob root")
+    if r.log_source:
+        click.echo(f"ids, order and statuses from the event log of {r.log_source}")
+    if r.reverted_unknown:
+        ids = ", ".join(f"#{i}" for i in r.reverted_unknown)
+        click.echo(
+            f"no event log knew edit(s) {ids}: they came back REVERTED (ordered by when "
+            "their blobs were written); `ftedit reapply ID` brings back the ones that were live"
+        )
 
 
 def main() -> None:

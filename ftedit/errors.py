@@ -38,3 +38,7 @@ class EditNotFoundError(StoreError):
 
 class LimitError(FteditError):
     """A deployment limit (``FTEDIT_MAX_*``, rate, time) refused a request; nothing changed."""
+
+
+class Cancelled(FteditError):
+    """The caller (or a visitor who left) cancelled an edit; training stopped, nothing changed."""

@@ -9,6 +9,7 @@ the home's file lock (the CLI and the app may share a home) and re-reads the act
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
 import threading
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ftedit.deltas import Deltas, rebuild
-from ftedit.errors import EditNotFoundError, IntegrityError
+from ftedit.errors import Cancelled, EditNotFoundError, IntegrityError, LimitError
 from ftedit.ft import compute_deltas
 from ftedit.hparams import FTHyperParams, load_preset
 from ftedit.limits import Limits
@@ -32,6 +33,40 @@ from storage.store import ALL, Store, crash_point, version_number
 __all__ = ["EditInfo", "EventInfo", "OpResult", "VerifyReport", "Workspace"]
 log = logging.getLogger(__name__)
 _ARCH_PRESETS = {"gpt2": "gpt2-xl-ft-l", "gptj": "gpt-j-ft-l"}
+# num_steps ceiling when FTEDIT_MAX_STEPS is unset: the presets use 25, and one request of a
+# million steps would hold the workspace lock for every visitor until a restart.
+DEFAULT_MAX_STEPS = 200
+# A cancel flag for the edit running in this context, set by whoever hosts it (the app sets one
+# per visitor request, ui/state.py) when no ``cancel`` argument is passed to Workspace.edit.
+CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "ftedit_cancel", default=None
+)
+
+
+def _check_steps(hp: FTHyperParams, configured: int | None) -> None:
+    """The default num_steps ceiling (FTEDIT_MAX_STEPS, when set, is checked by Limits)."""
+    if configured is None and hp.num_steps > DEFAULT_MAX_STEPS:
+        raise LimitError(
+            f"num_steps {hp.num_steps} is above the default ceiling of {DEFAULT_MAX_STEPS} "
+            "(the presets use 25): lower num_steps, or set FTEDIT_MAX_STEPS to allow more"
+        )
+
+
+def _cancellable(callback, cancel: threading.Event | None):
+    """``callback``, then a check of ``cancel`` after every training step (raising stops
+    training: compute_deltas restores the weights in its finally)."""
+    if cancel is None:
+        return callback
+
+    def checked(step: int, num_steps: int, loss: float) -> None:
+        if callback is not None:
+            callback(step, num_steps, loss)
+        if cancel.is_set():
+            raise Cancelled(
+                f"the edit was cancelled at step {step}/{num_steps}; nothing was changed"
+            )
+
+    return checked
 
 
 def _other_dtype_notice(store: Store, fp: dict) -> str | None:
@@ -225,13 +260,21 @@ class Workspace:
         requests: EditRequest | Sequence[EditRequest],
         hparams: FTHyperParams | None = None,
         callback: Callable[[int, int, float], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> EditInfo:
-        """Train an edit on the live stack, store it (blob, then row), and make it live."""
+        """Train an edit on the live stack, store it (blob, then row), and make it live.
+
+        ``cancel`` (default: the context's :data:`CANCEL` flag): once set, training stops after
+        the current step with :class:`Cancelled`; nothing is stored, the lock is released."""
         requests = [requests] if isinstance(requests, EditRequest) else list(requests)
         hp = hparams or self.default_hparams()
+        _check_steps(hp, self.limits.max_steps)
         self.limits.check_edit(requests, self.tok, hp)  # refused before anything changes
-        callback = self.limits.timed(callback)  # past FTEDIT_EDIT_TIMEOUT training stops
+        cancel = cancel if cancel is not None else CANCEL.get()
+        callback = _cancellable(self.limits.timed(callback), cancel)  # timeout: stops too
         with self.lock:
+            if cancel is not None and cancel.is_set():  # given up while waiting for the lock
+                raise Cancelled("the edit was cancelled before it started; nothing was changed")
             self._sync()
             before = [rewrite_report(self.model, self.tok, r) for r in requests]
             result = compute_deltas(self.model, self.tok, requests, hp, callback)
@@ -279,8 +322,8 @@ class Workspace:
         self._write(names, self._stack(old) + [deltas])  # tentative: on top, as its id will be
         try:
             after = [rewrite_report(self.model, self.tok, r) for r in requests]
-            with self.store.file_lock:
-                sha = self.store.blobs.put(data)  # durable before any row points at it
+            with self.store.writing():  # home + blob root locks (gc waits for the commit)
+                sha = self.store.put_blob(data)  # durable before any row points at it
                 crash_point("after_blob")
                 info = self.store.add_edit(
                     self._base_id,
@@ -414,9 +457,12 @@ class Workspace:
 
         return verify(self)
 
-    def collect_orphans(self) -> list[str]:
-        """Delete blobs no edit refers to (left by interrupted edits)."""
-        return self.store.collect_orphans()
+    def collect_orphans(self, grace_seconds: float | None = None) -> list[str]:
+        """Delete blobs no edit refers to (left by interrupted edits), once older than
+        ``grace_seconds`` (default: storage.gc's grace period)."""
+        if grace_seconds is None:
+            return self.store.collect_orphans()
+        return self.store.collect_orphans(grace_seconds)
 
     def export(self, ids: int | Sequence[int], path: str | Path) -> Path:
         from ftedit.workspace_files import export

@@ -2,8 +2,10 @@
 
 Behind a five-method interface (put/get/exists/list/delete): :class:`LocalBlobStore` for a
 folder (default: ``blobs/`` under the home), :class:`FsspecBlobStore` for any fsspec URL
-(``s3://bucket/prefix``, ``memory://x``; env ``FTEDIT_BLOB_URL``). Both write all or nothing
-and check the sha256 on every read. No torch here: the store moves bytes.
+(``s3://bucket/prefix``, ``gs://bucket/prefix``; env ``FTEDIT_BLOB_URL``). Both write all or
+nothing and check the sha256 on every read. No torch here: the store moves bytes. (fsspec's
+``memory://`` works too, but only in tests: the Store refuses it, blobs there die with the
+process.)
 """
 
 from __future__ import annotations
@@ -12,13 +14,21 @@ import errno
 import hashlib
 import os
 import tempfile
+import time
 import uuid
+from contextlib import AbstractContextManager, nullcontext
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
+
+from filelock import FileLock
 
 from ftedit.errors import IntegrityError, StoreError
 
 SUFFIX = ".safetensors"
+# Every store that writes to a root leaves ``stores/<store id>.json`` there (its database URL,
+# password hidden), so gc and verify know which databases may reference the root's blobs.
+MARKERS = "stores"
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -33,6 +43,10 @@ class BlobStore(Protocol):
     def delete(self, sha256: str) -> None: ...
     def temp_files(self) -> list: ...
     def discard(self, temp: str) -> None: ...
+    def age(self, item: str) -> float | None: ...
+    def lock(self) -> AbstractContextManager: ...
+    def markers(self) -> dict[str, str]: ...
+    def write_marker(self, store_id: str, text: str) -> None: ...
 
 
 class LocalBlobStore:
@@ -50,7 +64,8 @@ class LocalBlobStore:
         sha = sha256_bytes(data)
         dest = self.path(sha)
         if dest.exists() and self._ok(dest, sha):
-            return sha  # identical edits deduplicate
+            os.utime(dest)  # identical edits deduplicate; gc's grace counts from this write
+            return sha
         # The temp file lives in the destination folder so os.replace is a same-filesystem rename.
         try:
             write_file_atomic(dest, data)
@@ -87,6 +102,27 @@ class LocalBlobStore:
     def discard(self, temp: str) -> None:
         """Remove one of :meth:`temp_files`."""
         Path(temp).unlink(missing_ok=True)
+
+    def age(self, item: str) -> float | None:
+        """Seconds since a blob (sha256) or temp file was last written; None if gone."""
+        path = Path(item) if os.sep in item else self.path(item)
+        try:
+            return time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def lock(self) -> AbstractContextManager:
+        """The root's lock: every writer holds it from blob write to row commit, gc while it
+        collects, so gc never sees a blob whose row is about to commit (any host sharing
+        the folder through a filesystem with working flock)."""
+        return FileLock(str(self.root / ".ftedit-gc.lock"))
+
+    def markers(self) -> dict[str, str]:
+        """{store id: marker text} of every store registered in this root."""
+        return {p.stem: p.read_text() for p in sorted((self.root / MARKERS).glob("*.json"))}
+
+    def write_marker(self, store_id: str, text: str) -> None:
+        write_file_atomic(self.root / MARKERS / f"{store_id}.json", text.encode())
 
     @staticmethod
     def _ok(path: Path, sha: str) -> bool:
@@ -167,7 +203,11 @@ class FsspecBlobStore:
         sha = sha256_bytes(data)
         dest = self.path(sha)
         if self.exists(sha) and sha256_bytes(self.fs.cat_file(dest)) == sha:
-            return sha
+            age = self.age(sha)
+            if age is not None and age < 60:
+                return sha
+            # An old copy (perhaps an orphan gc is about to take): written again, so gc's
+            # grace counts from now (object stores have no cheap "touch").
         tmp = f"{self.root}/{sha[:2]}/.tmp-{uuid.uuid4().hex}{SUFFIX}"
         try:
             if self.atomic_put:
@@ -214,6 +254,34 @@ class FsspecBlobStore:
     def discard(self, temp: str) -> None:
         self._remove(temp)
 
+    def age(self, item: str) -> float | None:
+        """Seconds since the object was written, from whatever time the backend reports
+        (None, which gc treats as too young to collect, when it reports none)."""
+        path = item if "/" in item else self.path(item)
+        try:
+            info = self.fs.info(path)
+        except FileNotFoundError:
+            return None
+        for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+            stamp = info.get(key)
+            if isinstance(stamp, datetime):
+                return time.time() - stamp.timestamp()
+            if isinstance(stamp, (int, float)):
+                return time.time() - float(stamp)
+        return None
+
+    def lock(self) -> AbstractContextManager:
+        """Best effort only: object stores have no lock; gc's grace period (only blobs older
+        than it are collected) is what keeps a blob whose row is about to commit."""
+        return nullcontext()
+
+    def markers(self) -> dict[str, str]:
+        paths = self.fs.glob(f"{self.root}/{MARKERS}/*.json")
+        return {p.rsplit("/", 1)[-1][: -len(".json")]: self.fs.cat_file(p).decode() for p in paths}
+
+    def write_marker(self, store_id: str, text: str) -> None:
+        self.fs.pipe_file(f"{self.root}/{MARKERS}/{store_id}.json", text.encode())
+
     def _remove(self, path: str) -> None:
         try:
             self.fs.rm_file(path)
@@ -223,7 +291,7 @@ class FsspecBlobStore:
 
 def open_blob_store(url: str | Path) -> LocalBlobStore | FsspecBlobStore:
     """A folder path or ``file://`` URL: :class:`LocalBlobStore` (fsync + rename); any other
-    fsspec URL (``s3://bucket/prefix``, ``memory://name``): :class:`FsspecBlobStore`."""
+    fsspec URL (``s3://bucket/prefix``; ``memory://name`` in tests): :class:`FsspecBlobStore`."""
     text = str(url)
     if "://" not in text:
         return LocalBlobStore(text)

@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock
 from sqlalchemy import Text, func, or_, select, type_coerce
+from sqlalchemy.exc import DatabaseError, InterfaceError, OperationalError
 from sqlalchemy.exc import IntegrityError as RowConflict
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from ftedit import paths
 from ftedit.errors import EditNotFoundError, StoreError
 from ftedit.hparams import FTHyperParams
 from ftedit.requests import EditRequest
+from storage import gc
 from storage.blobs import LocalBlobStore, open_blob_store
-from storage.db import Sessions, describe, open_engine
+from storage.db import Sessions, crash_point, damaged, damaged_message, describe, open_engine
+from storage.ephemeral import refuse_ephemeral
 from storage.models import BaseModelRow, EditRow, EventRow, utcnow
 from storage.records import EditInfo, EventInfo, OpResult
 
@@ -35,12 +37,6 @@ ACTIVE_AFTER = {
     "reapplied": "active",
     "reverted": "reverted",
 }
-
-
-def crash_point(name: str) -> None:
-    """Test hook: die like a power cut (SIGKILL, no cleanup) where FTEDIT_TEST_CRASH_AT says."""
-    if os.environ.get("FTEDIT_TEST_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def version_number(version: int | str) -> int:
@@ -59,22 +55,35 @@ class Store:
         home: str | Path | None = None,
         database_url: str | None = None,
         blob_url: str | None = None,
+        *,
+        ephemeral_ok: bool = False,
     ):
+        """``ephemeral_ok``: allow an in-memory database or blob root (tests only; env
+        FTEDIT_ALLOW_EPHEMERAL=1 does the same): elsewhere they are refused, since every edit
+        would vanish when the process ends."""
         self.home = Path(home) if home is not None else paths.home()
-        self.home.mkdir(parents=True, exist_ok=True)
         url = database_url or paths.database_url(self.home)
+        blob_url = blob_url or os.environ.get("FTEDIT_BLOB_URL")
+        if not (ephemeral_ok or os.environ.get("FTEDIT_ALLOW_EPHEMERAL") == "1"):
+            refuse_ephemeral(url, blob_url)
+        self.home.mkdir(parents=True, exist_ok=True)
         self.file_lock = FileLock(str(self.home / ".ftedit.lock"))
         try:  # the lock is taken only to migrate: readers (`ftedit log`) never wait on it
             self.engine = open_engine(url, lock=self.file_lock)
-        except (OperationalError, InterfaceError) as e:  # a server that is down
-            raise StoreError(
+        except DatabaseError as e:
+            if damaged(e):
+                raise StoreError(damaged_message(url, e)) from e
+            if not isinstance(e, (OperationalError, InterfaceError)):
+                raise
+            raise StoreError(  # a server that is down
                 f"cannot open the database {describe(url)}: {str(e).strip().splitlines()[0][:200]}"
             ) from e
         # Sessions turn a lost connection (a restarted PostgreSQL) into a StoreError.
         self.session = Sessions(self.engine, url)
         # Blobs: a folder or any fsspec URL (FTEDIT_BLOB_URL; replicas share it), else the home.
-        blob_url = blob_url or os.environ.get("FTEDIT_BLOB_URL")
         self.blobs = open_blob_store(blob_url) if blob_url else LocalBlobStore(self.home / "blobs")
+        self.url, self.id = url, gc.store_id(url)
+        self._registered = False  # the root's stores/<id>.json marker (put_blob writes it)
 
     # ---- base models -------------------------------------------------------------------
     def base_id(self, fingerprint: dict, create: bool = True) -> int | None:
@@ -372,22 +381,36 @@ class Store:
             return set(s.scalars(select(EditRow.blob_sha256).distinct()))
 
     def orphans(self) -> list[str]:
-        """Blobs no edit refers to (an edit killed before its commit), and temp leftovers."""
-        used = self.referenced_blobs()
-        stray = [str(p) for p in self.blobs.temp_files()]
-        return [sha for sha in self.blobs.list() if sha not in used] + stray
+        """Blobs no database using the blob root refers to (an edit killed before its
+        commit), and temp leftovers (see :mod:`storage.gc`)."""
+        return gc.orphans(self)
 
-    def collect_orphans(self) -> list[str]:
-        """Delete orphan blobs and temp files; returns what was removed."""
-        with self.file_lock:
-            gone = self.orphans()
-            stray = {str(p) for p in self.blobs.temp_files()}
-            for item in gone:
-                if item in stray:
-                    self.blobs.discard(item)
-                else:
-                    self.blobs.delete(item)
-        return gone
+    def collect_orphans(self, grace_seconds: float = gc.DEFAULT_GRACE_SECONDS) -> list[str]:
+        """Delete orphans older than ``grace_seconds``; returns what was removed."""
+        return gc.collect(self, grace_seconds)[0]
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """The locks a blob writer holds until its row commits: the home's, then the blob
+        root's (which gc also takes, so it never collects a blob about to be referenced)."""
+        with self.file_lock, self.blobs.lock():
+            yield
+
+    def put_blob(self, data: bytes) -> str:
+        """Store a blob (call inside :meth:`writing`), registering this store in the root."""
+        if not self._registered:
+            gc.register(self)
+            self._registered = True
+        return self.blobs.put(data)
+
+    def integrity_problems(self) -> list[str]:
+        """SQLite's ``PRAGMA quick_check`` of the database file ([] when sound or not SQLite):
+        a damaged index page passes every query but the INSERT that needs it."""
+        from storage import fastlog
+        from storage.recover import quick_check
+
+        path = fastlog.sqlite_path(self.url)
+        return quick_check(path) if path is not None else []
 
     def status_problems(self, base_id: int | None = None) -> list[str]:
         """Edits whose status column disagrees with their newest event."""

@@ -23,6 +23,8 @@ def blob_url(request, tmp_path, monkeypatch):
         else f"memory://ftedit-{uuid.uuid4().hex[:12]}/blobs"
     )
     monkeypatch.setenv("FTEDIT_BLOB_URL", url)
+    if request.param == "memory":  # refused outside tests: blobs there die with the process
+        monkeypatch.setenv("FTEDIT_ALLOW_EPHEMERAL", "1")
     yield url
     if request.param == "memory":
         store = open_blob_store(url)
@@ -89,3 +91,15 @@ def test_a_full_disk_is_a_clear_error_with_no_row_and_no_partial_file(blob_url, 
     assert ws.verify().ok and ws.verify().orphans == []
     ws.edit(REQUESTS[1], HP1)  # space is back: the next edit works
     assert len(ws.history()) == 2 and ws.verify().ok
+
+
+def test_gc_keeps_young_orphans_and_registers_the_store_in_the_root(blob_url):
+    ws = open_ws()
+    first = ws.edit(REQUESTS[0], HP0)
+    assert list(ws.store.blobs.markers()) == [ws.store.id]  # stores/<id>.json, for other gcs
+    orphan = ws.store.blobs.put(b"an edit killed before its commit")
+    assert ws.verify().orphans == [orphan]
+    assert ws.collect_orphans() == []  # younger than the grace period: maybe about to commit
+    assert ws.store.blobs.exists(orphan)
+    assert ws.collect_orphans(grace_seconds=0) == [orphan]
+    assert ws.store.blobs.list() == [first.blob_sha256] and ws.verify().ok

@@ -49,7 +49,7 @@ def test_sigkill_during_edit_loses_nothing_and_leaves_a_collectable_orphan(ftedi
     report = fresh.verify()
     assert report.ok, report.problems
     assert len(report.orphans) == 1  # the killed edit's blob, durable but never committed
-    assert fresh.collect_orphans() == report.orphans
+    assert fresh.collect_orphans(grace_seconds=0) == report.orphans
     assert fresh.verify().orphans == []
     fresh.edit(REQUESTS[2], HP0)  # the store keeps working: ids continue
     assert [e.id for e in fresh.history()] == [1, 2]

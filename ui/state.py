@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from pathlib import Path
 
 _lock = threading.Lock()
 _workspace = None
 _model_spec: str | None = None
 _dtype: str | None = None
+# session -> cancel flags of the edits that visitor started (weak: gone with their requests)
+_cancels: dict[str, weakref.WeakSet] = {}
 
 
 def spaces_home() -> Path | None:
@@ -46,9 +49,42 @@ def workspace():
                 if _model_spec is None:
                     configure(None)
                 _workspace = Workspace(_model_spec, dtype=_dtype)
-    from ui.branches import view
+    from ui.branches import view, visitor_session
 
+    _watch(visitor_session())
     return view(_workspace)  # a visitor's branch on a shared deployment (FTEDIT_SHARED=1)
+
+
+def _watch(session: str | None) -> None:
+    """Give the edit this request may run a cancel flag that :func:`visitor_left` sets.
+
+    Handlers train in a worker thread under a copy of the request's context and call
+    :func:`workspace` there, so the flag set here is the one Workspace.edit checks after
+    every step (ftedit.workspace.CANCEL): a visitor who leaves stops their training at the
+    next step, which releases the workspace lock for everyone else.
+    """
+    if session is None:
+        return
+    from ftedit.workspace import CANCEL
+
+    flag = threading.Event()
+    with _lock:
+        _cancels.setdefault(session, weakref.WeakSet()).add(flag)
+    CANCEL.set(flag)
+
+
+def visitor_left(request=None) -> None:
+    """``demo.unload``: the visitor closed or reloaded the page; cancel their edits."""
+    session = getattr(request, "session_hash", None) or None
+    cancel_session(session)
+
+
+def cancel_session(session: str | None) -> None:
+    """Set the cancel flag of every edit ``session`` started (see :func:`_watch`)."""
+    with _lock:
+        flags = list(_cancels.pop(session, ())) if session else []
+    for flag in flags:
+        flag.set()
 
 
 def set_workspace(ws) -> None:

@@ -6,6 +6,8 @@ Revises:
 import sqlalchemy as sa
 from alembic import op
 
+from storage.db import crash_point
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -25,6 +27,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_base_models_identity", "base_models", ["name", "file_sha256", "dtype"],
                     unique=True)
+    crash_point("migration_0001")  # test hook: a kill between two CREATE TABLEs
     op.create_table(
         "edits",
         sa.Column("id", sa.Integer(), primary_key=True),
