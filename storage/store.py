@@ -218,12 +218,13 @@ class Store:
 
     def later_sharing(
         self, edit: EditInfo, base_id: int | None, branch: str | None = ALL
-    ) -> list[int]:
-        """Active edits made after ``edit`` that touch any of its tensors (trained on top of it).
-        On a visitor's branch only that branch's edits count: no other was trained on it."""
+    ) -> list[tuple[int, str]]:
+        """(id, origin) of the active edits made after ``edit`` that touch any of its tensors
+        (trained or imported on top of it). On a visitor's branch only that branch's edits
+        count: no other was trained on it."""
         names = set(edit.tensor_names)
         q = visible(
-            select(EditRow.id, EditRow.tensor_names)
+            select(EditRow.id, EditRow.tensor_names, EditRow.origin)
             .where(EditRow.id > edit.id, EditRow.status == "active")
             .order_by(EditRow.id),
             branch,
@@ -231,7 +232,7 @@ class Store:
         if base_id is not None:
             q = q.where(EditRow.base_model_id == base_id)
         with self.session() as s:
-            return [i for i, tensors in s.execute(q) if names & set(tensors)]
+            return [(i, origin) for i, tensors, origin in s.execute(q) if names & set(tensors)]
 
     # ---- writes ------------------------------------------------------------------------
     def add_edit(
@@ -320,15 +321,17 @@ class Store:
         later = self.later_sharing(edit, base_id, branch)
         warning = None
         if later:
-            # Name them all up to a dozen; past that the message would bury the point.
-            ids = ", ".join(f"#{i}" for i in later[:12])
-            if len(later) > 12:
-                ids += f" and {len(later) - 12} more"
-            warning = (
-                f"edit{'s' if len(later) > 1 else ''} {ids} "
-                f"{'were' if len(later) > 1 else 'was'} trained on top of it; removing it "
-                "is exact arithmetic, not 'never made'"
-            )
+            trained = [i for i, origin in later if origin != "imported"]
+            imported = [i for i, origin in later if origin == "imported"]
+            parts = []
+            if trained:
+                parts.append(f"{_ids('edit', trained)} {_was(trained)} trained on top of it")
+            if imported:  # an imported edit was trained elsewhere, but stacks on the same tensors
+                parts.append(
+                    f"{_ids('imported edit', imported)} {_was(imported)} applied after it "
+                    "to the same tensors"
+                )
+            warning = "; ".join(parts) + "; removing it is exact arithmetic, not 'never made'"
         return edit, warning
 
     def plan_reapply(
@@ -462,3 +465,14 @@ def _info(row: EditRow, base_name: str = "") -> EditInfo:
 
 def _event(e: EventRow) -> EventInfo:
     return EventInfo(id=e.id, edit_id=e.edit_id, kind=e.kind, created_at=e.created_at, note=e.note)
+
+
+def _ids(noun: str, ids: list[int]) -> str:
+    """'edit #3' / 'edits #3, #5' naming up to a dozen: past that the message buries the point."""
+    shown = ", ".join(f"#{i}" for i in ids[:12])
+    more = f" and {len(ids) - 12} more" if len(ids) > 12 else ""
+    return f"{noun}{'s' if len(ids) > 1 else ''} {shown}{more}"
+
+
+def _was(ids: list[int]) -> str:
+    return "were" if len(ids) > 1 else "was"

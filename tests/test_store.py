@@ -153,6 +153,26 @@ def _store_with_edits(n: int) -> tuple[Store, int]:
     return store, base
 
 
+def test_revert_warning_names_imported_edits_as_imported_not_trained():
+    store, base = _store_with_edits(2)  # #1 on t0, #2 on t1
+    sha = store.blobs.put(b"imported blob")
+    store.add_edit(
+        base,
+        requests=[REQUESTS[0]],
+        hparams=HP0,
+        metrics={},
+        losses=[],
+        steps=0,
+        seconds=0.0,
+        blob_sha256=sha,
+        tensor_names=["t0"],
+        origin="imported",
+    )
+    warning = store.revert(1).warning
+    assert "imported edit #3 was applied after it to the same tensors" in warning
+    assert "trained on top" not in warning
+
+
 def test_event_log_is_append_only_and_versions_replay():
     store, base = _store_with_edits(3)  # events v1..v3: created #1..#3
     res = store.revert(1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ftedit import parse
 from ftedit.branches import Visitor, shared
 from ftedit.errors import FteditError
 from storage.store import ALL
@@ -53,7 +54,7 @@ def publish(edit_id, token):
             "edit is already global."
         )
     try:
-        info = ws.publish(int(float(edit_id)), token)
+        info = ws.publish(parse.edit_id(edit_id), token)
     except FteditError as e:
         raise gr.Error(str(e)) from e
     return f"Edit #{info.id} is published: every visitor now has it.", *handlers.history()
