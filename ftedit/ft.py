@@ -40,6 +40,7 @@ from ftedit.errors import HParamsError, RequestError
 from ftedit.hparams import FTHyperParams
 from ftedit.keep import _pool_key, _rekey_pool, keep_others, kl_texts
 from ftedit.models import blocks_of, num_layers
+from ftedit.nullspace import Projector, projector
 from ftedit.requests import EditRequest
 
 Callback = Callable[[int, int, float], None]  # (step, num_steps, epoch mean loss)
@@ -235,10 +236,13 @@ def _train(
     hp: FTHyperParams,
     callback: Callback | None,
     kl: _KL | None = None,
+    proj: Projector | None = None,
 ) -> tuple[list[float], bool]:
     """ROME's update loop: Adam step while the batch loss is >= the stop loss, clamp after
     every batch, early stop on the epoch's mean loss. Returns (epoch losses, stopped early)."""
     opt = torch.optim.Adam(list(weights.values()), lr=hp.lr, weight_decay=hp.weight_decay)
+    if proj is not None:  # null-space projection of each step's change, before the clamp
+        proj.attach(opt, list(weights))
     runner = _Runner(model, hp)  # frozen blocks below the lowest edited one run once
     eps = hp.norm_constraint
     # The box is the same at every step: its bounds are computed once, the clamp is in place.
@@ -303,7 +307,8 @@ def compute_deltas(
         if hparams.kl_factor:
             others = keep_others(model, tok, requests, hparams)
             kl = _kl_reference(model, tok, requests, dev, others)
-        losses, stopped = _train(model, weights, copy, batches, hparams, callback, kl)
+        proj = projector(model, tok, hparams, list(weights)) if hparams.nullspace else None
+        losses, stopped = _train(model, weights, copy, batches, hparams, callback, kl, proj)
         deltas = Deltas({k: weights[k].detach().float() - copy[k].float() for k in weights})
     finally:
         with torch.no_grad():

@@ -52,6 +52,12 @@ class FTHyperParams:
     seed: int = 0
     # Free-form note shown in the UI (e.g. where a preset's numbers come from).
     note: str = field(default="", compare=False)
+    # Null-space projection strength s (ftedit/nullspace.py, after AlphaEdit): each optimiser
+    # step's change of an edited matrix is multiplied on its input side by
+    # U diag(1 / (1 + s * e / mean(e))) U^T, from the eigenvectors U and eigenvalues e of the
+    # matrix's input second moment over generic text, so outputs on frequent inputs (the
+    # neighbours' keys) barely move; computed once per base model and cached; 0 = off.
+    nullspace: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
@@ -87,6 +93,8 @@ class FTHyperParams:
             raise HParamsError(f"kl_factor must be >= 0, got {self.kl_factor}")
         if self.keep_subjects < 0:
             raise HParamsError(f"keep_subjects must be >= 0, got {self.keep_subjects}")
+        if not 0 <= self.nullspace < float("inf"):
+            raise HParamsError(f"nullspace must be a finite number >= 0, got {self.nullspace}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
