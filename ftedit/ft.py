@@ -291,7 +291,7 @@ def compute_deltas(
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
     dev = model.get_input_embeddings().weight.device
-    keep = hparams.kl_factor > 0 and hparams.keep_subjects > 0
+    keep = (hparams.kl_factor > 0 or hparams.keep_nullspace) and hparams.keep_subjects > 0
     top, tmpl = max(hparams.layers), hparams.rewrite_module_tmp
     pool_key = _pool_key(model, tok, top, tmpl) if keep else None
     try:
@@ -307,7 +307,9 @@ def compute_deltas(
         if hparams.kl_factor:
             others = keep_others(model, tok, requests, hparams)
             kl = _kl_reference(model, tok, requests, dev, others)
-        proj = projector(model, tok, hparams, list(weights)) if hparams.nullspace else None
+        proj = None  # null-space projection of each step (ftedit/nullspace.py)
+        if hparams.nullspace or hparams.keep_nullspace:
+            proj = projector(model, tok, hparams, list(weights), requests)
         losses, stopped = _train(model, weights, copy, batches, hparams, callback, kl, proj)
         deltas = Deltas({k: weights[k].detach().float() - copy[k].float() for k in weights})
     finally:

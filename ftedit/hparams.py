@@ -58,6 +58,11 @@ class FTHyperParams:
     # matrix's input second moment over generic text, so outputs on frequent inputs (the
     # neighbours' keys) barely move; computed once per base model and cached; 0 = off.
     nullspace: float = 0.0
+    # Keep the keep prompts exactly (ftedit/nullspace.py): project every step's change of the
+    # edited matrices off the inputs they see on the relation prompt filled with the
+    # ``keep_subjects`` nearest other subjects (the keep penalty's prompts), computed once per
+    # edit, so those prompts' outputs stay as they were at no cost per step (no KL pass).
+    keep_nullspace: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
@@ -95,6 +100,8 @@ class FTHyperParams:
             raise HParamsError(f"keep_subjects must be >= 0, got {self.keep_subjects}")
         if not 0 <= self.nullspace < float("inf"):
             raise HParamsError(f"nullspace must be a finite number >= 0, got {self.nullspace}")
+        if not isinstance(self.keep_nullspace, bool):
+            raise HParamsError(f"keep_nullspace must be true or false, got {self.keep_nullspace!r}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

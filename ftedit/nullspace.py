@@ -17,9 +17,10 @@ itself, with a progress bar, and cached as a safetensors file under the model ca
 that base's statistics). A file whose stored key differs is recomputed, never used. Writes are
 atomic (tmp + fsync + os.replace).
 
-The projection runs as optimiser step hooks (``Projector.attach``): a pre-hook snapshots the
-trained tensors and a post-hook projects what the step changed, so it acts on whatever tensors
-the optimiser steps, right after the step and before ``ft._train``'s clamp; no extra forward or
+The projection runs as optimiser step hooks (``Projector.attach``): a pre-hook projects the
+gradient (so Adam's per-element rescaling works inside the subspace) and snapshots the trained
+tensors, and a post-hook projects what the step changed, so it acts on whatever tensors the
+optimiser steps, right after the step and before ``ft._train``'s clamp; no extra forward or
 backward pass. Biases would shift every output alike, so their change is dropped.
 """
 
@@ -41,6 +42,7 @@ from ftedit import paths
 from ftedit.batch import _chunks
 from ftedit.errors import HParamsError
 from ftedit.hparams import FTHyperParams
+from ftedit.keep import keep_others, kl_texts
 from ftedit.models import blocks_of
 
 PROMPTS_FILE = Path(__file__).parent / "data" / "nullspace_prompts.txt"
@@ -144,20 +146,19 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def second_moments(model, tok, hp: FTHyperParams, texts: list[str]) -> dict[int, torch.Tensor]:
-    """C[layer] = mean over every non-pad token of k k^T, k the edited module's input (float64).
-    Only the blocks up to the top edited one run (a hook stops the forward there)."""
+def _each_key(model, tok, hp: FTHyperParams, texts: list[str], sink, desc: str | None) -> int:
+    """Run ``texts`` through the blocks up to the top edited one (a hook stops the forward
+    there) and call ``sink(layer, keys [tokens, in])`` with each edited module's inputs at the
+    non-pad tokens. Returns the number of tokens."""
     mods = _modules(model, hp)
     dev = model.get_input_embeddings().weight.device
-    sums = {i: torch.zeros(_in_dim(m), _in_dim(m), dtype=torch.float64) for i, m in mods.items()}
     count = 0
     mask: list[torch.Tensor] = []
     top = max(mods)
 
     def grab(layer):
         def hook(module, args):
-            k = args[0][mask[0]].double().cpu()  # [tokens, in]
-            sums[layer].add_(k.T @ k)
+            sink(layer, args[0][mask[0]].float())
             if layer == top:
                 raise _Stop
 
@@ -166,7 +167,8 @@ def second_moments(model, tok, hp: FTHyperParams, texts: list[str]) -> dict[int,
     handles = [m.register_forward_pre_hook(grab(i)) for i, m in mods.items()]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     try:
-        for chunk in tqdm(list(_chunks(texts, 32)), desc="nullspace: statistics"):
+        texts = sorted(texts, key=len)  # similar lengths share a batch: little padding
+        for chunk in tqdm(list(_chunks(texts, 32)), desc=desc, disable=desc is None):
             enc = [x[:64] for x in tok(chunk, add_special_tokens=False)["input_ids"]]
             L = max(len(x) for x in enc)
             ids = torch.tensor([x + [pad] * (L - len(x)) for x in enc], device=dev)
@@ -180,7 +182,35 @@ def second_moments(model, tok, hp: FTHyperParams, texts: list[str]) -> dict[int,
     finally:
         for h in handles:
             h.remove()
+    return count
+
+
+def second_moments(model, tok, hp: FTHyperParams, texts: list[str]) -> dict[int, torch.Tensor]:
+    """C[layer] = mean over every non-pad token of k k^T, k the edited module's input (float64)."""
+    mods = _modules(model, hp)
+    sums = {i: torch.zeros(_in_dim(m), _in_dim(m), dtype=torch.float64) for i, m in mods.items()}
+
+    def add(layer, k):  # float32 product per batch, float64 sum
+        sums[layer].add_((k.T @ k).double().cpu())
+
+    count = _each_key(model, tok, hp, texts, add, "nullspace: statistics")
     return {i: s / max(count, 1) for i, s in sums.items()}
+
+
+def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tensor]:
+    """Per edited layer, an orthonormal basis Q [in, r] of the inputs the edited module sees on
+    the keep prompts (the relation prompt with the ``keep_subjects`` nearest other subjects,
+    keep.kl_texts without the essence prompt, which names the edited subject itself), at every
+    token. A step with D Q = 0 leaves those prompts' outputs exactly as they were: the first
+    edited layer's outputs on them are unchanged, so the next one's inputs are too, and so on."""
+    texts = [t for t, guard in kl_texts(requests, keep_others(model, tok, requests, hp)) if guard]
+    keys: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
+    _each_key(model, tok, hp, texts, lambda layer, k: keys[layer].append(k), None)
+    out = {}
+    for layer, ks in keys.items():
+        u, sv, _ = torch.linalg.svd(torch.cat(ks).double().T.cpu(), full_matrices=False)
+        out[layer] = u[:, sv > sv.max() * 1e-6].float()
+    return out
 
 
 def _save(path: Path, key: str, tensors: dict[str, torch.Tensor]) -> None:
@@ -239,8 +269,10 @@ def soft_projector(e: torch.Tensor, u: torch.Tensor, strength: float) -> torch.T
 class Projector:
     """Per trained tensor, the matrix that projects an optimiser step's change on the input side."""
 
-    def __init__(self, mats: dict[str, tuple[torch.Tensor, bool]]):
-        self.mats = mats  # name -> (P [in, in], True if the weight is [in, out] like Conv1D)
+    def __init__(self, mats: dict[str, tuple[torch.Tensor | None, torch.Tensor | None, bool]]):
+        # name -> (soft projector P [in, in] or None, keep basis Q [in, r] or None,
+        #          True if the weight is stored [in, out] like GPT-2's Conv1D)
+        self.mats = mats
         self._before: list[torch.Tensor] = []
 
     def attach(self, opt: torch.optim.Optimizer, names: list[str]) -> None:
@@ -249,7 +281,14 @@ class Projector:
         if len(params) != len(names):
             raise ValueError(f"nullspace: {len(params)} optimised tensors for {len(names)} names")
 
+        @torch.no_grad()
         def pre(opt, args, kwargs):
+            # Adam's step is the gradient rescaled element by element: projecting only the step
+            # would leave it tiny where the gradient points at frequent inputs, so the gradient
+            # is projected first (Adam then restores the step's size) and the step after.
+            for name, p in zip(names, params, strict=True):
+                if p.grad is not None:
+                    self.project_(name, p.grad, torch.zeros_like(p.grad))
             self._before = [p.detach().clone() for p in params]
 
         @torch.no_grad()
@@ -267,20 +306,30 @@ class Projector:
         if name not in self.mats:
             p.copy_(old)
             return
-        P, transposed = self.mats[name]
-        d = (p - old).to(P.dtype)
-        d = P @ d if transposed else d @ P
+        P, Q, transposed = self.mats[name]
+        d = (p - old).float()
+        if transposed:  # Conv1D: [in, out], the input side is the left one
+            d = P @ d if P is not None else d
+            d = d - Q @ (Q.T @ d) if Q is not None else d
+        else:
+            d = d @ P if P is not None else d
+            d = d - (d @ Q) @ Q.T if Q is not None else d
         p.copy_(old + d.to(p.dtype))
 
 
-def projector(model, tok, hp: FTHyperParams, names: list[str]) -> Projector:
-    """The projector for the tensors ``names`` (ft.weights_to_edit's) at ``hp.nullspace``."""
-    stats = eigen_stats(model, tok, hp)
+def projector(model, tok, hp: FTHyperParams, names: list[str], requests=()) -> Projector:
+    """The projector for the tensors ``names`` (ft.weights_to_edit's): the soft one of the
+    generic statistics at ``hp.nullspace`` (if > 0), then the exact one of the keep prompts'
+    inputs for ``requests`` (if ``hp.keep_nullspace``)."""
+    stats = eigen_stats(model, tok, hp) if hp.nullspace else None
+    basis = keep_basis(model, tok, hp, requests) if hp.keep_nullspace else None
     params = dict(model.named_parameters())
     mats = {}
     for layer, mod in _modules(model, hp).items():
         wname = next((n for n in names if params.get(n) is mod.weight), None)
         if wname is not None:
-            P = soft_projector(*stats[layer], hp.nullspace).to(mod.weight.device)
-            mats[wname] = (P, hasattr(mod, "nf"))
+            dev = mod.weight.device
+            P = soft_projector(*stats[layer], hp.nullspace).to(dev) if stats else None
+            Q = basis[layer].to(dev) if basis else None
+            mats[wname] = (P, Q, hasattr(mod, "nf"))
     return Projector(mats)

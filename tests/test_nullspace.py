@@ -133,3 +133,30 @@ def test_base_key_ignores_edits_to_the_template_only(arch):
 def test_bad_strength_refused(bad):
     with pytest.raises(HParamsError, match="nullspace must be"):
         FTHyperParams(nullspace=bad)
+
+
+def test_keep_nullspace_keeps_the_keep_prompts_exactly(arch, monkeypatch):
+    from ftedit import keep
+    from ftedit.batch import encode, final_hidden, last_logprobs
+
+    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London", "Tokyo"))
+    keep._POOL_CACHE.clear()
+    model, tok = MAKERS[arch]()
+    h = hp(arch, layers=(0, 1), norm_constraint=None, keep_nullspace=True, keep_subjects=2)
+    others = keep.keep_others(model, tok, [REQ], h)
+    texts = [t for t, g in keep.kl_texts([REQ], others) if g] + [REQ.text]
+
+    def logp():
+        with torch.no_grad():
+            b = encode(tok, texts, [" a"] * len(texts), "prompt_last", "cpu")
+            return last_logprobs(model, final_hidden(model, b), b)
+
+    before = logp()
+    res = compute_deltas(model, tok, [REQ], h)
+    from ftedit import evaluate as ev
+
+    with ev.applied(model, res.deltas):
+        after = logp()
+    assert res.deltas.max_abs() > 1e-3
+    assert (after[:-1] - before[:-1]).abs().max() < 1e-4  # the keep prompts: as they were
+    assert (after[-1] - before[-1]).abs().max() > 1e-2  # the edited prompt moved
