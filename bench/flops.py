@@ -116,12 +116,16 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines = [
-        f"FLOPs per edit, SmolLM2-135M float32, {args.threads} thread(s), medians over dev records"
-        f" 0-{args.n - 1}. torch.mm peak: {peak:.1f} GFLOP/s (2048^3), {step_shape:.1f} GFLOP/s"
-        f" at the step's shape ({tokens}x576 @ 576x1536).",
+        (
+            f"FLOPs per edit, SmolLM2-135M float32, {args.threads} thread(s), medians over dev records"
+            f" 0-{args.n - 1}. torch.mm peak: {peak:.1f} GFLOP/s (2048^3), {step_shape:.1f} GFLOP/s"
+            f" at the step's shape ({tokens}x576 @ 576x1536)."
+        ),
         "",
-        "| preset | steps | GFLOP / edit | of which training | s / edit | training s "
-        "| training GFLOP/s | % of mm peak |",
+        (
+            "| preset | steps | GFLOP / edit | of which training | s / edit | training s "
+            "| training GFLOP/s | % of mm peak |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, m in rows.items():
