@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -31,16 +32,26 @@ def main(argv=None) -> None:
     first = loaded[0]
     ids = {row["case_id"] for rows in first["rows"].values() for row in rows}
     summaries: dict[str, dict] = {}
+    medians: dict[str, tuple[float, float]] = {}
     for folder, rep in zip(args.reports, loaded, strict=True):
         for name, rows in rep["rows"].items():
             kept = [r for r in rows if r["case_id"] in ids]
             label = name if name not in summaries else f"{name} ({Path(folder).name})"
             if kept and label not in summaries:
                 summaries[label] = ev.summarize(kept, ev.CF_METRICS)
+                if name != "unedited":  # the table's "s / edit" is a mean; goals are medians
+                    medians[label] = (
+                        statistics.median(r["seconds"] for r in kept),
+                        statistics.median(r["steps"] for r in kept),
+                    )
     text = (
         f"{first['title']}: every method on the same {len(ids)} records "
         f"(from {', '.join(args.reports)})\n\n{ev.markdown_table(summaries, ev.CF_METRICS)}"
     )
+    text += "\nMedian s / edit (median steps): " + "; ".join(
+        f"{k} {s:.1f} ({n:g})" for k, (s, n) in medians.items()
+    )
+    text += "\n"
     print(text)
     if args.out:
         Path(args.out).write_text(text)
