@@ -46,7 +46,8 @@ class FTHyperParams:
     kl_factor: float = 0.0
     # How many other subjects (ftedit/data/keep_subjects.txt, the nearest to the request's
     # subject by hidden state after the top edited block) fill the relation prompt in the keep
-    # penalty; 0 = the stand-ins "it", "this one", "the other one". Used only if kl_factor > 0.
+    # penalty; 0 = the stand-ins "it", "this one", "the other one". Used if kl_factor > 0
+    # or keep_nullspace.
     keep_subjects: int = 0
     # Seed for anything random (prefix sampling); equal seeds give bit-identical deltas.
     seed: int = 0
