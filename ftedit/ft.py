@@ -42,6 +42,7 @@ from ftedit.errors import HParamsError, RequestError
 from ftedit.hparams import FTHyperParams
 from ftedit.keep import _pool_key, _rekey_pool, keep_others, kl_texts
 from ftedit.models import blocks_of, input_device, module_device, num_layers, offloaded
+from ftedit.nullspace import Projector, projector
 from ftedit.precision import box_bounds, float32_masters, to_device
 from ftedit.requests import EditRequest
 
@@ -250,6 +251,7 @@ def _train(
     hp: FTHyperParams,
     callback: Callback | None,
     kl: _KL | None = None,
+    proj: Projector | None = None,
 ) -> tuple[list[float], bool, dict]:
     """ROME's update loop: Adam step while the batch loss is >= the stop loss, clamp after
     every batch, early stop on the epoch's mean loss. Returns (epoch losses, stopped early,
@@ -257,6 +259,8 @@ def _train(
     masters, base = float32_masters(weights, copy)
     shadowed = [k for k in weights if masters[k] is not weights[k]]
     opt = torch.optim.Adam(list(masters.values()), lr=hp.lr, weight_decay=hp.weight_decay)
+    if proj is not None:  # null-space projection of each step on the float32 masters, pre-clamp
+        proj.attach(opt, list(masters))
     runner = _Runner(model, hp)  # frozen blocks below the lowest edited one run once
     eps = hp.norm_constraint
     # The box is the same at every step: its bounds are computed once (float32 for a half
@@ -320,7 +324,7 @@ def compute_deltas(
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
     dev = input_device(model)
-    keep = hparams.kl_factor > 0 and hparams.keep_subjects > 0
+    keep = (hparams.kl_factor > 0 or hparams.keep_nullspace) and hparams.keep_subjects > 0
     top, tmpl = max(hparams.layers), hparams.rewrite_module_tmp
     pool_key = _pool_key(model, tok, top, tmpl) if keep else None
     try:
@@ -336,7 +340,12 @@ def compute_deltas(
         if hparams.kl_factor:
             others = keep_others(model, tok, requests, hparams)
             kl = _kl_reference(model, tok, requests, dev, others)
-        losses, stopped, trained = _train(model, weights, copy, batches, hparams, callback, kl)
+        proj = None  # null-space projection of each step (ftedit/nullspace.py)
+        if hparams.nullspace or hparams.keep_nullspace:
+            proj = projector(model, tok, hparams, list(weights), requests)
+        losses, stopped, trained = _train(
+            model, weights, copy, batches, hparams, callback, kl, proj
+        )
         deltas = Deltas(trained)
     finally:
         with torch.no_grad():

@@ -47,12 +47,24 @@ class FTHyperParams:
     kl_factor: float = 0.0
     # How many other subjects (ftedit/data/keep_subjects.txt, the nearest to the request's
     # subject by hidden state after the top edited block) fill the relation prompt in the keep
-    # penalty; 0 = the stand-ins "it", "this one", "the other one". Used only if kl_factor > 0.
+    # penalty; 0 = the stand-ins "it", "this one", "the other one". Used if kl_factor > 0
+    # or keep_nullspace.
     keep_subjects: int = 0
     # Seed for anything random (prefix sampling); equal seeds give bit-identical deltas.
     seed: int = 0
     # Free-form note shown in the UI (e.g. where a preset's numbers come from).
     note: str = field(default="", compare=False)
+    # Null-space projection strength s (ftedit/nullspace.py, after AlphaEdit): each optimiser
+    # step's change of an edited matrix is multiplied on its input side by
+    # U diag(1 / (1 + s * e / mean(e))) U^T, from the eigenvectors U and eigenvalues e of the
+    # matrix's input second moment over generic text, so outputs on frequent inputs (the
+    # neighbours' keys) barely move; computed once per base model and cached; 0 = off.
+    nullspace: float = 0.0
+    # Keep the keep prompts exactly (ftedit/nullspace.py): project every step's change of the
+    # edited matrices off the inputs they see on the relation prompt filled with the
+    # ``keep_subjects`` nearest other subjects (the keep penalty's prompts), computed once per
+    # edit, so those prompts' outputs stay as they were at no cost per step (no KL pass).
+    keep_nullspace: bool = False
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -92,6 +104,10 @@ class FTHyperParams:
             raise HParamsError(f"kl_factor must be >= 0, got {self.kl_factor}")
         if self.keep_subjects < 0:
             raise HParamsError(f"keep_subjects must be >= 0, got {self.keep_subjects}")
+        if not 0 <= self.nullspace < float("inf"):
+            raise HParamsError(f"nullspace must be a finite number >= 0, got {self.nullspace}")
+        if not isinstance(self.keep_nullspace, bool):
+            raise HParamsError(f"keep_nullspace must be true or false, got {self.keep_nullspace!r}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

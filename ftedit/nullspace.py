@@ -1,0 +1,335 @@
+"""Null-space projection of an edit's update (AlphaEdit, arXiv 2410.02355), for FT.
+
+An edited matrix W maps its input k to W k; an update D changes the output on k by D k. Over
+generic text the inputs k of W span some directions often and others rarely. With the second
+moment C = E[k k^T] = U diag(e) U^T, projecting every optimiser step's change of W on its input
+side by P = U diag(1 / (1 + s * e / mean(e))) U^T leaves the outputs on frequent inputs almost
+unchanged (D P k ~ 0 where e is large) and lets the edit use the rare directions. ``s``
+(``hparams.nullspace``) is the strength: 0 is off, large values approach AlphaEdit's hard
+projector onto the exact null space of C. The soft form is needed because a small model's keys
+leave little exact null space.
+
+The statistics are computed once per base model, edited layers and template, from
+``data/nullspace_prompts.txt`` (dev-split CounterFact prompts only) and texts the model writes
+itself, with a progress bar, and cached as a safetensors file under the model cache dir
+(``paths.cache_dir() / "nullspace"``), keyed by a hash of every weight the inputs depend on
+(except the template's own matrices, which edits change: a stack of edits on a base keeps using
+that base's statistics). A file whose stored key differs is recomputed, never used. Writes are
+atomic (tmp + fsync + os.replace).
+
+The projection runs as optimiser step hooks (``Projector.attach``): a pre-hook projects the
+gradient (so Adam's per-element rescaling works inside the subspace) and snapshots the trained
+tensors, and a post-hook projects what the step changed, so it acts on whatever tensors the
+optimiser steps, right after the step and before ``ft._train``'s clamp; no extra forward or
+backward pass. Biases would shift every output alike, so their change is dropped.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from ftedit import paths
+from ftedit.batch import _chunks
+from ftedit.errors import HParamsError
+from ftedit.hparams import FTHyperParams
+from ftedit.keep import keep_others, kl_texts
+from ftedit.models import blocks_of
+
+PROMPTS_FILE = Path(__file__).parent / "data" / "nullspace_prompts.txt"
+SAMPLE_SEEDS = ("The", "In", "A", "It", "He", "She", "This", "When")
+# Texts the model writes itself (per seed, tokens each): generic text beyond the prompt file.
+SAMPLES_PER_SEED, SAMPLE_TOKENS = 16, 40
+VERSION = 1  # bump when the corpus or the statistic changes: old files then stop matching
+
+
+@functools.cache
+def _prompts() -> tuple[str, ...]:
+    lines = PROMPTS_FILE.read_text(encoding="utf-8").splitlines()
+    return tuple(x for x in lines if x.strip() and not x.startswith("#"))
+
+
+def _modules(model, hp: FTHyperParams) -> dict[int, torch.nn.Module]:
+    names = dict(model.named_modules())
+    out = {}
+    for layer in hp.layers:
+        mod = names.get(hp.rewrite_module_tmp.format(layer))
+        if mod is None or not hasattr(mod, "weight") or mod.weight.dim() != 2:
+            raise HParamsError(
+                f"nullspace needs {hp.rewrite_module_tmp.format(layer)!r} to be a module with "
+                "a 2-D weight (a Linear or GPT-2's Conv1D); set nullspace 0 for this template"
+            )
+        out[layer] = mod
+    return out
+
+
+def _in_dim(mod: torch.nn.Module) -> int:
+    """Input width: Linear stores [out, in], GPT-2's Conv1D [in, out] (and has ``nf``)."""
+    return mod.weight.shape[0] if hasattr(mod, "nf") else mod.weight.shape[1]
+
+
+def base_key(model, hp: FTHyperParams) -> str:
+    """What the statistics depend on: the weights up to the top edited block (all but the
+    template's matrices), the model's config and name, the layers, template and corpus."""
+    return _base_key(model, hp.rewrite_module_tmp, tuple(sorted(hp.layers)))
+
+
+_KEY_MEMO: dict = {}
+
+
+def _base_key(model, template: str, layers: tuple[int, ...]) -> str:
+    blocks = blocks_of(model, template)
+    if blocks is None:
+        raise HParamsError(f"nullspace: {template!r} does not index a list of blocks")
+    edited = re.compile(r"(^|\.)" + re.escape(template).replace(r"\{\}", r"\d+") + r"(\.|$)")
+    below = {id(p) for i in range(max(layers) + 1) for p in blocks[i].parameters()}
+    in_blocks = {id(p) for b in blocks for p in b.parameters()}
+    named = [
+        (n, p)
+        for n, p in model.named_parameters()
+        if not edited.search(n) and (id(p) in below or id(p) not in in_blocks)
+    ]
+    memo = (id(model), template, layers, tuple((p.data_ptr(), p._version) for _, p in named))
+    if memo in _KEY_MEMO:
+        return _KEY_MEMO[memo]
+    h = hashlib.sha256()
+    cfg = getattr(model, "config", None)
+    h.update(json.dumps([VERSION, template, list(layers), _prompts()]).encode())
+    h.update((cfg.to_json_string() if cfg is not None else type(model).__name__).encode())
+    for n, p in named:
+        t = p.detach().cpu().contiguous()
+        h.update(f"{n}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    _KEY_MEMO.clear()
+    _KEY_MEMO[memo] = h.hexdigest()
+    return _KEY_MEMO[memo]
+
+
+def cache_path(key: str, hp: FTHyperParams) -> Path:
+    layers = "-".join(str(i) for i in sorted(hp.layers))
+    return paths.cache_dir() / "nullspace" / f"{key[:24]}-L{layers}.safetensors"
+
+
+@torch.no_grad()
+def _texts(model, tok) -> list[str]:
+    """The prompt file plus SAMPLE_SEEDS x SAMPLES_PER_SEED texts the model samples itself."""
+    dev = model.get_input_embeddings().weight.device
+    out = list(_prompts())
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(0)
+        for seed in tqdm(SAMPLE_SEEDS, desc="nullspace: sampling", leave=False):
+            ids = tok(seed, return_tensors="pt", add_special_tokens=False)["input_ids"].to(dev)
+            gen = model.generate(
+                input_ids=ids.repeat(SAMPLES_PER_SEED, 1),
+                attention_mask=torch.ones_like(ids).repeat(SAMPLES_PER_SEED, 1),
+                do_sample=True,
+                top_k=20,
+                max_new_tokens=SAMPLE_TOKENS,
+                pad_token_id=pad,
+            )
+            out += [" ".join(t.split()) for t in tok.batch_decode(gen, skip_special_tokens=True)]
+    return [t for t in out if t.strip()]
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def _each_key(model, tok, hp: FTHyperParams, texts: list[str], sink, desc: str | None) -> int:
+    """Run ``texts`` through the blocks up to the top edited one (a hook stops the forward
+    there) and call ``sink(layer, keys [tokens, in])`` with each edited module's inputs at the
+    non-pad tokens. Returns the number of tokens."""
+    mods = _modules(model, hp)
+    dev = model.get_input_embeddings().weight.device
+    count = 0
+    mask: list[torch.Tensor] = []
+    top = max(mods)
+
+    def grab(layer):
+        def hook(module, args):
+            sink(layer, args[0][mask[0]].float())
+            if layer == top:
+                raise _Stop
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(grab(i)) for i, m in mods.items()]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    try:
+        texts = sorted(texts, key=len)  # similar lengths share a batch: little padding
+        for chunk in tqdm(list(_chunks(texts, 32)), desc=desc, disable=desc is None):
+            enc = [x[:64] for x in tok(chunk, add_special_tokens=False)["input_ids"]]
+            L = max(len(x) for x in enc)
+            ids = torch.tensor([x + [pad] * (L - len(x)) for x in enc], device=dev)
+            att = torch.tensor([[1] * len(x) + [0] * (L - len(x)) for x in enc], device=dev)
+            mask[:] = [att.bool()]
+            count += int(att.sum())
+            try:
+                model(input_ids=ids, attention_mask=att, use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    return count
+
+
+def second_moments(model, tok, hp: FTHyperParams, texts: list[str]) -> dict[int, torch.Tensor]:
+    """C[layer] = mean over every non-pad token of k k^T, k the edited module's input (float64)."""
+    mods = _modules(model, hp)
+    sums = {i: torch.zeros(_in_dim(m), _in_dim(m), dtype=torch.float64) for i, m in mods.items()}
+
+    def add(layer, k):  # float32 product per batch, float64 sum
+        sums[layer].add_((k.T @ k).double().cpu())
+
+    count = _each_key(model, tok, hp, texts, add, "nullspace: statistics")
+    return {i: s / max(count, 1) for i, s in sums.items()}
+
+
+def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tensor]:
+    """Per edited layer, an orthonormal basis Q [in, r] of the inputs the edited module sees on
+    the keep prompts (the relation prompt with the ``keep_subjects`` nearest other subjects,
+    keep.kl_texts without the essence prompt, which names the edited subject itself), at every
+    token. A step with D Q = 0 leaves those prompts' outputs exactly as they were: the first
+    edited layer's outputs on them are unchanged, so the next one's inputs are too, and so on."""
+    texts = [t for t, guard in kl_texts(requests, keep_others(model, tok, requests, hp)) if guard]
+    keys: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
+    _each_key(model, tok, hp, texts, lambda layer, k: keys[layer].append(k), None)
+    out = {}
+    for layer, ks in keys.items():
+        u, sv, _ = torch.linalg.svd(torch.cat(ks).double().T.cpu(), full_matrices=False)
+        out[layer] = u[:, sv > sv.max() * 1e-6].float()
+    return out
+
+
+def _save(path: Path, key: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Atomic: a reader sees the old file or the whole new one, never a torn write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), {"key": key})
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _load(path: Path, key: str) -> dict[str, torch.Tensor] | None:
+    """The file's tensors if it was made for ``key``; None if absent, unreadable or another's."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("key") != key:
+                return None
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except Exception:  # noqa: BLE001 - missing, torn or foreign file: recompute, never fail
+        return None
+
+
+def eigen_stats(model, tok, hp: FTHyperParams) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """(eigenvalues, eigenvectors) of each edited layer's input second moment, from the cache
+    when it holds this base's, else computed (with a progress bar) and cached."""
+    key = base_key(model, hp)
+    path = cache_path(key, hp)
+    got = _load(path, key)
+    if got is None or any(f"e{i}" not in got for i in hp.layers):
+        print(f"ftedit: computing null-space statistics once for this model -> {path}")
+        C = second_moments(model, tok, hp, _texts(model, tok))
+        got = {}
+        for i, c in C.items():
+            e, u = torch.linalg.eigh(c)
+            got[f"e{i}"], got[f"u{i}"] = e.clamp(min=0), u.float()
+        _save(path, key, got)
+    return {i: (got[f"e{i}"].double(), got[f"u{i}"]) for i in hp.layers}
+
+
+def soft_projector(e: torch.Tensor, u: torch.Tensor, strength: float) -> torch.Tensor:
+    """U diag(1 / (1 + s e / mean(e))) U^T: symmetric, ~1 on rare input directions, ~0 on
+    frequent ones (s = strength)."""
+    scale = 1.0 / (1.0 + strength * e / e.mean().clamp(min=1e-30))
+    return (u * scale.to(u.dtype)) @ u.T
+
+
+class Projector:
+    """Per trained tensor, the matrix that projects an optimiser step's change on the input side."""
+
+    def __init__(self, mats: dict[str, tuple[torch.Tensor | None, torch.Tensor | None, bool]]):
+        # name -> (soft projector P [in, in] or None, keep basis Q [in, r] or None,
+        #          True if the weight is stored [in, out] like GPT-2's Conv1D)
+        self.mats = mats
+        self._before: list[torch.Tensor] = []
+
+    def attach(self, opt: torch.optim.Optimizer, names: list[str]) -> None:
+        """Project every step of ``opt``, whose parameters are the tensors ``names`` (in order)."""
+        params = [p for g in opt.param_groups for p in g["params"]]
+        if len(params) != len(names):
+            raise ValueError(f"nullspace: {len(params)} optimised tensors for {len(names)} names")
+
+        @torch.no_grad()
+        def pre(opt, args, kwargs):
+            # Adam's step is the gradient rescaled element by element: projecting only the step
+            # would leave it tiny where the gradient points at frequent inputs, so the gradient
+            # is projected first (Adam then restores the step's size) and the step after.
+            for name, p in zip(names, params, strict=True):
+                if p.grad is not None:
+                    self.project_(name, p.grad, torch.zeros_like(p.grad))
+            self._before = [p.detach().clone() for p in params]
+
+        @torch.no_grad()
+        def post(opt, args, kwargs):
+            for name, p, old in zip(names, params, self._before, strict=True):
+                self.project_(name, p, old)
+            self._before = []
+
+        opt.register_step_pre_hook(pre)
+        opt.register_step_post_hook(post)
+
+    @torch.no_grad()
+    def project_(self, name: str, p: torch.Tensor, old: torch.Tensor) -> None:
+        """p <- old + (p - old) projected; a tensor without a matrix (a bias) keeps ``old``."""
+        if name not in self.mats:
+            p.copy_(old)
+            return
+        P, Q, transposed = self.mats[name]
+        d = (p - old).float()
+        if transposed:  # Conv1D: [in, out], the input side is the left one
+            d = P @ d if P is not None else d
+            d = d - Q @ (Q.T @ d) if Q is not None else d
+        else:
+            d = d @ P if P is not None else d
+            d = d - (d @ Q) @ Q.T if Q is not None else d
+        p.copy_(old + d.to(p.dtype))
+
+
+def projector(model, tok, hp: FTHyperParams, names: list[str], requests=()) -> Projector:
+    """The projector for the tensors ``names`` (ft.weights_to_edit's): the soft one of the
+    generic statistics at ``hp.nullspace`` (if > 0), then the exact one of the keep prompts'
+    inputs for ``requests`` (if ``hp.keep_nullspace``)."""
+    stats = eigen_stats(model, tok, hp) if hp.nullspace else None
+    basis = keep_basis(model, tok, hp, requests) if hp.keep_nullspace else None
+    params = dict(model.named_parameters())
+    mats = {}
+    for layer, mod in _modules(model, hp).items():
+        wname = next((n for n in names if params.get(n) is mod.weight), None)
+        if wname is not None:
+            dev = mod.weight.device
+            P = soft_projector(*stats[layer], hp.nullspace).to(dev) if stats else None
+            Q = basis[layer].to(dev) if basis else None
+            mats[wname] = (P, Q, hasattr(mod, "nf"))
+    return Projector(mats)

@@ -1,0 +1,162 @@
+"""Null-space projection (hparams.nullspace): preserved keys, the statistics cache, purity, clamp."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ftedit import nullspace as ns
+from ftedit.errors import HParamsError
+from ftedit.ft import compute_deltas
+from ftedit.hparams import FTHyperParams
+from ftedit.requests import EditRequest
+from tests.tiny import assert_params_equal, make_gpt2, make_llama, params_snapshot
+
+TEMPLATES = {"llama": "model.layers.{}.mlp.down_proj", "gpt2": "transformer.h.{}.mlp.c_proj"}
+MAKERS = {"llama": make_llama, "gpt2": make_gpt2}
+REQ = EditRequest("the {} is located in", "Eiffel Tower", "Rome", "Paris")
+# Few enough tokens (~30) that the keys leave an exact null space in the 64/128-wide inputs.
+CORPUS = ("the capital of France is Paris", "Apple is made by a company", "who plays jazz ?")
+
+
+@pytest.fixture(autouse=True)
+def small_corpus(tmp_path, monkeypatch):
+    """A tiny generic corpus, and a private model cache (the statistics files land there)."""
+    monkeypatch.setenv("FTEDIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ns, "_prompts", lambda: CORPUS)
+    monkeypatch.setattr(ns, "SAMPLE_SEEDS", ("the",))
+    monkeypatch.setattr(ns, "SAMPLES_PER_SEED", 2)
+    monkeypatch.setattr(ns, "SAMPLE_TOKENS", 3)
+    ns._KEY_MEMO.clear()
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def arch(request):
+    return request.param
+
+
+def hp(arch: str, **kw) -> FTHyperParams:
+    base = dict(layers=(1,), rewrite_module_tmp=TEMPLATES[arch], lr=1e-2, num_steps=8)
+    return FTHyperParams(**{**base, **kw})
+
+
+def _key_moment(model, tok, h: FTHyperParams) -> torch.Tensor:
+    return ns.second_moments(model, tok, h, ns._texts(model, tok))[1]
+
+
+def _weight_delta(res, arch: str) -> torch.Tensor:
+    """The edited matrix's delta as [out, in] (GPT-2's Conv1D stores [in, out])."""
+    d = res.deltas[TEMPLATES[arch].format(1) + ".weight"].double()
+    return d.T if arch == "gpt2" else d
+
+
+def _leak(D: torch.Tensor, C: torch.Tensor) -> float:
+    """How much D moves the outputs on the corpus keys, relative to its size: ||D C|| / ||D|| ||C||."""
+    return float((D @ C).norm() / (D.norm() * C.norm()))
+
+
+def test_projection_keeps_outputs_on_preserved_keys(arch):
+    model, tok = MAKERS[arch]()
+    C = _key_moment(model, tok, hp(arch))
+    plain = compute_deltas(model, tok, [REQ], hp(arch, norm_constraint=None))
+    proj = compute_deltas(model, tok, [REQ], hp(arch, norm_constraint=None, nullspace=1e9))
+    assert _leak(_weight_delta(plain, arch), C) > 1e-2  # without it the corpus outputs move
+    D = _weight_delta(proj, arch)
+    assert D.abs().max() > 1e-3  # the edit still trains, in the directions the corpus leaves
+    assert _leak(D, C) < 1e-6
+    assert proj.losses[-1] < proj.losses[0]
+    for name, d in proj.deltas.items():
+        if name.endswith(".bias"):  # a bias would shift every output: its change is dropped
+            assert d.abs().max() == 0
+
+
+def test_soft_projector_is_between_identity_and_null_space():
+    e = torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64)
+    u = torch.eye(3)
+    assert torch.allclose(ns.soft_projector(e, u, 0.0), torch.eye(3))
+    P = ns.soft_projector(e, u, 4.0)  # mean(e) = 4/3: factors 1, 1/4, 1/10
+    assert torch.allclose(torch.diagonal(P), torch.tensor([1.0, 0.25, 0.1]))
+
+
+def test_pure_and_the_clamp_holds(arch):
+    model, tok = MAKERS[arch]()
+    snap = params_snapshot(model)
+    eps = 1e-3
+    res = compute_deltas(
+        model, tok, [REQ], hp(arch, layers=(0, 1), norm_constraint=eps, nullspace=10.0)
+    )
+    assert_params_equal(model, snap)
+    assert 0 < res.deltas.max_abs() <= eps + 1e-7
+
+
+def test_statistics_cached_and_reused(arch, monkeypatch):
+    model, tok = MAKERS[arch]()
+    h = hp(arch, nullspace=1.0)
+    first = ns.eigen_stats(model, tok, h)
+    path = ns.cache_path(ns.base_key(model, h), h)
+    assert path.exists() and not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.setattr(ns, "second_moments", lambda *a: pytest.fail("recomputed"))
+    again = ns.eigen_stats(model, tok, h)
+    assert torch.equal(first[1][0], again[1][0]) and torch.equal(first[1][1], again[1][1])
+
+
+def test_cache_of_another_base_is_not_used(arch):
+    a, tok = MAKERS[arch](seed=0)
+    b, _ = MAKERS[arch](seed=1)
+    h = hp(arch, nullspace=1.0)
+    ka, kb = ns.base_key(a, h), ns.base_key(b, h)
+    assert ka != kb
+    stats_a = ns.eigen_stats(a, tok, h)
+    # A's file put where B's belongs (e.g. copied by hand) is refused and B's recomputed.
+    path_b = ns.cache_path(kb, h)
+    path_b.write_bytes(ns.cache_path(ka, h).read_bytes())
+    stats_b = ns.eigen_stats(b, tok, h)
+    e_b = torch.linalg.eigvalsh(_key_moment(b, tok, h)).clamp(min=0)
+    assert torch.allclose(stats_b[1][0], e_b, atol=1e-9)
+    assert not torch.allclose(stats_a[1][0], e_b, atol=1e-6)
+    assert ns._load(path_b, kb) is not None  # now B's own
+
+
+def test_base_key_ignores_edits_to_the_template_only(arch):
+    model, _ = MAKERS[arch]()
+    h = hp(arch)
+    key = ns.base_key(model, h)
+    with torch.no_grad():
+        dict(model.named_parameters())[TEMPLATES[arch].format(0) + ".weight"].add_(0.1)
+    assert ns.base_key(model, h) == key  # a stack of edits keeps its base's statistics
+    with torch.no_grad():
+        model.get_input_embeddings().weight[5, 0] += 0.1
+    assert ns.base_key(model, h) != key
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_bad_strength_refused(bad):
+    with pytest.raises(HParamsError, match="nullspace must be"):
+        FTHyperParams(nullspace=bad)
+
+
+def test_keep_nullspace_keeps_the_keep_prompts_exactly(arch, monkeypatch):
+    from ftedit import keep
+    from ftedit.batch import encode, final_hidden, last_logprobs
+
+    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London", "Tokyo"))
+    keep._POOL_CACHE.clear()
+    model, tok = MAKERS[arch]()
+    h = hp(arch, layers=(0, 1), norm_constraint=None, keep_nullspace=True, keep_subjects=2)
+    others = keep.keep_others(model, tok, [REQ], h)
+    texts = [t for t, g in keep.kl_texts([REQ], others) if g] + [REQ.text]
+
+    def logp():
+        with torch.no_grad():
+            b = encode(tok, texts, [" a"] * len(texts), "prompt_last", "cpu")
+            return last_logprobs(model, final_hidden(model, b), b)
+
+    before = logp()
+    res = compute_deltas(model, tok, [REQ], h)
+    from ftedit import evaluate as ev
+
+    with ev.applied(model, res.deltas):
+        after = logp()
+    assert res.deltas.max_abs() > 1e-3
+    assert (after[:-1] - before[:-1]).abs().max() < 1e-4  # the keep prompts: as they were
+    assert (after[-1] - before[-1]).abs().max() > 1e-2  # the edited prompt moved
