@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ftedit import neighbours as nb
 from ftedit.deltas import Deltas, rebuild
 from ftedit.errors import EditNotFoundError, IntegrityError
 from ftedit.ft import compute_deltas
@@ -202,8 +203,11 @@ class Workspace:
         requests: EditRequest | Sequence[EditRequest],
         hparams: FTHyperParams | None = None,
         callback: Callable[[int, int, float], None] | None = None,
+        neighbours: str | Sequence[str] | None = None,
     ) -> EditInfo:
-        """Train an edit on the live stack, store it (blob, then row), and make it live."""
+        """Train an edit on the live stack, store it (blob, then row), and make it live.
+        ``neighbours``: subjects to check for side effects (default: the nearest of the keep
+        pool; ftedit/neighbours.py); the rows are stored in the metrics under "neighbours"."""
         requests = [requests] if isinstance(requests, EditRequest) else list(requests)
         hp = hparams or self.default_hparams()
         self.limits.check_edit(requests, self.tok, hp)  # refused before anything changes
@@ -211,6 +215,10 @@ class Workspace:
         with self.lock:
             self._sync()
             before = [rewrite_report(self.model, self.tok, r) for r in requests]
+            listed = neighbours if neighbours is not None else nb.LISTED.get()
+            near = nb.measure(
+                self.model, self.tok, nb.pick(self.model, self.tok, requests, hp, listed)
+            )
             result = compute_deltas(self.model, self.tok, requests, hp, callback)
             names = sorted(result.deltas)
             data = editfile.encode(result.deltas, self._metadata(requests, hp, names))
@@ -224,6 +232,7 @@ class Workspace:
                 losses=result.losses,
                 steps=result.steps,
                 seconds=result.seconds,
+                neighbours=near,
             )
 
     def _metadata(
@@ -248,6 +257,7 @@ class Workspace:
         losses=(),
         steps=0,
         seconds=0.0,
+        neighbours: list[dict] | None = None,
     ) -> EditInfo:
         """Make ``deltas`` live on top of the stack, score it, then persist it durably."""
         names = sorted(deltas)
@@ -256,6 +266,11 @@ class Workspace:
         self._write(names, self._stack(old) + [deltas])  # tentative: on top, as its id will be
         try:
             after = [rewrite_report(self.model, self.tok, r) for r in requests]
+            metrics = {"before": before, "after": after}
+            if neighbours is not None:
+                metrics["neighbours"] = nb.compare(
+                    neighbours, nb.measure(self.model, self.tok, neighbours)
+                )
             with self.store.file_lock:
                 sha = self.store.blobs.put(data)  # durable before any row points at it
                 crash_point("after_blob")
@@ -264,7 +279,7 @@ class Workspace:
                     requests=requests,
                     hparams=hp,
                     losses=list(losses),
-                    metrics={"before": before, "after": after},
+                    metrics=metrics,
                     steps=steps,
                     seconds=seconds,
                     blob_sha256=sha,
