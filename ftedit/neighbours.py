@@ -15,15 +15,13 @@ import contextvars
 import math
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
-
-from ftedit.batch import _chunks
 from ftedit.errors import HParamsError
-from ftedit.hparams import FTHyperParams
-from ftedit.keep import nearest_subjects
-from ftedit.metrics import target_nll
-from ftedit.requests import EditRequest
+
+if TYPE_CHECKING:  # torch is imported where weights are read: `ftedit show` stays torch-free
+    from ftedit.hparams import FTHyperParams
+    from ftedit.requests import EditRequest
 
 DEFAULT_K = 10  # neighbours per edit (split between the requests of a multi-fact edit)
 ANSWER_TOKENS = 6
@@ -51,9 +49,12 @@ def first_word(text: str) -> str:
     return words[0].strip(".,;:!?\"'()") if words else ""
 
 
-@torch.no_grad()
 def greedy_answers(model, tok, prompts: Sequence[str], max_new_tokens: int = ANSWER_TOKENS):
     """Greedy continuations of several prompts in one left-padded batch."""
+    import torch
+
+    from ftedit.batch import _chunks
+
     dev = model.get_input_embeddings().weight.device
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out: list[str] = []
@@ -62,13 +63,14 @@ def greedy_answers(model, tok, prompts: Sequence[str], max_new_tokens: int = ANS
         L = max(map(len, enc))
         ids = torch.tensor([[pad] * (L - len(x)) + x for x in enc], device=dev)
         mask = torch.tensor([[0] * (L - len(x)) + [1] * len(x) for x in enc], device=dev)
-        gen = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=pad,
-        )
+        with torch.no_grad():
+            gen = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+            )
         out += tok.batch_decode(gen[:, L:], skip_special_tokens=True)
     return out
 
@@ -83,6 +85,8 @@ def pick(
 ) -> list[dict]:
     """The neighbour probes of an edit: {prompt, subject, reference, target_new} for the listed
     subjects, else each request's nearest keep-pool subjects (k split between requests)."""
+    from ftedit.keep import nearest_subjects
+
     listed = parse_subjects(subjects)
     probes = []
     per = max(1, k // max(1, len(requests)))
@@ -107,6 +111,8 @@ def pick(
 def measure(model, tok, probes: Sequence[dict]) -> list[dict]:
     """Each probe's greedy answer, P(reference) and P(target_new) on the live weights (the
     reference defaults to the answer's first word, so run this on the unedited stack first)."""
+    from ftedit.metrics import target_nll
+
     if not probes:
         return []
     answers = greedy_answers(model, tok, [p["prompt"] for p in probes])

@@ -378,16 +378,22 @@ class Workspace:
             self._sync()
             return rewrite_report(self.model, self.tok, request)
 
-    def generate(self, prompt: str, max_new_tokens: int = 20, base: bool = False) -> str:
-        """Greedy continuation; ``base=True`` answers as the unedited model (restored exactly)."""
+    def generate(
+        self, prompt: str, max_new_tokens: int = 20, base: bool = False, chat: bool = False
+    ) -> str:
+        """Greedy continuation; ``base=True`` answers as the unedited model (restored exactly);
+        ``chat=True``: the assistant's answer to ``prompt`` asked in the chat template."""
+        from ftedit.chat import chat_generate
+
+        fn = chat_generate if chat else complete
         with self.lock:
             self._sync()
             if not base:
-                return complete(self.model, self.tok, prompt, max_new_tokens)
+                return fn(self.model, self.tok, prompt, max_new_tokens)
             names = sorted(self._base)
             try:
                 self._write(names, [])
-                return complete(self.model, self.tok, prompt, max_new_tokens)
+                return fn(self.model, self.tok, prompt, max_new_tokens)
             finally:
                 self._write(names, self._stack(self._active))
 
