@@ -107,9 +107,9 @@ def events_frame(events) -> pd.DataFrame:
 def loss_frame(losses) -> pd.DataFrame:
     # Steps as text: the chart then has one tick per step (1, 2, 3), in row order, where a
     # numeric axis would label 1.0, 1.2, 1.4 ...
-    return pd.DataFrame(
-        {"step": [str(i) for i in range(1, len(losses) + 1)], "loss": [float(x) for x in losses]}
-    )
+    # (an empty frame too: the chart keeps the axis type of the first frame it is sent).
+    steps = pd.Series([str(i) for i in range(1, len(losses) + 1)], dtype="string")
+    return pd.DataFrame({"step": steps, "loss": pd.Series([float(x) for x in losses], dtype=float)})
 
 
 def _line(text: str) -> str:

@@ -29,14 +29,14 @@ def _ask(ws, question: str) -> str:
 
 
 def question_placeholder(prompt, subject) -> gr.Textbox:
-    """The chat question field's placeholder, derived from the prompt and subject."""
+    """The chat question field's placeholder: the Edit form's sentence as an instruction."""
+    prompt, subject = (prompt or "").strip(), (subject or "").strip()
+    if prompt.count("{}") != 1 or not subject:
+        prompt, subject = "{} is located in the city of", "The Eiffel Tower"
     try:
-        text = chat.question_for(prompt or "", subject or "")
-    except (IndexError, KeyError, ValueError):
-        text = chat.question_for("{} is located in the city of", "The Eiffel Tower")
-    if not (prompt or "").strip() or not (subject or "").strip():
-        text = chat.question_for("{} is located in the city of", "The Eiffel Tower")
-    return gr.Textbox(placeholder=text)
+        return gr.Textbox(placeholder=chat.question_for(prompt, subject))
+    except (IndexError, KeyError, ValueError):  # other braces in a half-typed prompt
+        return gr.Textbox()
 
 
 def edit(
