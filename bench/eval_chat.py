@@ -13,7 +13,9 @@ ways, unedited and after the record's edit (one edit at a time, restored exactly
   restates the sentence before answering, so this is where its answer word usually sits);
 - ``greedy``: the greedy answer (24 tokens) names target_new and not target_true.
 
-Writes ``results.md`` and ``rows.jsonl`` under ``--out``.
+Writes ``results.md`` and ``rows.jsonl`` under ``--out``. Runs on consecutive records join
+into one report: ``eval_chat.py join --out OUT --title "CounterFact test records 250-349"
+DIR1 DIR2``.
 """
 
 from __future__ import annotations
@@ -92,24 +94,48 @@ def main(argv=None) -> None:
             f.flush()
             print(f"{i + 1}/{len(records)} {after['answer']!r}", flush=True)
     lo = ev.SPLITS[a.split][0] + a.start
+    title = f"CounterFact {a.split} records {lo}-{lo + len(rows) - 1}"
+    write_report(out, rows, a.preset, title)
+
+
+def write_report(out: Path, rows: list[dict], preset: str, title: str) -> None:
+    """results.md: each metric's rate (%) unedited and after the edit, and the command."""
     lines = [
-        (
-            f"# Chat efficacy, CounterFact {a.split} records {lo}-{lo + len(rows) - 1} "
-            f"({len(rows)} edits, preset `{a.preset}`)"
-        ),
+        f"# Chat efficacy, {title} ({len(rows)} edits, preset `{preset}`)",
         "",
         "| method | " + " | ".join(METRICS) + " |",
         "|---|" + "---|" * len(METRICS),
     ]
-    for m in ("unedited", a.preset):
+    for m in ("unedited", preset):
         vals = [
             100 * statistics.fmean(r[m][k] for r in rows) if rows else float("nan") for k in METRICS
         ]
         lines.append(f"| {m} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
+    secs = statistics.median(r["seconds"] for r in rows) if rows else float("nan")
+    lines += ["", f"median {secs:.1f} s per record (both scorings and the edit)"]
     lines += ["", f"command: `{' '.join(sys.argv)}`"]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
+def join(argv=None) -> None:
+    """``eval_chat.py join --out OUT --preset P DIR...``: one report over consecutive runs."""
+    p = argparse.ArgumentParser(description="join eval_chat.py runs on consecutive records")
+    p.add_argument("--out", required=True)
+    p.add_argument("--preset", default="fast")
+    p.add_argument("--title", required=True, help='e.g. "CounterFact test records 250-349"')
+    p.add_argument("dirs", nargs="+")
+    a = p.parse_args(argv)
+    rows = [
+        json.loads(line)
+        for d in a.dirs
+        for line in (Path(d) / "rows.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(out, rows, a.preset, a.title)
+
+
 if __name__ == "__main__":
-    main()
+    join(sys.argv[2:]) if sys.argv[1:2] == ["join"] else main()
