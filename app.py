@@ -18,7 +18,7 @@ import gradio as gr
 from ftedit.branches import shared
 from ftedit.errors import FteditError
 from ftedit.hparams import OBJECTIVES, list_presets
-from ui import state, views
+from ui import state, views, visitor
 from ui.branches import publish
 from ui.handlers import (  # noqa: F401  (re-exported: the app's handlers, testable directly)
     AUTO,
@@ -88,6 +88,17 @@ with gr.Blocks(title="ftedit") as demo:
                         target_true = gr.Textbox(
                             label="True target (optional)", placeholder="Paris"
                         )
+                    question = gr.Textbox(
+                        label="Ask it as a question (optional)",
+                        placeholder="Complete the sentence: The Eiffel Tower is located in "
+                        "the city of",
+                        elem_id="question",
+                    )
+                    neighbour_subjects = gr.Textbox(
+                        label="Neighbours to check (optional)",
+                        placeholder="The Louvre: Paris, Big Ben (blank: the 10 most similar "
+                        "subjects the model knows)",
+                    )
                     with gr.Accordion("Advanced", open=False):
                         preset = gr.Dropdown(
                             [("auto: the default for this model", AUTO), *list_presets()],
@@ -115,12 +126,34 @@ with gr.Blocks(title="ftedit") as demo:
                         interactive=False,
                         label="Efficacy: the rewrite and paraphrases",
                     )
+                    chat_md = gr.Markdown(elem_id="chat-answer")
+                    neighbours_md = gr.Markdown(elem_id="neighbours-summary")
+                    neighbours_df = gr.Dataframe(
+                        headers=views.NEIGHBOUR_COLUMNS,
+                        label="Did anything else change? The relation with other subjects",
+                        interactive=False,
+                        elem_id="neighbours",
+                    )
                     loss_plot = gr.LinePlot(x="step", y="loss", label="Training loss", height=240)
             gr.Examples(
                 EXAMPLES,
                 [prompt, subject, target_new, target_true],
                 label="Facts to try (click one)",
             )
+            with gr.Accordion("Several facts", open=False):
+                facts_df = gr.Dataframe(
+                    headers=visitor.FACT_COLUMNS,
+                    value=list(EXAMPLES[1:3]),
+                    column_count=(4, "fixed"),
+                    row_count=(2, "dynamic"),
+                    interactive=True,
+                    label="One fact per row (prompt with {}, subject, new target, true target)",
+                    elem_id="facts",
+                )
+                with gr.Row(equal_height=True):
+                    one_edit = gr.Checkbox(label="One edit holding every fact", value=False)
+                    facts_btn = gr.Button("Rewrite these facts", elem_id="run-facts")
+                facts_md = gr.Markdown(elem_id="facts-summary")
         with gr.Tab("History", id="history"):
             edits_df = gr.Dataframe(
                 headers=views.HISTORY_COLUMNS,
@@ -129,7 +162,9 @@ with gr.Blocks(title="ftedit") as demo:
                 elem_id="edits",
             )
             with gr.Row(equal_height=True):
-                edit_id = gr.Number(label="Selected edit", precision=0, elem_id="edit-id")
+                edit_id = gr.Number(
+                    value=None, label="Selected edit", precision=0, elem_id="edit-id"
+                )
                 revert_btn = gr.Button("Revert", variant="stop", elem_id="revert")
                 reapply_btn = gr.Button("Re-apply", elem_id="reapply")
                 download_btn = gr.DownloadButton("Download edit file", elem_id="download")
@@ -177,6 +212,9 @@ with gr.Blocks(title="ftedit") as demo:
                     placeholder="The Eiffel Tower is located in the city of",
                 )
                 max_tokens = gr.Slider(1, 128, value=24, step=1, label="Max new tokens")
+            as_chat = gr.Checkbox(
+                label="Ask it as a chat question (the model's chat template)", elem_id="as-chat"
+            )
             generate_btn = gr.Button("Complete", variant="primary")
             with gr.Row():
                 base_out = gr.Textbox(label="Base model", lines=4)
@@ -203,10 +241,20 @@ with gr.Blocks(title="ftedit") as demo:
         preset_fields, preset, [layers, lr, num_steps, norm, objective, preset_note], **PRIVATE
     )
     run_btn.click(
-        edit,
-        [prompt, subject, target_new, target_true, preset, layers, lr, num_steps, norm, objective],
-        [summary, before_after, scores, loss_plot],
+        visitor.edit,
+        [prompt, subject, target_new, target_true, preset, layers, lr, num_steps, norm, objective]
+        + [neighbour_subjects, question],
+        [summary, before_after, scores, loss_plot, neighbours_md, neighbours_df, chat_md],
         api_name="edit",
+        **MODEL_QUEUE,
+    ).success(refresh, None, refreshed, **PRIVATE)
+    for box in (prompt, subject):
+        box.change(visitor.question_placeholder, [prompt, subject], question, **PRIVATE)
+    facts_btn.click(
+        visitor.edit_facts,
+        [facts_df, one_edit, preset],
+        [facts_md, *tables],
+        api_name="edit_facts",
         **MODEL_QUEUE,
     ).success(refresh, None, refreshed, **PRIVATE)
     refresh_btn.click(history, None, tables, api_name="history")
@@ -232,8 +280,8 @@ with gr.Blocks(title="ftedit") as demo:
         **MODEL_QUEUE,
     )
     generate_btn.click(
-        generate,
-        [free_prompt, max_tokens],
+        visitor.generate,
+        [free_prompt, max_tokens, as_chat],
         [base_out, stack_out],
         api_name="generate",
         **MODEL_QUEUE,

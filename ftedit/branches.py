@@ -41,8 +41,13 @@ ON_BRANCH = {
 
 
 def shared() -> bool:
-    """Is this a shared deployment (per-visitor branches)? ``FTEDIT_SHARED=1``."""
-    return os.environ.get("FTEDIT_SHARED", "").strip().lower() in ("1", "true", "yes")
+    """Is this a shared deployment (per-visitor branches)? ``FTEDIT_SHARED=1``; on a Hugging
+    Face Space (``SPACE_ID`` set) too, unless ``FTEDIT_SHARED`` says otherwise (``0``): a
+    public page must not let one visitor's edit or revert change what every other one sees."""
+    flag = os.environ.get("FTEDIT_SHARED", "").strip().lower()
+    if flag:
+        return flag in ("1", "true", "yes")
+    return bool(os.environ.get("SPACE_ID", "").strip())
 
 
 def is_admin(token: str | None) -> bool:

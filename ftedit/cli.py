@@ -209,9 +209,9 @@ def _fmt(report: dict) -> str:
 
 
 @cli.command()
-@click.option("--prompt", required=True, type=TEXT, help="prompt with one {} for the subject")
-@click.option("--subject", required=True, type=TEXT, help="the subject, e.g. 'Eiffel Tower'")
-@click.option("--target", required=True, type=TEXT, help="the new answer, e.g. 'Rome'")
+@click.option("--prompt", type=TEXT, help="prompt with one {} for the subject")
+@click.option("--subject", type=TEXT, help="the subject, e.g. 'Eiffel Tower'")
+@click.option("--target", type=TEXT, help="the new answer, e.g. 'Rome'")
 @click.option("--target-true", default=None, type=TEXT, help="the current answer, e.g. 'Paris'")
 @click.option("--preset", default=None, help="hyperparameter preset name (ftedit/presets)")
 @click.option(
@@ -220,20 +220,56 @@ def _fmt(report: dict) -> str:
 @click.option("--model", default=None, help=MODEL_HELP)
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help=DTYPE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object as the last line")
+@click.option(
+    "--file",
+    "facts",
+    type=click.Path(exists=True, dir_okay=False),
+    help="many facts: a .jsonl or .csv with prompt, subject, target_new, target_true per line",
+)
+@click.option("--batch", is_flag=True, help="with --file: one edit holding every fact")
+@click.option(
+    "--neighbours",
+    default=None,
+    help="subjects to check for side effects, e.g. 'Louvre: Paris, Big Ben' "
+    "(default: the 10 most similar subjects of the keep pool)",
+)
 @pass_ctx
 def edit(
-    c: _Ctx, prompt, subject, target, target_true, preset, hparams_file, model, dtype, as_json
+    c: _Ctx,
+    prompt,
+    subject,
+    target,
+    target_true,
+    preset,
+    hparams_file,
+    model,
+    dtype,
+    as_json,
+    facts,
+    batch,
+    neighbours,
 ) -> None:
-    """Rewrite one fact, store the edit, and show the answer before and after."""
+    """Rewrite one fact (or every fact of --file), store the edit, show before and after."""
+    from ftedit.cli_facts import edit_file, neighbour_lines
     from ftedit.requests import EditRequest
 
+    if facts and (prompt or subject or target or target_true):
+        raise click.UsageError("give --file or --prompt/--subject/--target, not both")
+    if not facts and not (prompt and subject and target):
+        raise click.UsageError("give --prompt, --subject and --target (or --file FACTS.jsonl)")
+    if batch and not facts:
+        raise click.UsageError("--batch goes with --file")
+    if facts:
+        ws = c.workspace(model, dtype)
+        edit_file(ws, facts, batch, _hparams(ws, preset, hparams_file), as_json, neighbours)
+        return
     request = EditRequest(prompt, subject, target, target_true)
     if preset and hparams_file:
         raise click.UsageError("give --preset or --hparams, not both")
     # A bad hparams file is refused before the model loads; lengths before any scoring.
     hp = _hparams(None, preset, hparams_file) if preset or hparams_file else None
     ws = c.workspace(model, dtype)
-    info = ws.edit([request], hp or _hparams(ws, None, None))
+    info = ws.edit([request], hp or _hparams(ws, None, None), neighbours=neighbours)
     before, after = info.metrics["before"][0], info.metrics["after"][0]
     if as_json:
         _json(
@@ -244,6 +280,7 @@ def edit(
                 "after": after,
                 "steps": info.steps,
                 "seconds": info.seconds,
+                "neighbours": info.metrics.get("neighbours", []),
             }
         )
         return
@@ -251,27 +288,30 @@ def edit(
     click.echo(f"  before: {_fmt(before)}")
     click.echo(f"  after:  {_fmt(after)}")
     click.echo(f"  {info.steps} steps, {info.seconds:.2f} s")
+    click.echo("\n".join(neighbour_lines(info.metrics.get("neighbours", []))))
 
 
 @cli.command()
 @click.argument("prompt", type=TEXT)
 @click.option("--base", is_flag=True, help="answer as the unedited base model")
 @click.option("--max-new-tokens", default=20, show_default=True, type=click.IntRange(1, 2048))
+@click.option("--chat", is_flag=True, help="ask PROMPT as a question in the chat template")
 @_dtype_option
 @pass_ctx
-def generate(c: _Ctx, prompt: str, base: bool, max_new_tokens: int) -> None:
-    """Greedy continuation of PROMPT with the current stack of edits (or the base)."""
+def generate(c: _Ctx, prompt: str, base: bool, max_new_tokens: int, chat: bool) -> None:
+    """Greedy continuation of PROMPT with the current stack of edits (or the base); with
+    --chat, the assistant's answer to PROMPT asked as a question."""
     from ftedit.requests import check_prompt_length
 
     if not prompt.strip():
         raise click.BadParameter("the prompt is empty: give text to complete", param_hint="PROMPT")
     ws = c.workspace()
     check_prompt_length(ws.tok, prompt)  # the same token limit as an edit's prompt
-    text = ws.generate(prompt, max_new_tokens, base=base)
+    text = ws.generate(prompt, max_new_tokens, base=base, chat=chat)
     if ws.broken and not base:  # a damaged blob: the stack served lacks those edits
         for i, why in sorted(ws.broken.items()):
             click.echo(f"warning: edit #{i} is damaged and NOT applied: {why}")
-    click.echo(prompt + text)
+    click.echo(text if chat else prompt + text)
 
 
 # ---- history (store only: no model load) ---------------------------------------------------------
@@ -332,6 +372,10 @@ def show(c: _Ctx, edit_id: int, as_json: bool) -> None:
     pairs = zip(e.metrics.get("before", []), e.metrics.get("after", []), strict=False)
     for k, (b, a) in enumerate(pairs):
         click.echo(f"  [{k}] before: {_fmt(b)}\n      after:  {_fmt(a)}")
+    from ftedit.cli_facts import neighbour_lines  # no torch: show stays a store-only command
+
+    for line in neighbour_lines(e.metrics.get("neighbours", [])):
+        click.echo(line)
     click.echo(f"  tensors: {', '.join(e.tensor_names)}")
     click.echo(f"  {e.steps} steps, {e.seconds:.2f} s; blob {e.blob_sha256}")
     click.echo(f"  hparams: {json.dumps(e.hparams.to_dict(), sort_keys=True)}")

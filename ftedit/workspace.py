@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ftedit import neighbours as nb
 from ftedit.deltas import Deltas, rebuild
 from ftedit.errors import Cancelled, EditNotFoundError, IntegrityError, LimitError
 from ftedit.ft import compute_deltas
@@ -261,11 +262,14 @@ class Workspace:
         hparams: FTHyperParams | None = None,
         callback: Callable[[int, int, float], None] | None = None,
         cancel: threading.Event | None = None,
+        neighbours: str | Sequence[str] | None = None,
     ) -> EditInfo:
         """Train an edit on the live stack, store it (blob, then row), and make it live.
 
         ``cancel`` (default: the context's :data:`CANCEL` flag): once set, training stops after
-        the current step with :class:`Cancelled`; nothing is stored, the lock is released."""
+        the current step with :class:`Cancelled`; nothing is stored, the lock is released.
+        ``neighbours``: subjects to check for side effects (default: the nearest of the keep
+        pool; ftedit/neighbours.py); the rows are stored in the metrics under "neighbours"."""
         requests = [requests] if isinstance(requests, EditRequest) else list(requests)
         hp = hparams or self.default_hparams()
         _check_steps(hp, self.limits.max_steps)
@@ -277,6 +281,10 @@ class Workspace:
                 raise Cancelled("the edit was cancelled before it started; nothing was changed")
             self._sync()
             before = [rewrite_report(self.model, self.tok, r) for r in requests]
+            listed = neighbours if neighbours is not None else nb.LISTED.get()
+            near = nb.measure(
+                self.model, self.tok, nb.pick(self.model, self.tok, requests, hp, listed)
+            )
             result = compute_deltas(self.model, self.tok, requests, hp, callback)
             names = sorted(result.deltas)
             data = editfile.encode(result.deltas, self._metadata(requests, hp, names))
@@ -290,6 +298,7 @@ class Workspace:
                 losses=result.losses,
                 steps=result.steps,
                 seconds=result.seconds,
+                neighbours=near,
             )
 
     def _metadata(
@@ -314,6 +323,7 @@ class Workspace:
         losses=(),
         steps=0,
         seconds=0.0,
+        neighbours: list[dict] | None = None,
     ) -> EditInfo:
         """Make ``deltas`` live on top of the stack, score it, then persist it durably."""
         names = sorted(deltas)
@@ -322,6 +332,11 @@ class Workspace:
         self._write(names, self._stack(old) + [deltas])  # tentative: on top, as its id will be
         try:
             after = [rewrite_report(self.model, self.tok, r) for r in requests]
+            metrics = {"before": before, "after": after}
+            if neighbours is not None:
+                metrics["neighbours"] = nb.compare(
+                    neighbours, nb.measure(self.model, self.tok, neighbours)
+                )
             with self.store.writing():  # home + blob root locks (gc waits for the commit)
                 sha = self.store.put_blob(data)  # durable before any row points at it
                 crash_point("after_blob")
@@ -330,7 +345,7 @@ class Workspace:
                     requests=requests,
                     hparams=hp,
                     losses=list(losses),
-                    metrics={"before": before, "after": after},
+                    metrics=metrics,
                     steps=steps,
                     seconds=seconds,
                     blob_sha256=sha,
@@ -429,16 +444,22 @@ class Workspace:
             self._sync()
             return rewrite_report(self.model, self.tok, request)
 
-    def generate(self, prompt: str, max_new_tokens: int = 20, base: bool = False) -> str:
-        """Greedy continuation; ``base=True`` answers as the unedited model (restored exactly)."""
+    def generate(
+        self, prompt: str, max_new_tokens: int = 20, base: bool = False, chat: bool = False
+    ) -> str:
+        """Greedy continuation; ``base=True`` answers as the unedited model (restored exactly);
+        ``chat=True``: the assistant's answer to ``prompt`` asked in the chat template."""
+        from ftedit.chat import chat_generate
+
+        fn = chat_generate if chat else complete
         with self.lock:
             self._sync()
             if not base:
-                return complete(self.model, self.tok, prompt, max_new_tokens)
+                return fn(self.model, self.tok, prompt, max_new_tokens)
             names = sorted(self._base)
             try:
                 self._write(names, [])
-                return complete(self.model, self.tok, prompt, max_new_tokens)
+                return fn(self.model, self.tok, prompt, max_new_tokens)
             finally:
                 self._write(names, self._stack(self._active))
 

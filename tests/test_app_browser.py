@@ -1,6 +1,8 @@
-"""A real browser (Debian's Chromium through Playwright) drives the app: fill the Edit form, run
-it, see the new answer, open History, revert, see the status change. Screenshots of each step go
-to the test's tmp_path; FTEDIT_UPDATE_SCREENSHOT=1 also refreshes docs/screenshot.png."""
+"""A real browser (Debian's Chromium through Playwright) drives the app: fill the Edit form with a
+chat question, run it, see the new answer, the neighbours table and the chat answer, open
+History, revert, see the status change, ask the Playground in chat mode. Screenshots of each step
+go to the test's tmp_path; FTEDIT_UPDATE_SCREENSHOT=1 also refreshes docs/screenshot.png and
+docs/screenshots/ (one per tab)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from tests.appkit import FACT, FLIP, open_workspace, served
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot.png"
+SCREENSHOTS = SCREENSHOT.parent / "screenshots"
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.real_model,
@@ -52,6 +55,9 @@ def _fill_edit_form(page) -> None:
     page.get_by_label("Subject", exact=True).fill(FACT["subject"])
     page.get_by_label("New target", exact=True).fill(FACT["target_new"])
     page.get_by_label("True target (optional)", exact=True).fill(FACT["target_true"])
+    page.get_by_label("Ask it as a question (optional)", exact=True).fill(
+        "Where is the Eiffel Tower?"
+    )
     page.get_by_text("Advanced").click()
     page.get_by_label("Preset", exact=True).click()
     page.get_by_role("option", name=FLIP["preset"]).click()
@@ -84,6 +90,11 @@ def test_edit_then_revert_in_the_browser(page, tmp_path):
     print(f"one edit through the UI: {time.perf_counter() - started:.1f} s")
     assert "Rome" in summary.inner_text()
     expect(page.locator("#before-after")).to_contain_text("Rome")
+    # What else changed: the relation prompt with the nearest other subjects, and a summary.
+    expect(page.locator("#neighbours-summary")).to_contain_text("neighbouring facts")
+    expect(page.locator("#neighbours")).to_contain_text("is located in the city of")
+    expect(page.locator("#chat-answer")).to_contain_text("Where is the Eiffel Tower?")
+    expect(page.locator("#chat-answer")).to_contain_text("after:")
     page.get_by_text("Advanced").click()  # fold it again for a tidy picture
     result = shot("2-edited")
 
@@ -93,7 +104,7 @@ def test_edit_then_revert_in_the_browser(page, tmp_path):
     page.wait_for_function("() => document.querySelector('#edit-id input').value === '1'")
     page.get_by_text("Edit #1 · active").wait_for()
     _settle(page)
-    shot("3-history")
+    hist = shot("3-history")
     page.locator("#revert").click()
     edits.get_by_text("reverted", exact=True).filter(visible=True).first.wait_for()
     _settle(page)
@@ -104,6 +115,18 @@ def test_edit_then_revert_in_the_browser(page, tmp_path):
     page.get_by_role("tab", name="History").click()
     edits.get_by_text("reverted", exact=True).filter(visible=True).first.wait_for()
 
+    page.get_by_role("tab", name="Playground").click()
+    page.locator("#as-chat input").check()
+    page.get_by_label("Prompt", exact=True).fill("Where is the Eiffel Tower?")
+    page.get_by_role("button", name="Complete").click()
+    base = page.get_by_label("Base model", exact=True)
+    page.wait_for_function("el => el.value.length > 0", arg=base.element_handle(), timeout=120_000)
+    _settle(page)
+    playground = shot("5-playground-chat")
+
     assert all(p.stat().st_size > 10_000 for p in tmp_path.glob("*.png"))
     if os.environ.get("FTEDIT_UPDATE_SCREENSHOT") == "1":
         shutil.copy(result, SCREENSHOT)
+        SCREENSHOTS.mkdir(exist_ok=True)
+        for name, path in (("edit", result), ("history", hist), ("playground", playground)):
+            shutil.copy(path, SCREENSHOTS / f"{name}.png")

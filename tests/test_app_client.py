@@ -48,7 +48,7 @@ def test_edit_history_revert_through_the_api(client, ws):
     base, stack = client.predict(TEXT, 6, api_name="/generate")
     assert base == stack and "Paris" in base
 
-    summary, _, _, _ = client.predict(*edit_args(), api_name="/edit")
+    summary, *_ = client.predict(*edit_args(), api_name="/edit")
     assert "Now answers **Rome" in summary
     edits, events = client.predict(api_name="/history")
     (row,) = _rows(edits)

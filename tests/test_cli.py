@@ -88,7 +88,10 @@ def test_every_command_has_help(command):
 
 def test_edit_json_is_one_object_on_the_last_line(two_edits):
     _, first, second = two_edits
-    assert set(first) == {"id", "request", "before", "after", "steps", "seconds"}
+    assert set(first) == {"id", "request", "before", "after", "steps", "seconds", "neighbours"}
+    assert first["neighbours"] and {"prompt", "before", "after", "changed"} <= set(
+        first["neighbours"][0]
+    )
     assert (first["id"], second["id"]) == (1, 2)
     assert first["request"] == {
         "prompt": "{} is located in",
@@ -111,7 +114,7 @@ def test_log_show_events_json(two_edits):
     assert [e["id"] for e in log] == [1, 2] and all(e["status"] == "active" for e in log)
     assert log[0]["requests"][0]["subject"] == "Eiffel Tower"
     shown = json.loads(run("show", "1", "--json").stdout)
-    assert shown["id"] == 1 and set(shown["metrics"]) == {"before", "after"}
+    assert shown["id"] == 1 and set(shown["metrics"]) == {"before", "after", "neighbours"}
     assert shown["tensor_names"] == ["model.layers.0.mlp.down_proj.weight"]
     events = json.loads(run("events", "--json").stdout)
     assert [(e["id"], e["kind"], e["edit_id"]) for e in events] == [
@@ -119,6 +122,7 @@ def test_log_show_events_json(two_edits):
         (2, "created", 2),
     ]
     assert "#1" in run("log").stdout and "Eiffel Tower" in run("show", "1").stdout
+    assert "neighbours: kept " in run("show", "1").stdout  # the side-effect table is shown
 
 
 def test_revert_warns_reapply_checkout(two_edits):

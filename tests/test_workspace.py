@@ -36,7 +36,9 @@ def test_edit_is_stored_applied_and_replayed_exactly():
     info = ws.edit(REQUESTS[0], HP0)
     assert info.id == 1 and info.status == "active" and info.origin == "trained"
     assert info.tensor_names == ["model.layers.0.mlp.down_proj.weight"]
-    assert set(info.metrics) == {"before", "after"} and len(info.metrics["after"]) == 1
+    assert (
+        set(info.metrics) == {"before", "after", "neighbours"} and len(info.metrics["after"]) == 1
+    )
     assert info.metrics["after"][0]["p_target_new"] > info.metrics["before"][0]["p_target_new"]
     assert info.steps == 2 and len(info.losses) == 2 and info.seconds > 0
     assert ws.store.blobs.exists(info.blob_sha256)

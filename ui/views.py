@@ -68,7 +68,18 @@ def efficacy(info) -> str:
     return f"{wins}/{len(after)}"
 
 
-def history_frame(edits) -> pd.DataFrame:
+def visibility(edit) -> str:
+    """On a shared deployment: "private" (only its visitor sees it) or "published"."""
+    return "published" if edit.owner is None else "private"
+
+
+def history_frame(edits, branches: bool | None = None) -> pd.DataFrame:
+    """Newest first; on a shared deployment (``branches``, default: ftedit.branches.shared())
+    a last column says whether each edit is private or published."""
+    if branches is None:
+        from ftedit.branches import shared
+
+        branches = shared()
     rows = [
         [
             e.id,
@@ -79,9 +90,10 @@ def history_frame(edits) -> pd.DataFrame:
             e.steps,
             efficacy(e),
         ]
+        + ([visibility(e)] if branches else [])
         for e in reversed(edits)
     ]
-    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS + (["visibility"] if branches else []))
 
 
 def events_frame(events) -> pd.DataFrame:
@@ -93,9 +105,11 @@ def events_frame(events) -> pd.DataFrame:
 
 
 def loss_frame(losses) -> pd.DataFrame:
-    return pd.DataFrame(
-        {"step": list(range(1, len(losses) + 1)), "loss": [float(x) for x in losses]}
-    )
+    # Steps as text: the chart then has one tick per step (1, 2, 3), in row order, where a
+    # numeric axis would label 1.0, 1.2, 1.4 ...
+    # (an empty frame too: the chart keeps the axis type of the first frame it is sent).
+    steps = pd.Series([str(i) for i in range(1, len(losses) + 1)], dtype="string")
+    return pd.DataFrame({"step": steps, "loss": pd.Series([float(x) for x in losses], dtype=float)})
 
 
 def _line(text: str) -> str:
@@ -121,14 +135,71 @@ def before_after_frame(before: dict, after: dict) -> pd.DataFrame:
 def edit_summary(info, rival: str | None, scores: list[dict]) -> str:
     """Markdown headline of a finished edit."""
     after = info.metrics["after"][0]
-    hits = sum(s["success_after"] for s in scores)
+    para = scores[1:]
+    hits = sum(s["success_after"] for s in para)
     vs = f" vs{rival}" if rival else ""
+    # The efficacy is the one History shows for this edit (efficacy(info)); the paraphrase
+    # count is a separate figure, so the two tabs never disagree on "efficacy".
     return (
         f"### Edit #{info.id}: {fact(info.request)}\n"
         f"Now answers **{_line(after['completion'])}** · {info.steps} steps in "
-        f"{info.seconds:.1f} s · efficacy{vs}: **{hits}/{len(scores)}** prompts "
-        f"(the rewrite and {len(scores) - 1} paraphrases)"
+        f"{info.seconds:.1f} s · efficacy **{efficacy(info)}** · paraphrases{vs}: "
+        f"**{hits}/{len(para)}**"
     )
+
+
+NEIGHBOUR_COLUMNS = ["neighbour prompt", "before", "after", "P(answer) before", "P(answer) after"]
+
+
+def neighbours_md(rows) -> str:
+    """The "did anything else change?" headline: kept N of M, and the flagged ones."""
+    from ftedit.neighbours import summary
+
+    if not rows:
+        return ""
+    return f"**Did anything else change?** {summary(rows)}"
+
+
+def neighbours_frame(rows) -> pd.DataFrame:
+    """One row per neighbour: its answer before / after (flagged ⚠ where the first word
+    changed) and P(its reference answer) before / after."""
+    return pd.DataFrame(
+        [
+            [
+                r["prompt"],
+                _line(r["before"]),
+                ("⚠ " if r["changed"] else "") + _line(r["after"]),
+                _p(r.get("p_reference_before")),
+                _p(r.get("p_reference_after")),
+            ]
+            for r in rows or []
+        ],
+        columns=NEIGHBOUR_COLUMNS,
+    )
+
+
+def chat_md(question: str, before: str | None, after: str | None) -> str:
+    """The Edit tab's chat answer before and after the edit."""
+    if not question:
+        return ""
+    return (
+        f"**Asked as a question:** {question}\n\n- before: {_line(before or '')}\n"
+        f"- after: **{_line(after or '')}**"
+    )
+
+
+def facts_md(infos) -> str:
+    """Summary table of a several-facts run: one line per edit."""
+    from ftedit.neighbours import summary
+
+    lines = ["| edit | facts | efficacy | now answers | neighbours |", "|---|---|---|---|---|"]
+    for info in infos:
+        answers = "; ".join(_line(a["completion"]) for a in info.metrics["after"])
+        lines.append(
+            f"| #{info.id} | {len(info.requests)} | {efficacy(info)} | {answers} | "
+            f"{summary(info.metrics.get('neighbours') or [])} |"
+        )
+    return "\n".join(lines)
 
 
 def scores_frame(scores: list[dict]) -> pd.DataFrame:
@@ -163,7 +234,12 @@ def details_md(info) -> str:
     )
     return (
         f"### Edit #{info.id} · {info.status} · {info.origin}\n{reqs}\n\n{answers}\n\n"
-        f"{info.method}, objective `{info.objective}`, {info.steps} steps, "
+        + (
+            f"{neighbours_md(info.metrics['neighbours'])}\n\n"
+            if info.metrics.get("neighbours")
+            else ""
+        )
+        + f"{info.method}, objective `{info.objective}`, {info.steps} steps, "
         f"{info.seconds:.1f} s, {len(info.tensor_names)} tensors, "
         f"blob `{info.blob_sha256[:12]}…`, made {info.created_at:%Y-%m-%d %H:%M:%S} UTC"
     )

@@ -1,0 +1,81 @@
+"""Chat answers go through the tokenizer's chat template (a tiny model with a template set)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from ftedit import chat
+from ftedit.errors import RequestError
+from ftedit.metrics import complete
+from tests.storekit import open_ws
+
+# A template whose markers are words of the tiny vocabulary, so they tokenise to real ids.
+TEMPLATE = (
+    "{% for m in messages %}the {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}a city is{% endif %}"
+)
+
+
+@pytest.fixture
+def chatty(tiny_llama):
+    model, tok = tiny_llama
+    tok.chat_template = TEMPLATE
+    return model, tok
+
+
+def test_the_question_is_wrapped_in_the_template(chatty):
+    model, tok = chatty
+    assert chat.chat_prompt(tok, " Paris ") == "the Paris a city is"
+    assert chat.chat_prompt(tok, "Paris", prefill=" Rome") == "the Paris a city is Rome"
+    # The answer is the plain completion of the templated text, not of the bare question.
+    got = chat.chat_generate(model, tok, "Eiffel Tower", 5)
+    assert got == complete(model, tok, "the Eiffel Tower a city is", 5).strip()
+
+
+def test_answer_logprobs_score_the_start_of_the_answer(chatty):
+    from ftedit.metrics import target_nll
+
+    model, tok = chatty
+    lp = chat.answer_logprobs(model, tok, "Eiffel Tower", ["Paris", "Rome"])
+    want = target_nll(model, tok, ["the Eiffel Tower a city is"] * 2, ["Paris", "Rome"])
+    assert lp == pytest.approx([-s for s, _ in want])
+    assert (
+        chat.question_for("{} is in", "Eiffel Tower") == "Complete the sentence: Eiffel Tower is in"
+    )
+
+
+def test_no_template_or_no_question_is_a_clear_error(tiny_llama):
+    _, tok = tiny_llama
+    tok.chat_template = None
+    with pytest.raises(RequestError, match="no chat template"):
+        chat.chat_prompt(tok, "Where is it?")
+    with pytest.raises(RequestError, match="type a question"):
+        chat.chat_prompt(tok, "  ")
+
+
+def test_workspace_and_cli_answer_in_chat_form(tmp_path):
+    ws = open_ws(tmp_path / "h")
+    ws.tok.chat_template = TEMPLATE
+    want = complete(ws.model, ws.tok, "the Eiffel Tower a city is", 4).strip()
+    assert ws.generate("Eiffel Tower", 4, chat=True) == want
+    assert ws.generate("Eiffel Tower", 4, base=True, chat=True) == want  # no edits yet
+
+    from ftedit.cli import cli
+
+    model_dir = tmp_path / "tiny"
+    ws.model.save_pretrained(model_dir)
+    ws.tok.save_pretrained(model_dir)  # the template travels with the tokenizer
+    res = CliRunner().invoke(
+        cli,
+        ["--home", str(tmp_path / "c"), "--model", str(model_dir)]
+        + ["generate", "--chat", "Eiffel Tower", "--max-new-tokens", "4"],
+    )
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip() == want
+    assert (
+        json.loads((model_dir / "tokenizer_config.json").read_text()).get("chat_template")
+        or (model_dir / "chat_template.jinja").exists()
+    )
