@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from ftedit.errors import HParamsError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 OBJECTIVES = ("prompt_last", "target_new")
+# The stored forms (storage/codec.FORM_RE, repeated here: the core does not import storage).
+_STORE_AS = re.compile(r"dense|sign|lowrank:[1-9][0-9]{0,4}")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,11 @@ class FTHyperParams:
     seed: int = 0
     # Free-form note shown in the UI (e.g. where a preset's numbers come from).
     note: str = field(default="", compare=False)
+    # How the edit is stored, as the last step of making it: "dense" (float32, edit file
+    # format 1), "lowrank:R" (rank-R truncated SVD, bfloat16 factors) or "sign" (1 bit per
+    # weight + a per-row scale); format 2. The applied delta is the stored form's exact
+    # reconstruction (storage/codec.py), so quality is that of the compact delta.
+    store_as: str = "dense"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
@@ -87,6 +95,11 @@ class FTHyperParams:
             raise HParamsError(f"kl_factor must be >= 0, got {self.kl_factor}")
         if self.keep_subjects < 0:
             raise HParamsError(f"keep_subjects must be >= 0, got {self.keep_subjects}")
+        if not isinstance(self.store_as, str) or not _STORE_AS.fullmatch(self.store_as):
+            raise HParamsError(
+                "store_as must be 'dense', 'sign' or 'lowrank:R' (R a positive int), "
+                f"got {self.store_as!r}"
+            )
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

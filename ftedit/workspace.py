@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ftedit.compact import stored
 from ftedit.deltas import Deltas, rebuild
 from ftedit.errors import EditNotFoundError, IntegrityError
 from ftedit.ft import compute_deltas
@@ -213,9 +214,10 @@ class Workspace:
             before = [rewrite_report(self.model, self.tok, r) for r in requests]
             result = compute_deltas(self.model, self.tok, requests, hp, callback)
             names = sorted(result.deltas)
-            data = editfile.encode(result.deltas, self._metadata(requests, hp, names))
+            meta = self._metadata(requests, hp, names)
+            deltas, data = stored(result.deltas, hp.store_as, meta)  # compact: applied = stored
             return self._add(
-                result.deltas,
+                deltas,
                 data,
                 requests,
                 hp,

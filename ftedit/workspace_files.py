@@ -92,6 +92,11 @@ def _refuse(path: Path, why: str) -> ImportRefusedError:
     return ImportRefusedError(f"cannot import {path.name}: {why}; nothing was changed")
 
 
+def meta_version(header: dict) -> str | None:
+    meta = header.get("__metadata__")
+    return meta.get("format_version") if isinstance(meta, dict) else None
+
+
 def validate(ws: Workspace, path: Path, data: bytes):
     """Check an edit file against this model; returns (deltas, requests, hparams) or refuses."""
     header = editfile.read_header(data)
@@ -100,7 +105,7 @@ def validate(ws: Workspace, path: Path, data: bytes):
         for k, v in header.items()
         if k != "__metadata__" and isinstance(v, dict) and v.get("dtype") != "F32"
     }
-    if bad:
+    if bad and meta_version(header) != editfile.COMPACT_VERSION:  # format 2: decode checks
         name, dtype = next(iter(sorted(bad.items())))
         raise _refuse(path, f"tensor {name} has dtype {dtype}; edit files hold float32 deltas")
     tensors, meta = editfile.decode(data)
