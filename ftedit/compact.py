@@ -31,12 +31,3 @@ def stored(deltas: Deltas, form: str, metadata: Mapping[str, str]) -> tuple[Delt
     if codec.parse_form(form)[0] == "dense":
         return deltas, data
     return Deltas(editfile.decode(data)[0]), data
-
-
-def stored_bytes(deltas: Mapping, form: str) -> int:
-    """Bytes of the tensor data ``deltas`` take in ``form`` (no header): for reports."""
-    total = 0
-    for t in deltas.values():
-        for p in codec.encode(t, form).values():
-            total += p.numel() * p.element_size()
-    return total
