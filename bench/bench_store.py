@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import statistics
 import subprocess
@@ -101,8 +102,6 @@ def bench_revert(home: Path, reps: int, reloads: int) -> Workspace:
 
 
 def _row_bytes(ws: Workspace, edit_id: int) -> int:
-    import json
-
     return len(json.dumps(ws.get(edit_id).to_dict()))
 
 
@@ -297,6 +296,10 @@ def bench_quality(args) -> None:
             row.update(seconds=secs, relerr=num / den, case_id=record["case_id"])
             done.append(row)
             nbytes[f].append(len(data))
+        if args.out:  # one JSON line per record: a stopped run keeps its rows
+            with open(args.out, "a") as fh:
+                row = {f: {**r[-1], "bytes": nbytes[f][-1]} for f, r in rows.items()}
+                fh.write(json.dumps({"record": 250 + args.start + i, **row}) + "\n")
         print(
             f"record {250 + args.start + i}: "
             + " ".join(
@@ -339,6 +342,7 @@ def main() -> None:
     ap.add_argument("--start", type=int, default=0, help="first test record (0 = record 250)")
     ap.add_argument("--data", default=None, help="CounterFact records file")
     ap.add_argument("--stop-at", default=None, help="HH:MM: stop the quality run then")
+    ap.add_argument("--out", default=None, help="append per-record quality rows (JSON lines)")
     args = ap.parse_args()
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
