@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
 from ftedit import evaluate as ev
+from ftedit.compact import compact
 from ftedit.deltas import rebuild
 from ftedit.ft import compute_deltas, weights_to_edit
 from ftedit.hparams import FTHyperParams, load_preset
@@ -91,7 +92,7 @@ def run(
     t0 = time.perf_counter()
     for i, rec in enumerate(records, 1):
         res = compute_deltas(model, tok, [EditRequest.from_counterfact(rec)], hp)
-        stack.append(res.deltas)
+        stack.append(compact(res.deltas, hp.store_as))  # what the workspace would store
         rebuild(model, base, stack, names=names)  # live = base + every delta so far
         per_edit.append(
             {

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ftedit.batch import _chunks, _model_inputs, encode
+from ftedit.compact import compact
 from ftedit.deltas import Deltas, rebuild
 from ftedit.ft import compute_deltas
 from ftedit.hparams import FTHyperParams
@@ -212,7 +213,8 @@ def evaluate(
             row, info = score(model, tok, record, **score_kw), {"seconds": 0.0, "steps": 0}
         else:
             res = compute_deltas(model, tok, [make(record)], hparams)
-            with applied(model, res.deltas):
+            # Score what an edit stores and applies (hparams.store_as: compact forms).
+            with applied(model, compact(res.deltas, hparams.store_as)):
                 row = score(model, tok, record, **score_kw)
             info = {"seconds": res.seconds, "steps": res.steps, "final_loss": res.losses[-1]}
         row.update(info, case_id=record.get("case_id", i))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from ftedit.errors import HParamsError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 OBJECTIVES = ("prompt_last", "target_new")
+# The stored forms (storage/codec.FORM_RE, repeated here: the core does not import storage).
+_STORE_AS = re.compile(r"dense|sign|lowrank:[1-9][0-9]{0,4}")
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,11 @@ class FTHyperParams:
     # ``keep_subjects`` nearest other subjects (the keep penalty's prompts), computed once per
     # edit, so those prompts' outputs stay as they were at no cost per step (no KL pass).
     keep_nullspace: bool = False
+    # How the edit is stored, as the last step of making it: "dense" (float32, edit file
+    # format 1), "lowrank:R" (rank-R truncated SVD, bfloat16 factors) or "sign" (1 bit per
+    # weight + a per-row scale); format 2. The applied delta is the stored form's exact
+    # reconstruction (storage/codec.py), so quality is that of the compact delta.
+    store_as: str = "dense"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -108,6 +116,11 @@ class FTHyperParams:
             raise HParamsError(f"nullspace must be a finite number >= 0, got {self.nullspace}")
         if not isinstance(self.keep_nullspace, bool):
             raise HParamsError(f"keep_nullspace must be true or false, got {self.keep_nullspace!r}")
+        if not isinstance(self.store_as, str) or not _STORE_AS.fullmatch(self.store_as):
+            raise HParamsError(
+                "store_as must be 'dense', 'sign' or 'lowrank:R' (R a positive int), "
+                f"got {self.store_as!r}"
+            )
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

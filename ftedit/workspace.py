@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ftedit import neighbours as nb
+from ftedit.compact import stored
 from ftedit.deltas import Deltas, rebuild
 from ftedit.errors import Cancelled, EditNotFoundError, IntegrityError, LimitError
 from ftedit.ft import compute_deltas
@@ -287,9 +288,10 @@ class Workspace:
             )
             result = compute_deltas(self.model, self.tok, requests, hp, callback)
             names = sorted(result.deltas)
-            data = editfile.encode(result.deltas, self._metadata(requests, hp, names))
+            meta = self._metadata(requests, hp, names)
+            deltas, data = stored(result.deltas, hp.store_as, meta)  # compact: applied = stored
             return self._add(
-                result.deltas,
+                deltas,
                 data,
                 requests,
                 hp,

@@ -187,6 +187,11 @@ def _check_bounds(ws: Workspace, path: Path, tensors, hparams: list[FTHyperParam
             )
 
 
+def meta_version(header: dict) -> str | None:
+    meta = header.get("__metadata__")
+    return meta.get("format_version") if isinstance(meta, dict) else None
+
+
 def validate(
     ws: Workspace, path: Path, data: bytes, allow_any_tensor: bool = False
 ) -> tuple[Deltas, list[EditRequest], FTHyperParams]:
@@ -201,7 +206,7 @@ def validate(
         for k, v in header.items()
         if k != "__metadata__" and isinstance(v, dict) and v.get("dtype") != "F32"
     }
-    if bad:
+    if bad and meta_version(header) != editfile.COMPACT_VERSION:  # format 2: decode checks
         name, dtype = next(iter(sorted(bad.items())))
         raise _refuse(path, f"tensor {name} has dtype {dtype}; edit files hold float32 deltas")
     parsed = editfile.parse_metadata(header.get("__metadata__") or {})

@@ -5,6 +5,13 @@ version, the base fingerprint (with the sha256 of every touched base tensor), th
 and the hyperparameters, and no timestamp, so identical edits give identical bytes. The bytes
 are written here (sorted keys, fixed JSON separators) rather than by ``safetensors.save``
 so they are stable by construction; any safetensors reader loads them.
+
+Format 1 stores every delta dense (float32 tensors named like the parameters). Format 2
+stores them in a compact form (``storage/codec.py``: low rank or sign code): parameter ``p``
+becomes parts ``p.u`` / ``p.v`` (or ``p.sign`` / ``p.scale``; a tensor left dense keeps its
+name), and ``__metadata__["encoding"]`` maps every parameter to its form and shape. Reading a
+format 2 file reconstructs the float32 deltas; that reconstruction is the edit (the writer
+applies the same one), so live == replay holds bit for bit whichever format an edit has.
 """
 
 from __future__ import annotations
@@ -19,9 +26,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 
 from ftedit.errors import ImportRefusedError
+from storage import codec
 
 FORMAT = "ftedit.edit"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "1"  # dense float32; what encode(..., form="dense") still writes
+COMPACT_VERSION = "2"  # compact parts + an "encoding" entry (encode(..., form="lowrank:8"))
+READ_VERSIONS = (FORMAT_VERSION, COMPACT_VERSION)
+_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.uint8: "U8"}
 REQUIRED_KEYS = ("format", "format_version", "base", "base_tensors", "requests", "hparams")
 # What each JSON metadata value must decode to (checked before anything indexes into it).
 _META_TYPES = {"base": dict, "base_tensors": dict, "requests": list, "hparams": dict}
@@ -52,15 +63,41 @@ def edit_metadata(
     return meta
 
 
-def encode(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
-    """Deterministic safetensors bytes: float32 tensors in name order, sorted JSON header."""
+def encode(
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], form: str = "dense"
+) -> bytes:
+    """Deterministic safetensors bytes: tensors in name order, sorted JSON header.
+    ``form="dense"``: format 1, float32 tensors. Any other form: format 2 (see
+    :func:`encode_compact`); what the edit applies is then ``decode`` of these bytes."""
+    if codec.parse_form(form)[0] != "dense":
+        return encode_compact(tensors, metadata, form)
+    dense = {n: t.detach().to(device="cpu", dtype=torch.float32) for n, t in tensors.items()}
+    return _safetensors_bytes(dense, metadata)
+
+
+def encode_compact(
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], form: str
+) -> bytes:
+    """Format 2: every tensor stored as ``codec.encode(t, form)``'s parts, named ``name +
+    suffix``, with ``encoding`` = {name: {"form", "shape"}} added to the metadata."""
+    parts: dict[str, torch.Tensor] = {}
+    encoding = {}
+    for name in sorted(tensors):
+        t = tensors[name]
+        encoding[name] = {"form": codec.form_for(t, form), "shape": list(t.shape)}
+        parts.update({name + sfx: p for sfx, p in codec.encode(t, form).items()})
+    meta = {**metadata, "format_version": COMPACT_VERSION, "encoding": _dumps(encoding)}
+    return _safetensors_bytes(parts, meta)
+
+
+def _safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
     header: dict = {"__metadata__": dict(sorted(metadata.items()))}
     chunks, offset = [], 0
     for name in sorted(tensors):
-        t = tensors[name].detach().to(device="cpu", dtype=torch.float32).contiguous()
+        t = tensors[name].detach().to(device="cpu").contiguous()
         raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
         header[name] = {
-            "dtype": "F32",
+            "dtype": _DTYPES[t.dtype],
             "shape": list(t.shape),
             "data_offsets": [offset, offset + len(raw)],
         }
@@ -152,7 +189,37 @@ def decode(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         tensors = st_load(data)
     except SafetensorError as e:
         raise ImportRefusedError(f"not a readable safetensors file: {e}") from None
+    if meta.get("format_version") == COMPACT_VERSION:
+        tensors = decode_compact(tensors, meta)
     return tensors, meta
+
+
+def decode_compact(
+    parts: Mapping[str, torch.Tensor], meta: Mapping[str, str]
+) -> dict[str, torch.Tensor]:
+    """Format 2: the float32 deltas rebuilt from their parts (``codec.reconstruct``); refuses
+    a file whose parts do not match its ``encoding`` exactly (missing, extra, wrong shape)."""
+    try:
+        encoding = json.loads(meta.get("encoding", "null"))
+    except json.JSONDecodeError:
+        raise ImportRefusedError("edit file metadata 'encoding' is not valid JSON") from None
+    if not isinstance(encoding, dict):
+        raise ImportRefusedError("format 2 edit file lacks its 'encoding' metadata")
+    out, used = {}, set()
+    for name, enc in sorted(encoding.items()):
+        try:
+            form, shape = enc["form"], enc["shape"]
+            names = [name + sfx for sfx in codec.SUFFIXES[codec.parse_form(form)[0]] or ("",)]
+            out[name] = codec.reconstruct({n[len(name) :]: parts[n] for n in names}, form, shape)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ImportRefusedError(
+                f"edit file tensor {name}: bad compact encoding ({e})"
+            ) from None
+        used.update(names)
+    extra = sorted(set(parts) - used)
+    if extra:
+        raise ImportRefusedError(f"edit file holds tensors its encoding does not list: {extra}")
+    return out
 
 
 def parse_metadata(meta: Mapping[str, str]) -> dict:
@@ -165,10 +232,10 @@ def parse_metadata(meta: Mapping[str, str]) -> dict:
             f"not an ftedit edit file (metadata lacks {missing or ['format=' + FORMAT]}); "
             "export edits with `ftedit export`"
         )
-    if meta["format_version"] != FORMAT_VERSION:
+    if meta["format_version"] not in READ_VERSIONS:
         raise ImportRefusedError(
             f"edit file format version {meta['format_version']} is not supported "
-            f"(this ftedit reads version {FORMAT_VERSION}); upgrade ftedit"
+            f"(this ftedit reads versions {', '.join(READ_VERSIONS)}); upgrade ftedit"
         )
     out = {"format": meta["format"], "format_version": meta["format_version"]}
     for key in REQUIRED_KEYS[2:]:

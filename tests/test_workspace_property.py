@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +21,11 @@ from tests.storekit import (
 )
 
 HPS = (HP0, HP1, HP01)  # overlapping tensor sets, so stacks share tensors
+# Edit file format 2 (compact forms) mixed with format 1 in the same histories.
+FORMATS = {
+    "dense": HPS,
+    "compact": (HP0.replace(store_as="lowrank:2"), HP1.replace(store_as="sign"), HP01),
+}
 OPS = st.one_of(
     st.tuples(st.just("edit"), st.integers(0, len(REQUESTS) - 1), st.integers(0, len(HPS) - 1)),
     st.tuples(st.just("revert"), st.integers(0, 7), st.just(0)),
@@ -28,12 +34,12 @@ OPS = st.one_of(
 )
 
 
-def _step(ws, op, status: dict[int, str], snapshots: list[set[int]]) -> None:
+def _step(ws, hps, op, status: dict[int, str], snapshots: list[set[int]]) -> None:
     """Apply ``op`` to the workspace and to a plain model of the expected state."""
     kind, k, j = op
     active = {i for i, s in status.items() if s == "active"}
     if kind == "edit":
-        info = ws.edit(REQUESTS[k], HPS[j])
+        info = ws.edit(REQUESTS[k], hps[j])
         status[info.id] = "active"
         snapshots.append(active | {info.id})
     elif kind == "revert" and active:
@@ -57,16 +63,21 @@ def _step(ws, op, status: dict[int, str], snapshots: list[set[int]]) -> None:
                 snapshots.append({i for i, s in status.items() if s == "active"})
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(OPS, min_size=1, max_size=7))
-def test_random_histories_replay_bit_for_bit(ops):
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(ops=st.lists(OPS, min_size=1, max_size=7))
+def test_random_histories_replay_bit_for_bit(fmt, ops):
     with tempfile.TemporaryDirectory() as tmp:
         ws = open_ws(Path(tmp))
         base = params(ws)
         status: dict[int, str] = {}
         snapshots: list[set[int]] = []
         for op in ops:
-            _step(ws, op, status, snapshots)
+            _step(ws, FORMATS[fmt], op, status, snapshots)
             assert ws.active_ids() == sorted(i for i, s in status.items() if s == "active")
             assert_replay_equal(ws)
         for edit_id in ws.active_ids():
