@@ -225,7 +225,7 @@ CLI_CASES = [
         "db-not-a-database",
         lambda w: ["log"],
         {"FTEDIT_DATABASE_URL": "sqlite:///{text}"},
-        "cannot open the database",
+        "is damaged (file is not a database)",
     ),
     ("blob-protocol", lambda w: ["log"], {"FTEDIT_BLOB_URL": "nope://x"}, "FTEDIT_BLOB_URL"),
     (
