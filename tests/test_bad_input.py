@@ -358,9 +358,12 @@ def test_import_flags_exports_mode_and_damaged_blob(world, app, tmp_path):
         invoke(world, "export", "2", "--out", out, "--force", ok=True)  # overwrites when told
     finally:
         os.umask(old)
-    blob = next(
-        p for p in (world["home"] / "blobs").rglob("*") if p.is_file() and p.stat().st_size > 64
-    )
+    con = sqlite3.connect(f"file:{world['home'] / 'ftedit.db'}?mode=ro", uri=True)
+    try:  # an active edit's blob (the root also holds the store's marker under stores/)
+        (sha,) = con.execute("SELECT blob_sha256 FROM edits WHERE status = 'active' LIMIT 1").fetchone()
+    finally:
+        con.close()
+    blob = next((world["home"] / "blobs").rglob(f"{sha}*"))
     data = bytearray(blob.read_bytes())
     data[-1] ^= 0xFF
     blob.chmod(0o644)
