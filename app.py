@@ -15,9 +15,9 @@ import time
 
 import gradio as gr
 
-from ftedit.branches import shared
+from ftedit.core.hparams import OBJECTIVES, list_presets
+from ftedit.deploy.visitors import shared
 from ftedit.errors import FteditError
-from ftedit.hparams import OBJECTIVES, list_presets
 from ui import state, views, visitor
 from ui.branches import publish
 from ui.handlers import (  # noqa: F401  (re-exported: the app's handlers, testable directly)

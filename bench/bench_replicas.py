@@ -30,9 +30,9 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)  # a shared 2-core machine: leave a core to the others
 
-from ftedit.models import load_model  # noqa: E402
-from ftedit.requests import EditRequest  # noqa: E402
-from ftedit.workspace import Workspace  # noqa: E402
+from ftedit.core.models import load_model  # noqa: E402
+from ftedit.core.requests import EditRequest  # noqa: E402
+from ftedit.versioning.workspace import Workspace  # noqa: E402
 from storage.db import describe  # noqa: E402
 
 FACTS = [

@@ -1,4 +1,4 @@
-"""Write ``ftedit/data/keep_subjects.txt``: the subjects of CounterFact dev records 0-249.
+"""Write ``ftedit/core/data/keep_subjects.txt``: the subjects of CounterFact dev records 0-249.
 
     .venv/bin/python bench/make_keep_subjects.py
 

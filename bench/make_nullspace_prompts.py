@@ -1,4 +1,4 @@
-"""Write ``ftedit/data/nullspace_prompts.txt``: generic prompts for the null-space statistics.
+"""Write ``ftedit/core/data/nullspace_prompts.txt``: generic prompts for the null-space statistics.
 
     .venv/bin/python bench/make_nullspace_prompts.py [path/to/counterfact-sample.json]
 

@@ -25,14 +25,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
-from ftedit import evaluate as ev
-from ftedit.compact import compact
-from ftedit.deltas import rebuild
-from ftedit.ft import compute_deltas, weights_to_edit
-from ftedit.hparams import FTHyperParams, load_preset
-from ftedit.metrics import _prefers
-from ftedit.models import load_model
-from ftedit.requests import EditRequest
+from ftedit.core import evaluate as ev
+from ftedit.core.compact import compact
+from ftedit.core.deltas import rebuild
+from ftedit.core.ft import compute_deltas, weights_to_edit
+from ftedit.core.hparams import FTHyperParams, load_preset
+from ftedit.core.metrics import _prefers
+from ftedit.core.models import load_model
+from ftedit.core.requests import EditRequest
 
 
 def efficacy(model, tok, records) -> float:

@@ -130,7 +130,7 @@ class _Ctx:
 
     def workspace(self, model: str | None = None, dtype: str | None = None):
         if self._ws is None:
-            from ftedit.workspace import Workspace
+            from ftedit.versioning.workspace import Workspace
 
             # The store first: a bad URL, driver or home is said before a model loads, and an
             # ImportError from the model's own loading is not mistaken for a database driver's.
@@ -193,7 +193,7 @@ def cli(ctx: click.Context, home: str | None, model: str | None, dtype: str | No
 
 # ---- editing ---------------------------------------------------------------------------------
 def _hparams(ws, preset: str | None, hparams_file: str | None):
-    from ftedit.hparams import FTHyperParams, load_preset
+    from ftedit.core.hparams import FTHyperParams, load_preset
 
     if preset and hparams_file:
         raise click.UsageError("give --preset or --hparams, not both")
@@ -213,7 +213,7 @@ def _fmt(report: dict) -> str:
 @click.option("--subject", type=TEXT, help="the subject, e.g. 'Eiffel Tower'")
 @click.option("--target", type=TEXT, help="the new answer, e.g. 'Rome'")
 @click.option("--target-true", default=None, type=TEXT, help="the current answer, e.g. 'Paris'")
-@click.option("--preset", default=None, help="hyperparameter preset name (ftedit/presets)")
+@click.option("--preset", default=None, help="hyperparameter preset name (ftedit/core/presets)")
 @click.option(
     "--hparams", "hparams_file", type=click.Path(dir_okay=False), help="hyperparameters JSON file"
 )
@@ -251,7 +251,7 @@ def edit(
 ) -> None:
     """Rewrite one fact (or every fact of --file), store the edit, show before and after."""
     from ftedit.cli_facts import edit_file, neighbour_lines
-    from ftedit.requests import EditRequest
+    from ftedit.core.requests import EditRequest
 
     if facts and (prompt or subject or target or target_true):
         raise click.UsageError("give --file or --prompt/--subject/--target, not both")
@@ -301,7 +301,7 @@ def edit(
 def generate(c: _Ctx, prompt: str, base: bool, max_new_tokens: int, chat: bool) -> None:
     """Greedy continuation of PROMPT with the current stack of edits (or the base); with
     --chat, the assistant's answer to PROMPT asked as a question."""
-    from ftedit.requests import check_prompt_length
+    from ftedit.core.requests import check_prompt_length
 
     if not prompt.strip():
         raise click.BadParameter("the prompt is empty: give text to complete", param_hint="PROMPT")
@@ -460,7 +460,7 @@ def diff(c: _Ctx, a: str, b: str, as_json: bool) -> None:
 @pass_ctx
 def export(c: _Ctx, edit_ids: tuple[int, ...], out: str, force: bool) -> None:
     """Write edits as a safetensors file (one edit: its stored file, byte for byte)."""
-    from ftedit.workspace_files import check_out_path, write_export
+    from ftedit.versioning.transfer import check_out_path, write_export
 
     check_out_path(Path(out), force)  # before reading anything or loading a model
     try:
@@ -491,7 +491,7 @@ def export(c: _Ctx, edit_ids: tuple[int, ...], out: str, force: bool) -> None:
 @pass_ctx
 def import_(c: _Ctx, path: str, allow_any_tensor: bool, again: bool) -> None:
     """Add an edit file made for this base model (validated before anything changes)."""
-    from ftedit.workspace_files import import_edit
+    from ftedit.versioning.transfer import import_edit
 
     info = import_edit(c.workspace(), path, allow_any_tensor=allow_any_tensor, again=again)
     click.echo(f"imported {path} as edit #{info.id}")

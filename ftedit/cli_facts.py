@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import click
 
-from ftedit import neighbours as nb
+from ftedit.core import neighbours as nb
 
 
 def neighbour_lines(rows: Sequence[dict]) -> list[str]:
@@ -32,7 +32,7 @@ def _line(text: str) -> str:
 def edit_file(ws, path: str, batch: bool, hp, as_json: bool, neighbours: str | None) -> None:
     """Every line validated first (a bad one stores nothing), then one edit per line or, with
     ``batch``, one edit holding them all; a progress bar and a summary table (or JSON)."""
-    from ftedit.factfile import read_facts
+    from ftedit.core.factfile import read_facts
 
     requests = read_facts(path, ws.tok)
     groups = [requests] if batch else [[r] for r in requests]

@@ -53,7 +53,7 @@ class Base(DeclarativeBase):
 
 
 class BaseModelRow(Base):
-    """A base model edits were made for (the Fingerprint of ``ftedit.models``)."""
+    """A base model edits were made for (the Fingerprint of ``ftedit.core.models``)."""
 
     __tablename__ = "base_models"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ftedit.hparams import FTHyperParams
-from ftedit.requests import EditRequest
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.requests import EditRequest
 
 
 @dataclass(frozen=True)

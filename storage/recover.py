@@ -21,9 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ftedit import paths
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.requests import EditRequest
 from ftedit.errors import FteditError, StoreError
-from ftedit.hparams import FTHyperParams
-from ftedit.requests import EditRequest
 from storage import gc
 from storage.db import describe
 from storage.models import EditRow, EventRow, utcnow

@@ -1,7 +1,7 @@
 """The store: database rows plus blobs under one home, and the rules of the event log.
 
 Torch-free, so `ftedit log` / `show` / `revert` run without loading a model. The
-:class:`ftedit.workspace.Workspace` adds the model on top and keeps live weights in step.
+:class:`ftedit.versioning.workspace.Workspace` adds the model on top and keeps live weights in step.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from sqlalchemy.exc import DatabaseError, InterfaceError, OperationalError
 from sqlalchemy.exc import IntegrityError as RowConflict
 
 from ftedit import paths
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.requests import EditRequest
 from ftedit.errors import EditNotFoundError, StoreError
-from ftedit.hparams import FTHyperParams
-from ftedit.requests import EditRequest
 from storage import gc
 from storage.blobs import LocalBlobStore, open_blob_store
 from storage.db import Sessions, crash_point, damaged, damaged_message, describe, open_engine

@@ -70,7 +70,7 @@ def tiny_gpt2():
 def real_model():
     """The embedded default model, loaded once per test session (it is never edited in place
     by a test: tests that edit it must restore it, which compute_deltas guarantees)."""
-    from ftedit.models import load_model
+    from ftedit.core.models import load_model
 
     torch.manual_seed(0)
     return load_model()

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from ftedit.hparams import FTHyperParams
-from ftedit.models import Fingerprint, LoadedModel
-from ftedit.requests import EditRequest
-from ftedit.workspace import Workspace
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.models import Fingerprint, LoadedModel
+from ftedit.core.requests import EditRequest
+from ftedit.versioning.workspace import Workspace
 from tests import pgkit
 from tests.tiny import make_gpt2, make_llama
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ftedit.branches import Visitor
+from ftedit.deploy.visitors import Visitor
 from ftedit.errors import EditNotFoundError, LimitError, StoreError
-from ftedit.limits import Limits
+from ftedit.versioning.limits import Limits
 from tests.storekit import HP0, HP1, REQUESTS, assert_same, open_ws, params
 
 pytestmark = pytest.mark.usefixtures("database_url")

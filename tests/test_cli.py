@@ -180,7 +180,7 @@ def test_export_import_diff_gc_generate_save(two_edits, tmp_path, tiny_dir):
     run(*m, "save-model", str(saved))
     from transformers import AutoModelForCausalLM
 
-    from ftedit.workspace import Workspace
+    from ftedit.versioning.workspace import Workspace
 
     replay = Workspace(str(tiny_dir))  # the same folder, replaying the same home
     assert_same(params(AutoModelForCausalLM.from_pretrained(saved)), params(replay))

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftedit.deltas import Deltas, compose
+from ftedit.core.deltas import Deltas, compose
+from ftedit.core.ft import compute_deltas
+from ftedit.core.hparams import FTHyperParams, list_presets, load_preset
+from ftedit.core.requests import EditRequest
 from ftedit.errors import HParamsError, IntegrityError, RequestError
-from ftedit.ft import compute_deltas
-from ftedit.hparams import FTHyperParams, list_presets, load_preset
-from ftedit.requests import EditRequest
 from tests.tiny import assert_params_equal, make_gpt2, make_llama, params_snapshot
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # shared/ sits beside the checkout

@@ -74,7 +74,7 @@ def test_gc_between_a_replicas_blob_write_and_its_commit_keeps_the_blob(
             t.join(timeout=1.0)  # unprotected, gc finishes here and deletes the new blob
             threads.append(t)
 
-    monkeypatch.setattr("ftedit.workspace.crash_point", gc_now)
+    monkeypatch.setattr("ftedit.versioning.workspace.crash_point", gc_now)
     info = ws.edit(REQUESTS[0], HP0)
     for t in threads:
         t.join()

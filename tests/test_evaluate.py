@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from ftedit import evaluate as ev
-from ftedit.ft import compute_deltas
-from ftedit.hparams import FTHyperParams
-from ftedit.requests import EditRequest
+from ftedit.core import evaluate as ev
+from ftedit.core.ft import compute_deltas
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.requests import EditRequest
 from tests.tiny import assert_params_equal, make_llama, params_snapshot
 
 CF = {
@@ -127,7 +127,7 @@ def test_records_from_a_start_within_the_split(tmp_path):
     [("make_llama", "model.layers.{}.mlp.down_proj"), ("make_gpt2", "transformer.h.{}.mlp.c_proj")],
 )
 def test_fast_path_equals_full_forward(monkeypatch, maker, tmpl):
-    from ftedit import ft
+    from ftedit.core import ft
     from tests import tiny
 
     model, tok = getattr(tiny, maker)(layers=3)
@@ -153,7 +153,7 @@ def test_fast_path_equals_full_forward(monkeypatch, maker, tmpl):
 
 
 def test_keep_penalty_holds_back_stand_in_subjects():
-    from ftedit import keep
+    from ftedit.core import keep
 
     model, tok = make_llama(layers=3)
     snap = params_snapshot(model)
@@ -171,6 +171,6 @@ def test_keep_penalty_holds_back_stand_in_subjects():
 
 @torch.no_grad()
 def _logp(model, tok, prompt, target):
-    from ftedit.ft import encode, target_logprobs
+    from ftedit.core.ft import encode, target_logprobs
 
     return float(target_logprobs(model, encode(tok, [prompt], [target], "prompt_last"))[0, 0])

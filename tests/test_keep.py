@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftedit import evaluate as ev
-from ftedit import keep
+from ftedit.core import evaluate as ev
+from ftedit.core import keep
+from ftedit.core.ft import compute_deltas
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.keep import kl_texts, nearest_subjects
+from ftedit.core.requests import EditRequest
 from ftedit.errors import HParamsError
-from ftedit.ft import compute_deltas
-from ftedit.hparams import FTHyperParams
-from ftedit.keep import kl_texts, nearest_subjects
-from ftedit.requests import EditRequest
 from tests.tiny import assert_params_equal, make_llama, params_snapshot
 
 POOL = ("Paris", "Rome", "London", "Berlin", "Tokyo", "Eiffel Tower", "France", "Italy")
@@ -114,7 +114,7 @@ def test_negative_keep_subjects_is_refused():
 
 @torch.no_grad()
 def _logp(model, tok, prompt, target):
-    from ftedit.ft import encode, target_logprobs
+    from ftedit.core.ft import encode, target_logprobs
 
     return float(target_logprobs(model, encode(tok, [prompt], [target], "prompt_last"))[0, 0])
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from ftedit import evaluate as ev
-from ftedit.ft import compute_deltas
-from ftedit.hparams import load_preset
-from ftedit.metrics import counterfact_scores
-from ftedit.requests import EditRequest
+from ftedit.core import evaluate as ev
+from ftedit.core.ft import compute_deltas
+from ftedit.core.hparams import load_preset
+from ftedit.core.metrics import counterfact_scores
+from ftedit.core.requests import EditRequest
 from tests.tiny import assert_params_equal, params_snapshot
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact-sample.json"

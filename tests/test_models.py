@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from ftedit import paths
+from ftedit.core.ft import compute_deltas
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.metrics import complete, counterfact_scores, rewrite_report
+from ftedit.core.models import DEFAULT_MODEL, load_model, tensor_sha256
 from ftedit.errors import ModelNotFoundError
-from ftedit.ft import compute_deltas
-from ftedit.hparams import FTHyperParams
-from ftedit.metrics import complete, counterfact_scores, rewrite_report
-from ftedit.models import DEFAULT_MODEL, load_model, tensor_sha256
 from tests.tiny import make_llama
 
 # Flips this fact reliably on SmolLM2-135M (prompt_last = ROME's loss; a wider box than
@@ -69,8 +69,8 @@ def test_default_model_is_cached_once(real_model):
 
 @pytest.mark.real_model
 def test_rewriting_a_fact_on_the_real_model(real_model):
-    from ftedit.deltas import rebuild
-    from ftedit.requests import EditRequest
+    from ftedit.core.deltas import rebuild
+    from ftedit.core.requests import EditRequest
 
     model, tok = real_model.model, real_model.tok
     r = EditRequest("The {} is located in the city of", "Eiffel Tower", "Rome", "Paris")
@@ -109,7 +109,7 @@ def test_rewriting_a_fact_on_the_real_model(real_model):
 def test_default_without_the_wheel_offline_names_the_install(monkeypatch):
     import importlib.metadata
 
-    from ftedit import models
+    from ftedit.core import models
 
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)

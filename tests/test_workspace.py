@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save
 
+from ftedit.core.models import Fingerprint
 from ftedit.errors import ImportRefusedError, IntegrityError, StoreError
-from ftedit.models import Fingerprint
 from storage import editfile
 from tests import pgkit
 from tests.storekit import (
@@ -235,7 +235,7 @@ def test_import_refuses_bad_files_and_changes_nothing(tmp_path):
 def _other_base_file(tmp_path):
     """An edit file made on a tiny Llama with other weights (seed 1): same names and shapes."""
     fp = Fingerprint("tiny-llama-other", "test", None, "2" * 64, "float32")
-    from ftedit.workspace import Workspace
+    from ftedit.versioning.workspace import Workspace
 
     ws = Workspace(
         home=tmp_path / "other",
@@ -279,7 +279,7 @@ def test_stores_keep_base_models_apart(tmp_path):
     ws = open_ws()
     ws.edit(REQUESTS[0], HP0)
     fp = Fingerprint("tiny-llama-other", "test", None, "2" * 64, "float32")
-    from ftedit.workspace import Workspace
+    from ftedit.versioning.workspace import Workspace
 
     other = Workspace(home=ws.home, loaded=loaded(1, fingerprint=fp))
     assert other.history() == [] and other.active_ids() == []

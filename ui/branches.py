@@ -1,8 +1,8 @@
-"""Per-visitor branches and limits in the app (FTEDIT_SHARED=1; see ftedit/branches.py).
+"""Per-visitor branches and limits in the app (FTEDIT_SHARED=1; see ftedit/deploy/visitors.py).
 
 Every handler gets its Workspace from :func:`ui.state.workspace`, which passes it through
 :func:`view`: inside a Gradio request on a shared deployment that is the visitor's
-:class:`~ftedit.branches.Visitor` (their private edits on the published stack), keyed by the
+:class:`~ftedit.deploy.visitors.Visitor` (their private edits on the published stack), keyed by the
 Gradio session, so the handlers themselves need not know about branches.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ftedit import parse
-from ftedit.branches import Visitor, shared
+from ftedit.deploy.visitors import Visitor, shared
 from ftedit.errors import FteditError
 from storage.store import ALL
 

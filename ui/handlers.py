@@ -13,13 +13,13 @@ from pathlib import Path
 
 import gradio as gr
 
+from ftedit.core.hparams import FTHyperParams, load_preset
+from ftedit.core.metrics import target_nll
+from ftedit.core.requests import EditRequest, check_prompt_length
 from ftedit.errors import FteditError, HParamsError
-from ftedit.hparams import FTHyperParams, load_preset
-from ftedit.metrics import target_nll
 from ftedit.parse import InputError, number, ref
 from ftedit.parse import edit_id as parse_edit_id
 from ftedit.parse import version as parse_version
-from ftedit.requests import EditRequest, check_prompt_length
 from ui import state, views
 
 AUTO = "auto"  # the preset choice meaning Workspace.default_hparams()
@@ -336,7 +336,7 @@ def import_file(file):
     if not file:
         raise gr.Error("Choose an edit file (.safetensors, from History → Download) first.")
     path = getattr(file, "name", file)
-    from ftedit.workspace_files import duplicate_warning
+    from ftedit.versioning.transfer import duplicate_warning
 
     with _edge():
         ws = state.workspace()

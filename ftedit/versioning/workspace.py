@@ -1,7 +1,7 @@
 """Workspace: one model plus one store, kept in step by DESIGN.md's invariant.
 
 For every tensor an edit touches, ``live = compose(base, deltas of the ACTIVE edits in id
-order)`` (:func:`ftedit.deltas.compose`). Base copies of touched tensors are kept on CPU in
+order)`` (:func:`ftedit.core.deltas.compose`). Base copies of touched tensors are kept on CPU in
 their original dtype, so revert / reapply / checkout recompute only the tensors involved and
 never reload the model. Every public method holds ``self.lock``; every store write also holds
 the home's file lock (the CLI and the app may share a home) and re-reads the active set first.
@@ -18,16 +18,16 @@ from pathlib import Path
 
 import torch
 
-from ftedit import neighbours as nb
-from ftedit.compact import stored
-from ftedit.deltas import Deltas, rebuild
+from ftedit.core import neighbours as nb
+from ftedit.core.compact import stored
+from ftedit.core.deltas import Deltas, rebuild
+from ftedit.core.ft import compute_deltas
+from ftedit.core.hparams import FTHyperParams, load_preset
+from ftedit.core.metrics import complete, rewrite_report
+from ftedit.core.models import LoadedModel, load_model, num_layers, rewrite_template, tensor_sha256
+from ftedit.core.requests import EditRequest
 from ftedit.errors import Cancelled, EditNotFoundError, IntegrityError, LimitError
-from ftedit.ft import compute_deltas
-from ftedit.hparams import FTHyperParams, load_preset
-from ftedit.limits import Limits
-from ftedit.metrics import complete, rewrite_report
-from ftedit.models import LoadedModel, load_model, num_layers, rewrite_template, tensor_sha256
-from ftedit.requests import EditRequest
+from ftedit.versioning.limits import Limits
 from storage import editfile
 from storage.records import EditInfo, EventInfo, OpResult, VerifyReport
 from storage.store import ALL, Store, crash_point, version_number
@@ -74,7 +74,7 @@ def _cancellable(callback, cancel: threading.Event | None):
 def _other_dtype_notice(store: Store, fp: dict) -> str | None:
     """One line when the store holds edits of this model made in another dtype (they are not
     loaded: a delta was trained against the weights as rounded to that dtype), else None."""
-    from ftedit.models import DTYPES
+    from ftedit.core.models import DTYPES
 
     found = []
     for dtype in sorted(DTYPES):
@@ -270,7 +270,7 @@ class Workspace:
         ``cancel`` (default: the context's :data:`CANCEL` flag): once set, training stops after
         the current step with :class:`Cancelled`; nothing is stored, the lock is released.
         ``neighbours``: subjects to check for side effects (default: the nearest of the keep
-        pool; ftedit/neighbours.py); the rows are stored in the metrics under "neighbours"."""
+        pool; ftedit/core/neighbours.py); the rows are stored in the metrics under "neighbours"."""
         requests = [requests] if isinstance(requests, EditRequest) else list(requests)
         hp = hparams or self.default_hparams()
         _check_steps(hp, self.limits.max_steps)
@@ -415,7 +415,7 @@ class Workspace:
     def get(self, edit_id: int) -> EditInfo:
         return self.store.get(edit_id, self._base_id, self.owner)
 
-    # ---- branches (ftedit/branches.py: a visitor's view on a shared deployment) -------------
+    # ---- branches (ftedit/deploy/visitors.py: a visitor's view on a shared deployment) -------------
     def use_branch(self, owner: str | None) -> list[int]:
         """Follow ``owner``'s branch: the published edits plus ``owner``'s own (None: published
         only; ``storage.store.ALL``: every edit). Only the deltas that differ between the two
@@ -451,7 +451,7 @@ class Workspace:
     ) -> str:
         """Greedy continuation; ``base=True`` answers as the unedited model (restored exactly);
         ``chat=True``: the assistant's answer to ``prompt`` asked in the chat template."""
-        from ftedit.chat import chat_generate
+        from ftedit.core.chat import chat_generate
 
         fn = chat_generate if chat else complete
         with self.lock:
@@ -476,7 +476,7 @@ class Workspace:
 
     # ---- verify / files / compare (in their own modules) -----------------------------------
     def verify(self) -> VerifyReport:
-        from ftedit.workspace_files import verify
+        from ftedit.versioning.transfer import verify
 
         return verify(self)
 
@@ -488,16 +488,16 @@ class Workspace:
         return self.store.collect_orphans(grace_seconds)
 
     def export(self, ids: int | Sequence[int], path: str | Path) -> Path:
-        from ftedit.workspace_files import export
+        from ftedit.versioning.transfer import export
 
         return export(self, ids, path)
 
     def import_(self, path: str | Path) -> EditInfo:
-        from ftedit.workspace_files import import_edit
+        from ftedit.versioning.transfer import import_edit
 
         return import_edit(self, path)
 
     def diff(self, a: int | str, b: int | str) -> dict:
-        from ftedit.workspace_diff import diff
+        from ftedit.versioning.compare import diff
 
         return diff(self, a, b)

@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ftedit.deltas import Deltas, compose
+from ftedit.core.deltas import Deltas, compose
+from ftedit.core.hparams import FTHyperParams, check_finite
+from ftedit.core.metrics import rewrite_report
+from ftedit.core.requests import EditRequest
 from ftedit.errors import FteditError, ImportRefusedError, IntegrityError, LimitError
-from ftedit.hparams import FTHyperParams, check_finite
-from ftedit.metrics import rewrite_report
-from ftedit.requests import EditRequest
 from storage import editfile
 from storage.blobs import sha256_bytes, write_file_atomic
 from storage.records import EditInfo, VerifyReport
 
 if TYPE_CHECKING:
-    from ftedit.workspace import Workspace
+    from ftedit.versioning.workspace import Workspace
 
 
 def verify(ws: Workspace) -> VerifyReport:

@@ -16,11 +16,11 @@ import os
 from typing import TYPE_CHECKING
 
 from ftedit.errors import LimitError, StoreError
-from ftedit.limits import RateLimiter
+from ftedit.versioning.limits import RateLimiter
 from storage.records import EditInfo, EventInfo
 
 if TYPE_CHECKING:
-    from ftedit.workspace import Workspace
+    from ftedit.versioning.workspace import Workspace
 
 # Methods that read or write the live weights: they run on the visitor's branch, under the lock.
 ON_BRANCH = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ftedit.deltas import Deltas
+from ftedit.core.deltas import Deltas
 from storage import codec, editfile
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ftedit.deltas import Deltas
+from ftedit.core.deltas import Deltas
+from ftedit.core.metrics import target_probabilities
 from ftedit.errors import StoreError
-from ftedit.metrics import target_probabilities
 
 if TYPE_CHECKING:
-    from ftedit.workspace import Workspace
+    from ftedit.versioning.workspace import Workspace
 
 # Scoring a prompt costs forward passes; two distant versions may differ by many edits.
 MAX_BEHAVIOUR_EDITS = 50

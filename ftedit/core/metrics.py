@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ftedit.batch import _chunks, encode, target_logprobs
-from ftedit.requests import EditRequest
+from ftedit.core.batch import _chunks, encode, target_logprobs
+from ftedit.core.requests import EditRequest
 
 
 @torch.no_grad()

@@ -26,9 +26,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.requests import EditRequest
 from ftedit.errors import HParamsError, LimitError
-from ftedit.hparams import FTHyperParams
-from ftedit.requests import EditRequest
 
 Callback = Callable[[int, int, float], None]
 _UNITS = {

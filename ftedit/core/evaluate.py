@@ -1,7 +1,7 @@
 """Edit-quality evaluation: CounterFact (ROME's Table 4) and zsRE (ROME/MEMIT convention).
 
 Every record is edited from the unedited model: train the edit (``compute_deltas`` is pure),
-set the touched tensors to base + deltas through :func:`ftedit.deltas.rebuild`, score, then
+set the touched tensors to base + deltas through :func:`ftedit.core.deltas.rebuild`, score, then
 rebuild them from base alone, which restores the exact pre-edit bits.
 
 Deviation from ROME, for CPU budgets: generation entropy (ROME's fluency) is computed on the
@@ -25,17 +25,17 @@ from pathlib import Path
 
 import torch
 
-from ftedit.batch import _chunks, _model_inputs, encode
-from ftedit.compact import compact
-from ftedit.deltas import Deltas, rebuild
-from ftedit.ft import compute_deltas
-from ftedit.hparams import FTHyperParams
-from ftedit.metrics import counterfact_scores
-from ftedit.requests import EditRequest
+from ftedit.core.batch import _chunks, _model_inputs, encode
+from ftedit.core.compact import compact
+from ftedit.core.deltas import Deltas, rebuild
+from ftedit.core.ft import compute_deltas
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.metrics import counterfact_scores
+from ftedit.core.requests import EditRequest
 
 # CounterFact sample records 0-249 are for tuning, 250-499 for reporting (issue 5).
 SPLITS = {"dev": (0, 250), "test": (250, 500)}
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
 CF_METRICS = (
     "efficacy",
     "paraphrase",
