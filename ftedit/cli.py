@@ -110,9 +110,10 @@ class _Ctx:
 
     def store(self):
         if self._store is None:
+            from ftedit.paths import store_location
             from storage.store import Store
 
-            self._store = _opening(self.home, lambda: Store(self.home))
+            self._store = _opening(self.home, lambda: Store(*store_location(self.home)))
         return self._store
 
     def log_json(self) -> str:
@@ -329,7 +330,9 @@ def log_(c: _Ctx, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(c.log_json() + "\n")  # megabytes: skip click.echo's per-call work
         return
-    edits = c.store().edits()
+    from ftedit.versioning.records import EditInfo  # lenient: old rows always list
+
+    edits = [EditInfo.from_stored(e) for e in c.store().edits()]
     if not edits:
         click.echo("no edits yet: `ftedit edit --help` shows how to make one")
     for e in edits:
@@ -361,7 +364,9 @@ def events(c: _Ctx, as_json: bool) -> None:
 @pass_ctx
 def show(c: _Ctx, edit_id: int, as_json: bool) -> None:
     """Details of one edit."""
-    e = c.store().get(edit_id)
+    from ftedit.versioning.records import EditInfo  # lenient: old rows always show
+
+    e = EditInfo.from_stored(c.store().get(edit_id))
     if as_json:
         _json(e.to_dict())
         return
@@ -378,7 +383,7 @@ def show(c: _Ctx, edit_id: int, as_json: bool) -> None:
         click.echo(line)
     click.echo(f"  tensors: {', '.join(e.tensor_names)}")
     click.echo(f"  {e.steps} steps, {e.seconds:.2f} s; blob {e.blob_sha256}")
-    click.echo(f"  hparams: {json.dumps(e.hparams.to_dict(), sort_keys=True)}")
+    click.echo(f"  hparams: {json.dumps(e.hparams_dict(), sort_keys=True)}")
 
 
 @cli.command()
@@ -506,7 +511,7 @@ def verify(c: _Ctx, as_json: bool) -> None:
     equal a replay; exit 1 if not ok."""
     damage = c.store().integrity_problems()
     if damage:  # before loading a model: every later step reads this database
-        from storage.records import VerifyReport
+        from ftedit.versioning.records import VerifyReport
 
         if as_json:
             _json(VerifyReport(problems=damage).to_dict())
@@ -582,9 +587,11 @@ def recover(c: _Ctx, log_db: str | None, force: bool) -> None:
 
     The damaged file is renamed aside, never deleted. Statuses come from the damaged file's
     event log if it still reads, or --log; otherwise every edit comes back reverted."""
+    from ftedit.paths import store_location
     from storage.recover import recover as rebuild
 
-    r = rebuild(c.home, log=log_db, force=force)
+    where = store_location(c.home)
+    r = rebuild(where.home, log_db, force, where.database_url, where.blob_url)
     for path in r.moved_to:
         click.echo(f"kept the old file as {path}")
     for line in r.skipped:

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from ftedit.cli import cli
 from ftedit.errors import Cancelled, LimitError, StoreError
+from ftedit.paths import store_location
 from storage.store import Store
 from tests.storekit import HP0, HP1, REQUESTS, assert_same, open_ws, params
 
@@ -85,7 +86,7 @@ def test_gc_between_a_replicas_blob_write_and_its_commit_keeps_the_blob(
 
 
 def test_gc_command_keeps_young_orphans_unless_told(ftedit_home):
-    store = Store(ftedit_home)
+    store = Store(*store_location(ftedit_home))
     orphan = store.blobs.put(b"an interrupted edit's blob")
     run = CliRunner().invoke
     res = run(cli, ["gc"])
@@ -113,8 +114,10 @@ def test_an_in_memory_blob_root_is_refused_unless_allowed(ftedit_home, monkeypat
     res = CliRunner().invoke(cli, ["log"])
     assert res.exit_code == 1 and "FTEDIT_BLOB_URL" in res.output, res.output
     with pytest.raises(StoreError, match="blob root 'memory://x/blobs' lives in memory"):
-        Store(ftedit_home)
-    assert Store(ftedit_home, ephemeral_ok=True).blobs.list() == []  # tests may opt in
+        Store(*store_location(ftedit_home))
+    assert (
+        Store(*store_location(ftedit_home), ephemeral_ok=True).blobs.list() == []
+    )  # tests may opt in
 
 
 # ---- 5: one request cannot stall everyone ---------------------------------------------------

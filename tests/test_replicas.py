@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ftedit.errors import StoreError
+from ftedit.paths import store_location
 from storage.store import Store
 from tests.storekit import HP0, REQUESTS, open_ws, params
 
@@ -120,7 +121,7 @@ def test_a_sync_with_nothing_new_rebuilds_nothing(ftedit_home, monkeypatch):
 
 
 def _fake_store(home: Path, blobs: int) -> tuple[Store, list[str]]:
-    store = Store(home)
+    store = Store(*store_location(home))
     return store, [store.blobs.put(f"blob {i}".encode()) for i in range(blobs)]
 
 
@@ -137,8 +138,10 @@ def test_racing_writers_never_lose_an_event(ftedit_home, tmp_path, database_url)
     for i, sha in enumerate(shas):
         store.add_edit(
             base,
-            requests=[REQUESTS[i]],
-            hparams=HP0,
+            requests=[REQUESTS[i].to_dict()],
+            hparams=HP0.to_dict(),
+            method="FT-L",
+            objective=HP0.objective,
             metrics={},
             losses=[],
             steps=0,
@@ -160,8 +163,10 @@ def test_racing_writers_never_lose_an_event(ftedit_home, tmp_path, database_url)
             if step % 4 == 0:
                 s.add_edit(
                     base,
-                    requests=[REQUESTS[3]],
-                    hparams=HP0,
+                    requests=[REQUESTS[3].to_dict()],
+                    hparams=HP0.to_dict(),
+                    method="FT-L",
+                    objective=HP0.objective,
                     metrics={},
                     losses=[],
                     steps=0,

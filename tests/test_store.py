@@ -15,6 +15,7 @@ from safetensors import safe_open
 from sqlalchemy import inspect, text
 
 from ftedit.errors import EditNotFoundError, ImportRefusedError, IntegrityError, StoreError
+from ftedit.paths import store_location
 from storage import editfile
 from storage.blobs import LocalBlobStore
 from storage.db import HEAD, MIGRATIONS, make_engine, open_engine
@@ -133,7 +134,7 @@ def test_parse_metadata_refuses_foreign_files():
 
 
 def _store_with_edits(n: int) -> tuple[Store, int]:
-    store = Store()
+    store = Store(*store_location())
     base = store.base_id(
         {"name": "b", "source": "s", "revision": None, "file_sha256": "0", "dtype": "float32"}
     )
@@ -141,8 +142,10 @@ def _store_with_edits(n: int) -> tuple[Store, int]:
         sha = store.blobs.put(f"blob {i}".encode())
         store.add_edit(
             base,
-            requests=[REQUESTS[i % 4]],
-            hparams=HP0,
+            requests=[REQUESTS[i % 4].to_dict()],
+            hparams=HP0.to_dict(),
+            method="FT-L",
+            objective=HP0.objective,
             metrics={},
             losses=[1.0],
             steps=1,
@@ -158,8 +161,10 @@ def test_revert_warning_names_imported_edits_as_imported_not_trained():
     sha = store.blobs.put(b"imported blob")
     store.add_edit(
         base,
-        requests=[REQUESTS[0]],
-        hparams=HP0,
+        requests=[REQUESTS[0].to_dict()],
+        hparams=HP0.to_dict(),
+        method="FT-L",
+        objective=HP0.objective,
         metrics={},
         losses=[],
         steps=0,

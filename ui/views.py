@@ -246,7 +246,7 @@ def details_md(info) -> str:
 
 
 def hparams_json(info) -> str:
-    return json.dumps(info.hparams.to_dict(), indent=1)
+    return json.dumps(info.hparams_dict(), indent=1)
 
 
 def compare_md(d: dict) -> str:

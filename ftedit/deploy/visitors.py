@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ftedit.errors import LimitError, StoreError
 from ftedit.versioning.limits import RateLimiter
-from storage.records import EditInfo, EventInfo
+from ftedit.versioning.records import EditInfo, EventInfo
 
 if TYPE_CHECKING:
     from ftedit.versioning.workspace import Workspace
@@ -93,13 +93,13 @@ class Visitor:
 
     # ---- queries: no lock, no weights ----------------------------------------------------
     def history(self) -> list[EditInfo]:
-        return self.ws.store.edits(self.ws._base_id, self.owner)
+        return [EditInfo.from_stored(e) for e in self.ws.store.edits(self.ws.base_id, self.owner)]
 
     def events(self) -> list[EventInfo]:
-        return self.ws.store.events(self.ws._base_id, self.owner)
+        return self.ws.store.events(self.ws.base_id, self.owner)
 
     def get(self, edit_id: int) -> EditInfo:
-        return self.ws.store.get(edit_id, self.ws._base_id, self.owner)
+        return EditInfo.from_stored(self.ws.store.get(edit_id, self.ws.base_id, self.owner))
 
     # ---- limited or guarded operations ---------------------------------------------------
     def edit(self, *args, **kwargs) -> EditInfo:

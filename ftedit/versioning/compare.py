@@ -25,7 +25,7 @@ def _resolve(ws: Workspace, ref: int | str) -> dict:
     if text.startswith("v") and text[1:].isdigit():
         version = int(text[1:])
         base, state = ws.store.state_at(version)
-        if base != ws._base_id:
+        if base != ws.base_id:
             raise StoreError(f"version v{version} belongs to another base model")
         ids = sorted(i for i, s in state.items() if s == "active")
         return {"kind": "version", "ref": f"v{version}", "edits": ids}

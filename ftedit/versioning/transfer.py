@@ -15,9 +15,9 @@ from ftedit.core.hparams import FTHyperParams, check_finite
 from ftedit.core.metrics import rewrite_report
 from ftedit.core.requests import EditRequest
 from ftedit.errors import FteditError, ImportRefusedError, IntegrityError, LimitError
+from ftedit.versioning.records import EditInfo, VerifyReport
 from storage import editfile
 from storage.blobs import sha256_bytes, write_file_atomic
-from storage.records import EditInfo, VerifyReport
 
 if TYPE_CHECKING:
     from ftedit.versioning.workspace import Workspace
@@ -32,7 +32,7 @@ def verify(ws: Workspace) -> VerifyReport:
     report = VerifyReport()
     with ws.lock:
         ws._sync()
-        report.problems += ws.store.status_problems(ws._base_id)
+        report.problems += ws.store.status_problems(ws.base_id)
         fresh: dict[int, Deltas] = {}
         for edit in ws.history():
             try:
@@ -82,7 +82,7 @@ def export(ws: Workspace, ids: int | Sequence[int], path: str | Path) -> Path:
                 total = total + ws.read_deltas(e)
             meta = ws._metadata([r for e in edits for r in e.requests], edits[0].hparams, total)
             meta["combined_from"] = json.dumps(
-                [e.hparams.to_dict() for e in edits], sort_keys=True, separators=(",", ":")
+                [e.hparams_dict() for e in edits], sort_keys=True, separators=(",", ":")
             )
             data = editfile.encode(total, meta)
     write_export(path, data)

@@ -27,9 +27,10 @@ from ftedit.core.metrics import complete, rewrite_report
 from ftedit.core.models import LoadedModel, load_model, num_layers, rewrite_template, tensor_sha256
 from ftedit.core.requests import EditRequest
 from ftedit.errors import Cancelled, EditNotFoundError, IntegrityError, LimitError
+from ftedit.paths import store_location
 from ftedit.versioning.limits import Limits
+from ftedit.versioning.records import EditInfo, EventInfo, OpResult, VerifyReport, method_of
 from storage import editfile
-from storage.records import EditInfo, EventInfo, OpResult, VerifyReport
 from storage.store import ALL, Store, crash_point, version_number
 
 __all__ = ["EditInfo", "EventInfo", "OpResult", "VerifyReport", "Workspace"]
@@ -111,7 +112,7 @@ class Workspace:
         # named_parameters() walks every module (~10 ms on a 30-layer model: half a revert's
         # budget), so the table is built once; the Parameter objects never change.
         self._params = dict(self.model.named_parameters())
-        self.store = Store(home, database_url, blob_url)  # blob_url: else $FTEDIT_BLOB_URL
+        self.store = Store(*store_location(home, database_url, blob_url))  # else the environment's
         self.home = self.store.home
         self._base_id = self.store.base_id(self.fingerprint.to_dict())
         # Edits are kept per (model, dtype): say so when this dtype hides some, not zero edits.
@@ -132,6 +133,11 @@ class Workspace:
         self.owner: str | None = ALL
         with self.lock:
             self._sync()  # the replay: live weights = base + active edits
+
+    @property
+    def base_id(self) -> int:
+        """The store's row id of this model (edits of other base models are not this one's)."""
+        return self._base_id
 
     # ---- the invariant ------------------------------------------------------------------
     def _ensure_base(self, names: Iterable[str]) -> None:
@@ -344,8 +350,10 @@ class Workspace:
                 crash_point("after_blob")
                 info = self.store.add_edit(
                     self._base_id,
-                    requests=requests,
-                    hparams=hp,
+                    requests=[r.to_dict() for r in requests],
+                    hparams=hp.to_dict(),
+                    method=method_of(hp),
+                    objective=hp.objective,
                     losses=list(losses),
                     metrics=metrics,
                     steps=steps,
@@ -361,7 +369,7 @@ class Workspace:
         self._deltas[info.id] = deltas
         self._touched[info.id] = names  # else _names() would reload every row to learn them
         self._sync()  # exact final value (also picks up edits other processes committed)
-        return info
+        return EditInfo.from_stored(info)
 
     def revert(self, edit_id: int) -> OpResult:
         """Remove an edit from the live stack (exact); warns if later edits were built on it."""
@@ -371,7 +379,7 @@ class Workspace:
             # the warning (it was never trained on this branch's edits).
             edit, warning = self.store.plan_revert(edit_id, self._base_id, self.owner)
             self._commit_status({edit_id: "reverted"})
-        return OpResult(dataclasses.replace(edit, status="reverted"), warning)
+        return OpResult(EditInfo.from_stored(dataclasses.replace(edit, status="reverted")), warning)
 
     def reapply(self, edit_id: int) -> OpResult:
         """Put a reverted edit back; it takes its id-order place in the stack."""
@@ -384,7 +392,7 @@ class Workspace:
             self.broken.pop(edit_id, None)
             self._deltas_of(edit)  # raises (naming the edit) before anything changes
             self._commit_status({edit_id: "active"})
-        return OpResult(dataclasses.replace(edit, status="active"), None)
+        return OpResult(EditInfo.from_stored(dataclasses.replace(edit, status="active")), None)
 
     def checkout(self, version: int) -> list[int]:
         """Make the active set what it was right after event ``version``; returns active ids.
@@ -407,13 +415,13 @@ class Workspace:
 
     # ---- queries ---------------------------------------------------------------------------
     def history(self) -> list[EditInfo]:
-        return self.store.edits(self._base_id, self.owner)
+        return [EditInfo.from_stored(e) for e in self.store.edits(self._base_id, self.owner)]
 
     def events(self) -> list[EventInfo]:
         return self.store.events(self._base_id, self.owner)
 
     def get(self, edit_id: int) -> EditInfo:
-        return self.store.get(edit_id, self._base_id, self.owner)
+        return EditInfo.from_stored(self.store.get(edit_id, self._base_id, self.owner))
 
     # ---- branches (ftedit/deploy/visitors.py: a visitor's view on a shared deployment) -------------
     def use_branch(self, owner: str | None) -> list[int]:
@@ -433,7 +441,7 @@ class Workspace:
             self.get(edit_id)
             publish(self.store, edit_id)
             self._sync()
-            return self.store.get(edit_id)
+            return EditInfo.from_stored(self.store.get(edit_id))
 
     def active_ids(self) -> list[int]:
         with self.lock:
