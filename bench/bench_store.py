@@ -41,12 +41,12 @@ import torch  # noqa: E402
 torch.set_num_threads(1)  # a shared 2-core machine: leave a core to the others
 
 import ftedit.core.evaluate as ev  # noqa: E402
-from ftedit.core.compact import stored  # noqa: E402
 from ftedit.core.ft import compute_deltas  # noqa: E402
 from ftedit.core.hparams import load_preset  # noqa: E402
 from ftedit.core.models import load_model  # noqa: E402
 from ftedit.core.requests import EditRequest  # noqa: E402
 from ftedit.paths import store_location  # noqa: E402
+from ftedit.versioning.stored import stored  # noqa: E402
 from ftedit.versioning.workspace import Workspace  # noqa: E402
 from storage import codec, editfile  # noqa: E402
 

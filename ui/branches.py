@@ -8,11 +8,7 @@ Gradio session, so the handlers themselves need not know about branches.
 
 from __future__ import annotations
 
-import gradio as gr
-
-from ftedit import parse
 from ftedit.deploy.visitors import Visitor, shared
-from ftedit.errors import FteditError
 from storage.store import ALL
 
 
@@ -39,22 +35,3 @@ def view(ws):
     if session and (ws.limits.rate or ws.limits.max_upload_bytes):
         return Visitor(ws, ALL, session)
     return ws
-
-
-def publish(edit_id, token):
-    """Make one of your edits global (admin token required). (message, edits, events)"""
-    from ui import handlers, state
-
-    if edit_id is None or str(edit_id).strip() in ("", "nan"):
-        raise gr.Error("Select one of your edits in the History table first.")
-    ws = state.workspace()
-    if not isinstance(ws, Visitor):
-        raise gr.Error(
-            "Publishing is for shared deployments (FTEDIT_SHARED=1): here every "
-            "edit is already global."
-        )
-    try:
-        info = ws.publish(parse.edit_id(edit_id), token)
-    except FteditError as e:
-        raise gr.Error(str(e)) from e
-    return f"Edit #{info.id} is published: every visitor now has it.", *handlers.history()

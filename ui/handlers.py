@@ -16,6 +16,7 @@ import gradio as gr
 from ftedit.core.hparams import FTHyperParams, load_preset
 from ftedit.core.metrics import target_nll
 from ftedit.core.requests import EditRequest, check_prompt_length
+from ftedit.deploy.visitors import Visitor
 from ftedit.errors import FteditError, HParamsError
 from ftedit.parse import InputError, number, ref
 from ftedit.parse import edit_id as parse_edit_id
@@ -345,3 +346,20 @@ def import_file(file):
     if twice:
         gr.Warning(twice)
     return f"Imported as edit #{info.id}: {views.fact(info.request)} ({info.status}).", *history()
+
+
+def publish(edit_id, token):
+    """Make one of your edits global (admin token required). (message, edits, events)"""
+    if edit_id is None or str(edit_id).strip() in ("", "nan"):
+        raise gr.Error("Select one of your edits in the History table first.")
+    ws = state.workspace()
+    if not isinstance(ws, Visitor):
+        raise gr.Error(
+            "Publishing is for shared deployments (FTEDIT_SHARED=1): here every "
+            "edit is already global."
+        )
+    try:
+        info = ws.publish(parse_edit_id(edit_id), token)
+    except FteditError as e:
+        raise gr.Error(str(e)) from e
+    return f"Edit #{info.id} is published: every visitor now has it.", *history()

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from ftedit.core import neighbours as nb
-from ftedit.core.compact import stored
 from ftedit.core.deltas import Deltas, rebuild
 from ftedit.core.ft import compute_deltas
 from ftedit.core.hparams import FTHyperParams, load_preset
@@ -30,6 +29,7 @@ from ftedit.errors import Cancelled, EditNotFoundError, IntegrityError, LimitErr
 from ftedit.paths import store_location
 from ftedit.versioning.limits import Limits
 from ftedit.versioning.records import EditInfo, EventInfo, OpResult, VerifyReport, method_of
+from ftedit.versioning.stored import stored
 from storage import editfile
 from storage.store import ALL, Store, crash_point, version_number
 
