@@ -114,7 +114,7 @@ def tampered(w, how: str) -> Path:
         from ftedit.versioning.workspace import Workspace
 
         ws = Workspace(str(w["root"] / "tiny"), w["home"])
-        bt = {"model.norm.weight": tensor_sha256(ws._params["model.norm.weight"].detach())}
+        bt = {"model.norm.weight": tensor_sha256(ws.live.params["model.norm.weight"].detach())}
         meta["base_tensors"] = json.dumps(bt)
         header["__metadata__"], body = meta, body[: 4 * n]
     out = w["root"] / f"{how}.safetensors"

@@ -54,15 +54,15 @@ def test_switching_branches_rebuilds_only_the_tensors_that_differ(monkeypatch):
     alice.edit(REQUESTS[1], HP1)  # layer 1, private
     bob.edit(REQUESTS[2], HP0)  # layer 0, private
     rebuilt = []
-    real = ws._apply
+    real = ws.live.set_active
     monkeypatch.setattr(
-        ws, "_apply", lambda ids, names: (rebuilt.append(sorted(names)), real(ids, names))
+        ws.live, "set_active", lambda ids, names=None: rebuilt.append(real(ids, names))
     )
     alice.active_ids()
     assert rebuilt[-1] == sorted(
         {"model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"}
     )
-    assert ws._active == [shared.id, 2]
+    assert ws.live.active == [shared.id, 2]
     rebuilt.clear()
     alice.active_ids()
     assert rebuilt == []  # same branch, nothing new: nothing touched

@@ -63,11 +63,17 @@ def test_evaluate_counterfact_rows_and_purity():
     )
     assert_params_equal(model, snap)
     assert seen == [1] and rows[0]["case_id"] == 7 and rows[0]["steps"] == 5
-    for k in ("efficacy", "paraphrase", "neighborhood"):
-        assert 0.0 <= rows[0][k] <= 1.0
-    assert rows[0]["gen_entropy"] >= 0.0
+    # The scores are those of the edited model (deltas recomputed here: compute_deltas is
+    # deterministic), not of the base model.
+    res = compute_deltas(model, tok, [EditRequest.from_counterfact(CF)], HP)
+    with ev.applied(model, res.deltas):
+        edited = ev.score_counterfact(model, tok, CF, gen_tokens=0)
+    scores = ("efficacy", "paraphrase", "neighborhood", "efficacy_magnitude")
+    assert {k: rows[0][k] for k in scores} == {k: edited[k] for k in scores}
+    assert rows[0]["gen_entropy"] > 0.0
     base = ev.evaluate(model, tok, [CF], None, gen_tokens=0)[0]
     assert base["seconds"] == 0.0 and math.isnan(base["gen_entropy"])
+    assert base["efficacy_magnitude"] != rows[0]["efficacy_magnitude"]
     s = ev.summarize(rows)
     assert s["n"] == 1 and s["efficacy"] == 100 * rows[0]["efficacy"]
 

@@ -133,9 +133,12 @@ def test_no_arrow_points_up():
                 if (theirs is not None and theirs < mine) or target == "app":  # app: the top
                     up.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
                 # the core may score a compact form (storage.codec) but never touch a store
-                if me.startswith("ftedit.core") and target.split(".")[0] == "storage":
-                    if target != "storage.codec":
-                        up.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
+                if (
+                    me.startswith("ftedit.core")
+                    and target.split(".")[0] == "storage"
+                    and target != "storage.codec"
+                ):
+                    up.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
                 # storage may import ftedit.errors but not ftedit.paths
                 if (
                     me.startswith("storage")

@@ -63,13 +63,13 @@ def test_default_model_is_cached_once(real_model):
     stamp = (folders[0] / "model.safetensors").stat().st_mtime_ns
     again = load_model()
     assert (folders[0] / "model.safetensors").stat().st_mtime_ns == stamp  # no re-conversion
-    assert again.load_seconds < 15
+    assert again.fingerprint == real_model.fingerprint  # the same file, the same model
     assert real_model.model.config.model_type == "llama" and real_model.num_layers == 30
 
 
 @pytest.mark.real_model
 def test_rewriting_a_fact_on_the_real_model(real_model):
-    from ftedit.core.deltas import rebuild
+    from ftedit.core.live import applied
     from ftedit.core.requests import EditRequest
 
     model, tok = real_model.model, real_model.tok
@@ -82,9 +82,7 @@ def test_rewriting_a_fact_on_the_real_model(real_model):
     res = compute_deltas(model, tok, [r], FLIP)
     for n, p in model.named_parameters():  # compute_deltas left the model untouched
         assert torch.equal(p, snapshot[n]), n
-    base = {k: snapshot[k] for k in res.deltas}
-    rebuild(model, base, [res.deltas])
-    try:
+    with applied(model, res.deltas):
         after = rewrite_report(model, tok, r)
         assert after["completion"].strip().startswith("Rome")
         assert after["p_target_new"] > 0.5 > after["p_target_true"]
@@ -100,8 +98,6 @@ def test_rewriting_a_fact_on_the_real_model(real_model):
         }
         scores = counterfact_scores(model, tok, record)
         assert scores["efficacy"] == 1.0 and scores["neighborhood"] == 1.0
-    finally:
-        rebuild(model, base, [])
     for n, p in model.named_parameters():
         assert torch.equal(p, snapshot[n]), n
 

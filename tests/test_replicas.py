@@ -108,9 +108,9 @@ def test_a_sync_with_nothing_new_rebuilds_nothing(ftedit_home, monkeypatch):
     a.edit(REQUESTS[1], HP0.replace(layers=(1,)))
     b.active_ids()
     rebuilt: list[list[str]] = []
-    real = b._apply
+    real = b.live.set_active
     monkeypatch.setattr(
-        b, "_apply", lambda ids, names: (rebuilt.append(sorted(names)), real(ids, names))
+        b.live, "set_active", lambda ids, names=None: rebuilt.append(real(ids, names))
     )
     b.active_ids()
     assert rebuilt == []  # the log did not move: one query, no tensor touched

@@ -5,6 +5,7 @@ edge, so the page shows what was wrong and how to fix it, and nothing changes.
 """
 
 import contextvars
+import hashlib
 import math
 import tempfile
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -26,7 +27,6 @@ from ui import state, views
 AUTO = "auto"  # the preset choice meaning Workspace.default_hparams()
 # Short fixed contexts in front of the rewritten prompt: a cheap paraphrase check.
 PARAPHRASE_PREFIXES = ("Fun fact: ", "Here is what I know. ", "Quiz time! ")
-EXPORT_DIR = Path(tempfile.gettempdir()) / "ftedit-exports"
 
 
 @contextmanager
@@ -226,9 +226,13 @@ def export(edit_id):
     with _edge():
         ws = state.workspace()
         info = ws.get(edit_id)
-        path = EXPORT_DIR / f"ftedit-edit-{edit_id}-{info.blob_sha256[:12]}.safetensors"
+        # One folder per store (not one shared by every store and test run), under the
+        # system temp dir because Gradio serves downloads only from there (or allowed_paths).
+        key = hashlib.sha256(str(ws.home).encode()).hexdigest()[:16]
+        export_dir = Path(tempfile.gettempdir()) / "ftedit-exports" / key
+        path = export_dir / f"ftedit-edit-{edit_id}-{info.blob_sha256[:12]}.safetensors"
         if not path.exists():
-            EXPORT_DIR.mkdir(parents=True, exist_ok=True)
+            export_dir.mkdir(parents=True, exist_ok=True)
             ws.export([edit_id], path)
     return str(path)
 

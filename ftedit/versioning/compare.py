@@ -39,7 +39,7 @@ def _resolve(ws: Workspace, ref: int | str) -> dict:
 def _total(ws: Workspace, ids: list[int]) -> Deltas:
     total = Deltas()
     for i in ids:
-        total = total + ws._deltas_of(ws.get(i))
+        total = total + ws.deltas_of(ws.get(i))
     return total
 
 
@@ -54,16 +54,11 @@ def _behaviour(ws: Workspace, states: list[list[int]], edit_ids: list[int]) -> l
     """Score ``edit_ids``' prompts under each state, then restore the live weights exactly."""
     for ids in states:
         for i in ids:
-            ws._deltas_of(ws.get(i))
-    names = sorted(ws._names(set(edit_ids).union(*states, ws._active)))
-    ws._ensure_base(names)
+            ws.deltas_of(ws.get(i))
     scores = []
-    try:
-        for ids in states:
-            ws._write(names, ws._stack(ids))
+    for ids in states:
+        with ws.live.temporarily(ids):
             scores.append(_score(ws, edit_ids))
-    finally:
-        ws._write(names, ws._stack(ws._active))
     out = []
     for i in edit_ids:
         for k, r in enumerate(ws.get(i).requests):

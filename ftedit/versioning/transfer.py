@@ -41,15 +41,15 @@ def verify(ws: Workspace) -> VerifyReport:
                 report.problems.append(str(e))
                 continue
             report.checked_edits += 1
-            if edit.id in ws._deltas and ws._deltas[edit.id] != d:
+            if edit.id in ws.live.deltas and ws.live.deltas[edit.id] != d:
                 report.problems.append(f"edit #{edit.id}: deltas in memory differ from its blob")
             if edit.active:
                 fresh[edit.id] = d
-        params = ws._params
-        for name in sorted(ws._base):
+        params, base = ws.live.params, ws.live.base
+        for name in sorted(base):
             p = params[name]
             replay = compose(
-                ws._base[name],
+                base[name],
                 [fresh[i][name] for i in sorted(fresh) if name in fresh[i]],
                 p.dtype,
                 p.device,
@@ -132,7 +132,7 @@ def _refuse(path: Path, why: str) -> ImportRefusedError:
 def max_file_bytes(ws: Workspace) -> int:
     """The largest edit file this model can have: one float32 delta for every parameter plus
     metadata (or FTEDIT_MAX_UPLOAD when lower). Checked before the file is read."""
-    dense = 4 * sum(p.numel() for p in ws._params.values())
+    dense = 4 * sum(p.numel() for p in ws.live.params.values())
     cap = dense + METADATA_ALLOWANCE
     if ws.limits.max_upload_bytes is not None:
         cap = min(cap, ws.limits.max_upload_bytes)
@@ -170,7 +170,7 @@ def _check_bounds(ws: Workspace, path: Path, tensors, hparams: list[FTHyperParam
     boxes = [hp.norm_constraint for hp in hparams]
     for name, t in sorted(tensors.items()):
         biggest = float(t.abs().max()) if t.numel() else 0.0
-        base = ws._params[name].detach()
+        base = ws.live.params[name].detach()
         scale = float(base.abs().max()) if base.numel() else 0.0
         if None not in boxes:
             ulp = 2 * torch.finfo(base.dtype).eps * scale  # the box applied in the model's dtype
@@ -226,7 +226,7 @@ def validate(
     tensors, _ = editfile.decode(data)
     if not tensors:
         raise _refuse(path, "the file holds no tensors")
-    params = ws._params
+    params = ws.live.params
     for name, t in sorted(tensors.items()):
         if name not in params:
             raise _refuse(path, f"tensor {name} is not a parameter of {ws.fingerprint.name}")

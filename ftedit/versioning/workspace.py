@@ -1,9 +1,9 @@
 """Workspace: one model plus one store, kept in step by DESIGN.md's invariant.
 
 For every tensor an edit touches, ``live = compose(base, deltas of the ACTIVE edits in id
-order)`` (:func:`ftedit.core.deltas.compose`). Base copies of touched tensors are kept on CPU in
-their original dtype, so revert / reapply / checkout recompute only the tensors involved and
-never reload the model. Every public method holds ``self.lock``; every store write also holds
+order)``, kept by :class:`ftedit.core.live.LiveWeights` (``self.live``): revert / reapply /
+checkout / a branch switch call its ``set_active`` on only the tensors involved and never
+reload the model. Every public method holds ``self.lock``; every store write also holds
 the home's file lock (the CLI and the app may share a home) and re-reads the active set first.
 """
 
@@ -16,12 +16,11 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-import torch
-
 from ftedit.core import neighbours as nb
-from ftedit.core.deltas import Deltas, rebuild
+from ftedit.core.deltas import Deltas
 from ftedit.core.ft import compute_deltas
 from ftedit.core.hparams import FTHyperParams, load_preset
+from ftedit.core.live import LiveWeights
 from ftedit.core.metrics import complete, rewrite_report
 from ftedit.core.models import LoadedModel, load_model, num_layers, rewrite_template, tensor_sha256
 from ftedit.core.requests import EditRequest
@@ -31,10 +30,14 @@ from ftedit.versioning.limits import Limits
 from ftedit.versioning.records import EditInfo, EventInfo, OpResult, VerifyReport, method_of
 from ftedit.versioning.stored import stored
 from storage import editfile
+from storage.records import StoredEdit
 from storage.store import ALL, Store, crash_point, version_number
 
 __all__ = ["EditInfo", "EventInfo", "OpResult", "VerifyReport", "Workspace"]
 log = logging.getLogger(__name__)
+# The key of an edit's deltas between training and its row's commit: above every id, so that
+# it sits on top of the stack exactly where its id will.
+_PENDING = 2**62
 _ARCH_PRESETS = {"gpt2": "gpt2-xl-ft-l", "gptj": "gpt-j-ft-l"}
 # num_steps ceiling when FTEDIT_MAX_STEPS is unset: the presets use 25, and one request of a
 # million steps would hold the workspace lock for every visitor until a restart.
@@ -109,9 +112,7 @@ class Workspace:
         self.loaded = loaded or load_model(model, dtype=dtype, device=device)
         self.model, self.tok = self.loaded.model, self.loaded.tok
         self.fingerprint = self.loaded.fingerprint
-        # named_parameters() walks every module (~10 ms on a 30-layer model: half a revert's
-        # budget), so the table is built once; the Parameter objects never change.
-        self._params = dict(self.model.named_parameters())
+        self.live = LiveWeights(self.model)  # base copies, deltas read (sha256-checked), active ids
         self.store = Store(*store_location(home, database_url, blob_url))  # else the environment's
         self.home = self.store.home
         self._base_id = self.store.base_id(self.fingerprint.to_dict())
@@ -119,12 +120,9 @@ class Workspace:
         self.dtype_notice = _other_dtype_notice(self.store, self.fingerprint.to_dict())
         if self.dtype_notice:  # the CLI and the app print it; logged for library callers
             log.info("%s", self.dtype_notice)
-        self._base: dict[str, torch.Tensor] = {}  # name -> CPU clone of the untouched tensor
         self._base_sha: dict[str, str] = {}
-        self._deltas: dict[int, Deltas] = {}  # blob contents, read once (sha256-checked)
         self.broken: dict[int, str] = {}  # edit id -> why its blob cannot be used
-        self._db_active: list[int] = []  # active ids as the database says
-        self._active: list[int] = []  # ids composing the live weights (db active minus broken)
+        self._db_active: list[int] = []  # active ids as the database says (live: minus broken)
         self._touched: dict[int, list[str]] = {}  # edit id -> tensor names (immutable per edit)
         self._seen: tuple | None = None  # store.log_position() the live weights follow
         self.limits = Limits.from_env()  # deployment limits (FTEDIT_MAX_*; none by default)
@@ -139,20 +137,14 @@ class Workspace:
         """The store's row id of this model (edits of other base models are not this one's)."""
         return self._base_id
 
-    # ---- the invariant ------------------------------------------------------------------
-    def _ensure_base(self, names: Iterable[str]) -> None:
-        """Copy base values before the first write; every write goes through here first."""
-        for name in names:
-            if name not in self._base and name in self._params:
-                self._base[name] = self._params[name].detach().to("cpu", copy=True)
-
+    # ---- the invariant (self.live) ---------------------------------------------------------
     def base_sha(self, name: str) -> str:
         if name not in self._base_sha:
-            self._ensure_base([name])
-            self._base_sha[name] = tensor_sha256(self._base[name])
+            self.live.keep_base([name])
+            self._base_sha[name] = tensor_sha256(self.live.base[name])
         return self._base_sha[name]
 
-    def read_deltas(self, edit: EditInfo) -> Deltas:
+    def read_deltas(self, edit: StoredEdit) -> Deltas:
         """An edit's deltas straight from its blob: sha256, names and base tensors checked."""
         label = f"edit #{edit.id}"
         data = self.store.blobs.get(edit.blob_sha256, what=label)
@@ -165,24 +157,11 @@ class Workspace:
                 raise IntegrityError(f"{label} was made for another base model ({name} differs)")
         return Deltas(tensors)
 
-    def _deltas_of(self, edit: EditInfo) -> Deltas:
-        if edit.id not in self._deltas:
-            self._deltas[edit.id] = self.read_deltas(edit)
-        return self._deltas[edit.id]
-
-    def _stack(self, ids: Sequence[int]) -> list[Deltas]:
-        return [self._deltas[i] for i in sorted(ids)]
-
-    def _write(self, names: Iterable[str], stack: Sequence[Deltas]) -> None:
-        """Set ``names`` to compose(base, stack), every value checked before any write."""
-        rebuild(self.model, self._base, stack, names, params=self._params)
-
-    def _apply(self, active: Sequence[int], names: Iterable[str]) -> None:
-        """Set ``names`` to base + the deltas of ``active`` (finiteness checked before writing)."""
-        names = sorted(set(names))
-        self._ensure_base(names)
-        self._write(names, self._stack(active))
-        self._active = sorted(active)
+    def deltas_of(self, edit: StoredEdit) -> Deltas:
+        """An edit's deltas, read from its blob once (then kept in ``live.deltas``)."""
+        if edit.id not in self.live.deltas:
+            self.live.deltas[edit.id] = self.read_deltas(edit)
+        return self.live.deltas[edit.id]
 
     def _names(self, ids: Iterable[int]) -> set[str]:
         """Tensors the edits ``ids`` touch (from their rows: also works for broken blobs)."""
@@ -195,55 +174,41 @@ class Workspace:
         """Follow the database: another process (a replica, the CLI) may have changed it.
 
         One cheap query when nothing happened (the log's position); otherwise re-read the
-        active set and rebuild only the tensors of edits that entered or left it.
+        active set and recompute only the tensors of edits that entered or left it (edits
+        whose blob is unusable are skipped and listed in ``broken``).
         """
         pos = (*self.store.log_position(), self.owner)  # read first: later events re-sync
         if pos == self._seen:
             return
         ids = self.store.active_ids(self._base_id, self.owner)
-        self._activate(ids)
-        self._db_active, self._seen = ids, pos
-
-    def activate(self, ids: Iterable[int]) -> list[int]:
-        """Make the live weights base + the deltas of ``ids`` (id order), whatever the store's
-        active set is; the next model-touching call follows the store again. Returns the ids
-        now live (edits whose blob is unusable are skipped and listed in ``broken``)."""
-        with self.lock:
-            self._seen = None
-            return self._activate(ids)
-
-    def _activate(self, ids: Iterable[int]) -> list[int]:
-        """Apply / remove only the edits that differ from the live set: their tensors are
-        rebuilt from base + the new ordered set (exact, never patched by subtraction)."""
-        ids = sorted(set(ids))
-        missing = [i for i in ids if i not in self._deltas and i not in self.broken]
+        missing = [i for i in ids if i not in self.live.deltas and i not in self.broken]
         rows = {e.id: e for e in self.store.edits(self._base_id)} if missing else {}
         for i in missing:
             if i not in rows:
                 raise EditNotFoundError(f"no edit #{i} for {self.fingerprint.name} in this store")
             try:
-                self._deltas_of(rows[i])
+                self.deltas_of(rows[i])
             except IntegrityError as e:
                 self.broken[i] = str(e)
                 log.warning("skipping %s", e)
         usable = [i for i in ids if i not in self.broken]
-        changed = set(usable) ^ set(self._active)
-        self._apply(usable, self._names(changed | set(self.broken) & set(ids)))
-        return usable
+        changed = set(usable) ^ set(self.live.active)
+        self.live.set_active(usable, self._names(changed | set(self.broken) & set(ids)))
+        self._db_active, self._seen = ids, pos
 
     def _commit_status(self, changes: dict[int, str], note: str | None = None) -> None:
         """Rebuild the live weights for ``changes``, then record them; undo on failure."""
-        old = list(self._active)
+        old = list(self.live.active)
         new_db = sorted(
             set(self._db_active) - {i for i, s in changes.items() if s != "active"}
             | {i for i, s in changes.items() if s == "active"}
         )
         names = self._names(changes)
-        self._apply([i for i in new_db if i not in self.broken], names)
+        self.live.set_active([i for i in new_db if i not in self.broken], names)
         try:
             self.store.set_status(changes, note=note)
         except BaseException:
-            self._apply(old, names)
+            self.live.set_active(old, names)
             raise
         self._db_active = new_db
 
@@ -335,9 +300,9 @@ class Workspace:
     ) -> EditInfo:
         """Make ``deltas`` live on top of the stack, score it, then persist it durably."""
         names = sorted(deltas)
-        self._ensure_base(names)
-        old = list(self._active)
-        self._write(names, self._stack(old) + [deltas])  # tentative: on top, as its id will be
+        old = list(self.live.active)
+        self.live.deltas[_PENDING] = deltas
+        self.live.set_active([*old, _PENDING], names)  # tentative: on top, as its id will be
         try:
             after = [rewrite_report(self.model, self.tok, r) for r in requests]
             metrics = {"before": before, "after": after}
@@ -364,9 +329,12 @@ class Workspace:
                     owner=None if self.owner == ALL else self.owner,
                 )  # private on a branch
         except BaseException:
-            self._apply(old, names)
+            self.live.set_active(old, names)
             raise
-        self._deltas[info.id] = deltas
+        finally:
+            self.live.deltas.pop(_PENDING, None)
+        self.live.deltas[info.id] = deltas
+        self.live.active = sorted(info.id if i == _PENDING else i for i in self.live.active)
         self._touched[info.id] = names  # else _names() would reload every row to learn them
         self._sync()  # exact final value (also picks up edits other processes committed)
         return EditInfo.from_stored(info)
@@ -390,7 +358,7 @@ class Workspace:
             self.get(edit_id)  # another visitor's private edit does not exist on this branch
             edit = self.store.plan_reapply(edit_id, self._base_id, check_blob=False)
             self.broken.pop(edit_id, None)
-            self._deltas_of(edit)  # raises (naming the edit) before anything changes
+            self.deltas_of(edit)  # raises (naming the edit) before anything changes
             self._commit_status({edit_id: "active"})
         return OpResult(EditInfo.from_stored(dataclasses.replace(edit, status="active")), None)
 
@@ -408,7 +376,7 @@ class Workspace:
                 changes = {i: s for i, s in changes.items() if i in mine}
             for edit_id, status in changes.items():
                 if status == "active":
-                    self._deltas_of(self.store.get(edit_id))
+                    self.deltas_of(self.store.get(edit_id))
             if changes:
                 self._commit_status(changes, note=f"checkout v{version}")
             return list(self._db_active)
@@ -431,7 +399,7 @@ class Workspace:
         with self.lock:
             self.owner = owner
             self._sync()
-            return list(self._active)
+            return list(self.live.active)
 
     def publish(self, edit_id: int) -> EditInfo:
         """Make an edit of this branch global (every visitor's stack gains it if active)."""
@@ -466,12 +434,8 @@ class Workspace:
             self._sync()
             if not base:
                 return fn(self.model, self.tok, prompt, max_new_tokens)
-            names = sorted(self._base)
-            try:
-                self._write(names, [])
+            with self.live.temporarily([]):
                 return fn(self.model, self.tok, prompt, max_new_tokens)
-            finally:
-                self._write(names, self._stack(self._active))
 
     def save_model(self, directory: str | Path) -> Path:
         """Write the live (stacked) model as a transformers folder that from_pretrained loads."""
