@@ -22,6 +22,7 @@ import torch
 from filelock import FileLock
 
 from ftedit import paths
+from ftedit.core.hparams import FTHyperParams, load_preset
 from ftedit.errors import ModelNotFoundError
 
 log = logging.getLogger(__name__)
@@ -338,3 +339,22 @@ def load_model(
         dtype=str(torch_dtype).removeprefix("torch."),
     )
     return LoadedModel(model, tok, fp, time.perf_counter() - t0)
+
+
+_ARCH_PRESETS = {"gpt2": "gpt2-xl-ft-l", "gptj": "gpt-j-ft-l"}
+
+
+def default_hparams(model: torch.nn.Module) -> FTHyperParams:
+    """Preset "default" for the default model's architecture, else the closest FT-L preset,
+    with layers limited to those this model has."""
+    template = rewrite_template(model)
+    hp = load_preset("default")
+    if template != hp.rewrite_module_tmp:
+        arch = getattr(model.config, "model_type", "")
+        hp = (
+            load_preset(_ARCH_PRESETS[arch])
+            if arch in _ARCH_PRESETS
+            else (FTHyperParams(rewrite_module_tmp=template) if template else FTHyperParams())
+        )
+    n = num_layers(model)
+    return hp.replace(layers=tuple(i for i in hp.layers if i < n) or (0,))

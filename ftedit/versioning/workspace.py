@@ -9,7 +9,6 @@ the home's file lock (the CLI and the app may share a home) and re-reads the act
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import logging
 import threading
@@ -19,79 +18,26 @@ from pathlib import Path
 from ftedit.core import neighbours as nb
 from ftedit.core.deltas import Deltas
 from ftedit.core.ft import compute_deltas
-from ftedit.core.hparams import FTHyperParams, load_preset
+from ftedit.core.hparams import FTHyperParams
 from ftedit.core.live import LiveWeights
 from ftedit.core.metrics import complete, rewrite_report
-from ftedit.core.models import LoadedModel, load_model, num_layers, rewrite_template, tensor_sha256
+from ftedit.core.models import LoadedModel, default_hparams, load_model, tensor_sha256
 from ftedit.core.requests import EditRequest
-from ftedit.errors import Cancelled, EditNotFoundError, IntegrityError, LimitError
+from ftedit.errors import Cancelled, EditNotFoundError, IntegrityError
 from ftedit.paths import store_location
-from ftedit.versioning.limits import Limits
+from ftedit.versioning import compare, transfer
+from ftedit.versioning.limits import CANCEL, Limits, cancellable, check_steps
 from ftedit.versioning.records import EditInfo, EventInfo, OpResult, VerifyReport, method_of
-from ftedit.versioning.stored import stored
+from ftedit.versioning.stored import other_dtype_notice, read_deltas, stored
 from storage import editfile
 from storage.records import StoredEdit
 from storage.store import ALL, Store, crash_point, version_number
 
-__all__ = ["EditInfo", "EventInfo", "OpResult", "VerifyReport", "Workspace"]
+__all__ = ["CANCEL", "EditInfo", "EventInfo", "OpResult", "VerifyReport", "Workspace"]
 log = logging.getLogger(__name__)
 # The key of an edit's deltas between training and its row's commit: above every id, so that
 # it sits on top of the stack exactly where its id will.
 _PENDING = 2**62
-_ARCH_PRESETS = {"gpt2": "gpt2-xl-ft-l", "gptj": "gpt-j-ft-l"}
-# num_steps ceiling when FTEDIT_MAX_STEPS is unset: the presets use 25, and one request of a
-# million steps would hold the workspace lock for every visitor until a restart.
-DEFAULT_MAX_STEPS = 200
-# A cancel flag for the edit running in this context, set by whoever hosts it (the app sets one
-# per visitor request, ui/state.py) when no ``cancel`` argument is passed to Workspace.edit.
-CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
-    "ftedit_cancel", default=None
-)
-
-
-def _check_steps(hp: FTHyperParams, configured: int | None) -> None:
-    """The default num_steps ceiling (FTEDIT_MAX_STEPS, when set, is checked by Limits)."""
-    if configured is None and hp.num_steps > DEFAULT_MAX_STEPS:
-        raise LimitError(
-            f"num_steps {hp.num_steps} is above the default ceiling of {DEFAULT_MAX_STEPS} "
-            "(the presets use 25): lower num_steps, or set FTEDIT_MAX_STEPS to allow more"
-        )
-
-
-def _cancellable(callback, cancel: threading.Event | None):
-    """``callback``, then a check of ``cancel`` after every training step (raising stops
-    training: compute_deltas restores the weights in its finally)."""
-    if cancel is None:
-        return callback
-
-    def checked(step: int, num_steps: int, loss: float) -> None:
-        if callback is not None:
-            callback(step, num_steps, loss)
-        if cancel.is_set():
-            raise Cancelled(
-                f"the edit was cancelled at step {step}/{num_steps}; nothing was changed"
-            )
-
-    return checked
-
-
-def _other_dtype_notice(store: Store, fp: dict) -> str | None:
-    """One line when the store holds edits of this model made in another dtype (they are not
-    loaded: a delta was trained against the weights as rounded to that dtype), else None."""
-    from ftedit.core.models import DTYPES
-
-    found = []
-    for dtype in sorted(DTYPES):
-        bid = None if dtype == fp["dtype"] else store.base_id({**fp, "dtype": dtype}, create=False)
-        if bid is not None and (n := len(store.edits(bid))):
-            found.append((n, dtype))
-    if not found:
-        return None
-    made = " and ".join(f"{n} edit{'s' * (n != 1)} made in {d}" for n, d in found)
-    return (
-        f"this store has {made} on {fp['name']}; you opened it in {fp['dtype']}, so they are "
-        f"not shown: pass --dtype {found[0][1]} (FTEDIT_DTYPE={found[0][1]} for the app)"
-    )
 
 
 class Workspace:
@@ -117,7 +63,7 @@ class Workspace:
         self.home = self.store.home
         self._base_id = self.store.base_id(self.fingerprint.to_dict())
         # Edits are kept per (model, dtype): say so when this dtype hides some, not zero edits.
-        self.dtype_notice = _other_dtype_notice(self.store, self.fingerprint.to_dict())
+        self.dtype_notice = other_dtype_notice(self.store, self.fingerprint.to_dict())
         if self.dtype_notice:  # the CLI and the app print it; logged for library callers
             log.info("%s", self.dtype_notice)
         self._base_sha: dict[str, str] = {}
@@ -146,16 +92,7 @@ class Workspace:
 
     def read_deltas(self, edit: StoredEdit) -> Deltas:
         """An edit's deltas straight from its blob: sha256, names and base tensors checked."""
-        label = f"edit #{edit.id}"
-        data = self.store.blobs.get(edit.blob_sha256, what=label)
-        tensors, meta = editfile.decode(data)
-        base_tensors = editfile.parse_metadata(meta)["base_tensors"]
-        if sorted(tensors) != sorted(edit.tensor_names):
-            raise IntegrityError(f"{label}: its blob holds other tensors than its row lists")
-        for name in tensors:
-            if base_tensors.get(name) != self.base_sha(name):
-                raise IntegrityError(f"{label} was made for another base model ({name} differs)")
-        return Deltas(tensors)
+        return read_deltas(self.store, edit, self.base_sha)
 
     def deltas_of(self, edit: StoredEdit) -> Deltas:
         """An edit's deltas, read from its blob once (then kept in ``live.deltas``)."""
@@ -214,19 +151,8 @@ class Workspace:
 
     # ---- edits ----------------------------------------------------------------------------
     def default_hparams(self) -> FTHyperParams:
-        """Preset "default" for the default model's architecture, else the closest FT-L preset,
-        with layers limited to those this model has."""
-        template = rewrite_template(self.model)
-        hp = load_preset("default")
-        if template != hp.rewrite_module_tmp:
-            arch = getattr(self.model.config, "model_type", "")
-            hp = (
-                load_preset(_ARCH_PRESETS[arch])
-                if arch in _ARCH_PRESETS
-                else (FTHyperParams(rewrite_module_tmp=template) if template else FTHyperParams())
-            )
-        n = num_layers(self.model)
-        return hp.replace(layers=tuple(i for i in hp.layers if i < n) or (0,))
+        """The preset for this model's architecture (:func:`ftedit.core.models.default_hparams`)."""
+        return default_hparams(self.model)
 
     def edit(
         self,
@@ -244,10 +170,10 @@ class Workspace:
         pool; ftedit/core/neighbours.py); the rows are stored in the metrics under "neighbours"."""
         requests = [requests] if isinstance(requests, EditRequest) else list(requests)
         hp = hparams or self.default_hparams()
-        _check_steps(hp, self.limits.max_steps)
+        check_steps(hp, self.limits.max_steps)
         self.limits.check_edit(requests, self.tok, hp)  # refused before anything changes
         cancel = cancel if cancel is not None else CANCEL.get()
-        callback = _cancellable(self.limits.timed(callback), cancel)  # timeout: stops too
+        callback = cancellable(self.limits.timed(callback), cancel)  # timeout: stops too
         with self.lock:
             if cancel is not None and cancel.is_set():  # given up while waiting for the lock
                 raise Cancelled("the edit was cancelled before it started; nothing was changed")
@@ -448,9 +374,7 @@ class Workspace:
 
     # ---- verify / files / compare (in their own modules) -----------------------------------
     def verify(self) -> VerifyReport:
-        from ftedit.versioning.transfer import verify
-
-        return verify(self)
+        return transfer.verify(self)
 
     def collect_orphans(self, grace_seconds: float | None = None) -> list[str]:
         """Delete blobs no edit refers to (left by interrupted edits), once older than
@@ -460,16 +384,10 @@ class Workspace:
         return self.store.collect_orphans(grace_seconds)
 
     def export(self, ids: int | Sequence[int], path: str | Path) -> Path:
-        from ftedit.versioning.transfer import export
-
-        return export(self, ids, path)
+        return transfer.export(self, ids, path)
 
     def import_(self, path: str | Path) -> EditInfo:
-        from ftedit.versioning.transfer import import_edit
-
-        return import_edit(self, path)
+        return transfer.import_edit(self, path)
 
     def diff(self, a: int | str, b: int | str) -> dict:
-        from ftedit.versioning.compare import diff
-
-        return diff(self, a, b)
+        return compare.diff(self, a, b)
