@@ -17,7 +17,7 @@ import pytest
 from ftedit.errors import StoreError
 from ftedit.paths import store_location
 from storage.store import Store
-from tests.storekit import HP0, REQUESTS, open_ws, params
+from tests.storekit import HP0, REQUESTS, add_row, open_ws, params
 
 pytestmark = pytest.mark.usefixtures("database_url")
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,19 +136,7 @@ def test_racing_writers_never_lose_an_event(ftedit_home, tmp_path, database_url)
         {"name": "b", "source": "s", "revision": None, "file_sha256": "0", "dtype": "float32"}
     )
     for i, sha in enumerate(shas):
-        store.add_edit(
-            base,
-            requests=[REQUESTS[i].to_dict()],
-            hparams=HP0.to_dict(),
-            method="FT-L",
-            objective=HP0.objective,
-            metrics={},
-            losses=[],
-            steps=0,
-            seconds=0.0,
-            blob_sha256=sha,
-            tensor_names=["t"],
-        )
+        add_row(store, base, REQUESTS[i], sha)
     done = [0] * 4
 
     def writer(w: int) -> None:
@@ -161,19 +149,7 @@ def test_racing_writers_never_lose_an_event(ftedit_home, tmp_path, database_url)
             except StoreError as e:  # lost the race for that edit: refused, never half-done
                 assert "already" in str(e)
             if step % 4 == 0:
-                s.add_edit(
-                    base,
-                    requests=[REQUESTS[3].to_dict()],
-                    hparams=HP0.to_dict(),
-                    method="FT-L",
-                    objective=HP0.objective,
-                    metrics={},
-                    losses=[],
-                    steps=0,
-                    seconds=0.0,
-                    blob_sha256=my_shas[0],
-                    tensor_names=["t"],
-                )
+                add_row(s, base, REQUESTS[3], my_shas[0])
                 done[w] += 1
 
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
