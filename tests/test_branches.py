@@ -69,6 +69,22 @@ def test_switching_branches_rebuilds_only_the_tensors_that_differ(monkeypatch):
     assert bob.verify().ok and alice.verify().ok
 
 
+def test_any_workspace_method_runs_on_the_visitors_branch(monkeypatch):
+    """Safe by default: a Workspace method the Visitor has never heard of (a new one) still
+    runs on that visitor's branch, under the lock; plain attributes pass through."""
+    ws = open_ws()
+    alice, bob = Visitor(ws, "alice"), Visitor(ws, "bob")
+    mine = alice.edit(REQUESTS[1], HP1).id  # private to alice
+    seen = []
+    probe = lambda self: seen.append((list(self.live.active), self.lock._is_owned()))  # noqa: E731
+    monkeypatch.setattr(type(ws), "probe", probe, raising=False)
+    bob.probe()
+    alice.probe()
+    bob.probe()
+    assert seen == [([], True), ([mine], True), ([], True)]
+    assert bob.tok is ws.tok and bob.limits is ws.limits
+
+
 def test_visitor_limits_and_refusals(tmp_path):
     ws = open_ws()
     ws.limits = Limits(rate=(1, 60), max_upload_bytes=10)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import inspect
 import os
 from typing import TYPE_CHECKING
 
@@ -21,24 +22,6 @@ from ftedit.versioning.records import EditInfo, EventInfo
 
 if TYPE_CHECKING:
     from ftedit.versioning.workspace import Workspace
-
-# Methods that read or write the live weights: they run on the visitor's branch, under the lock.
-ON_BRANCH = {
-    "edit",
-    "revert",
-    "reapply",
-    "report",
-    "generate",
-    "verify",
-    "diff",
-    "export",
-    "import_",
-    "active_ids",
-    "save_model",
-    "checkout",
-    "publish",
-}
-
 
 def shared() -> bool:
     """Is this a shared deployment (per-visitor branches)? ``FTEDIT_SHARED=1``; on a Hugging
@@ -80,7 +63,10 @@ class Visitor:
 
     def __getattr__(self, name: str):
         attr = getattr(self.ws, name)
-        if name not in ON_BRANCH:
+        # Safe by default: EVERY Workspace method reached through here runs on this visitor's
+        # branch, under the lock, so a new weight-touching method cannot run on another
+        # visitor's weights. Plain attributes (model, tok, limits, home, ...) pass through.
+        if not (inspect.ismethod(attr) and attr.__self__ is self.ws):
             return attr
 
         @functools.wraps(attr)
