@@ -209,3 +209,44 @@ def test_num_steps_has_a_default_ceiling_that_the_deployment_can_raise(ftedit_ho
     with pytest.raises(Cancelled):  # allowed past the ceiling: it trains (we stop it at once)
         ws.edit(REQUESTS[0], HP0.replace(num_steps=500), callback=stop_at_once, cancel=cancel)
     assert steps == [1]
+
+
+def test_an_edit_whose_page_went_away_stops_training_and_frees_the_lock(ftedit_home, monkeypatch):
+    """The app streams an edit from a generator while a worker trains; when the generator is
+    closed mid-training (the client is gone), the worker stops at its next step: nothing is
+    stored, the weights are unchanged, and no thread keeps the workspace lock."""
+    from ui import handlers, state
+
+    ws = open_ws(ftedit_home)
+    state.set_workspace(ws)
+    stepped, closed, steps = threading.Event(), threading.Event(), []
+    real = ws.edit
+
+    def edit(requests, hparams=None, callback=None, **kw):
+        def held(step, n, loss):  # the handler's callback, then wait for the page to go away
+            steps.append(step)
+            callback(step, n, loss)
+            stepped.set()
+            closed.wait(120)
+
+        return real(requests, hparams, held, **kw)
+
+    monkeypatch.setattr(ws, "edit", edit)
+    before = params(ws)
+    try:
+        stream = handlers.edit(
+            "{} is located in the city of", "Eiffel Tower", "Rome", "Paris",
+            *["auto", "0", 1e-2, 5, 0, "prompt_last"],
+        )  # fmt: skip
+        assert next(stream)[0].startswith("Training")  # the generator started the worker
+        assert stepped.wait(120)  # which is inside its first step
+        stream.close()  # the client went away mid-training
+        closed.set()
+        assert ws.lock.acquire(timeout=120)  # the worker gave the lock back
+        ws.lock.release()
+    finally:
+        closed.set()
+        state.set_workspace(None)
+    assert steps == [1, 2] and ws.history() == []  # stopped at the step after the close
+    assert_same(params(ws), before)
+    assert _lock_is_free(ws)

@@ -8,6 +8,7 @@ import contextvars
 import hashlib
 import math
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ from ftedit.core.hparams import FTHyperParams, load_preset
 from ftedit.core.metrics import target_nll
 from ftedit.core.requests import EditRequest, check_prompt_length
 from ftedit.deploy.visitors import Visitor
-from ftedit.errors import FteditError, HParamsError
+from ftedit.errors import Cancelled, FteditError, HParamsError
 from ftedit.parse import InputError, number, ref
 from ftedit.parse import edit_id as parse_edit_id
 from ftedit.parse import version as parse_version
@@ -123,14 +124,26 @@ def _probabilities(ws, prompts: list[str], targets: list[str | None]) -> list[li
     return out
 
 
-def train_edit(request: EditRequest, hp: FTHyperParams, losses: list[float] | None = None):
+def train_edit(
+    request: EditRequest,
+    hp: FTHyperParams,
+    losses: list[float] | None = None,
+    stop: threading.Event | None = None,
+):
     """Train and commit one edit; score the rewrite and its paraphrases before and after.
 
     Returns (EditInfo, rival target, per-prompt scores). Holds the Workspace lock throughout,
-    so the "before" numbers are those of the stack the edit was trained on.
+    so the "before" numbers are those of the stack the edit was trained on. ``stop``, once set,
+    ends training at the next step with nothing changed (the page that asked is gone).
     """
     ws = state.workspace()
     losses = [] if losses is None else losses
+
+    def step(k: int, n: int, loss: float) -> None:
+        losses.append(loss)
+        if stop is not None and stop.is_set():
+            raise Cancelled(f"the edit was cancelled at step {k}/{n}; nothing was changed")
+
     with ws.lock:
         ws.active_ids()  # follow the store (another process may have changed the stack)
         request.check_length(ws.tok)
@@ -138,7 +151,7 @@ def train_edit(request: EditRequest, hp: FTHyperParams, losses: list[float] | No
         rival = views.rival_target(request, before_report)
         prompts = [request.text] + [p + request.text for p in PARAPHRASE_PREFIXES]
         before = _probabilities(ws, prompts, [request.target_new, rival])
-        info = ws.edit(request, hp, callback=lambda step, n, loss: losses.append(loss))
+        info = ws.edit(request, hp, callback=step)
         after = _probabilities(ws, prompts, [request.target_new, rival])
     scores = []
     contexts = ["(the prompt itself)", *(p.strip() + " …" for p in PARAPHRASE_PREFIXES)]
@@ -179,10 +192,16 @@ def edit(
         request.check_length(state.workspace().tok)  # before the worker and any scoring
     losses: list[float] = []
     # Train in a worker so this generator can stream the loss curve; the copied context
-    # carries gradio's progress tracker (track_tqdm) into that thread.
+    # carries gradio's progress tracker (track_tqdm) into that thread. A generator closed before
+    # the edit ends (the client went away) stops the worker at its next step, so no abandoned
+    # thread keeps training under the workspace lock.
     pool = ThreadPoolExecutor(1, thread_name_prefix="ftedit-edit")
+    abandoned = threading.Event()
+    job = None
     try:
-        job = pool.submit(contextvars.copy_context().run, train_edit, request, hp, losses)
+        job = pool.submit(
+            contextvars.copy_context().run, train_edit, request, hp, losses, abandoned
+        )
         while not wait([job], timeout=0.5).done:
             status = f"Training… step {len(losses)}/{hp.num_steps}" + (
                 f", loss {losses[-1]:.4f}" if losses else " (measuring the answers before the edit)"
@@ -191,6 +210,8 @@ def edit(
         with _edge():
             info, rival, scores = job.result()
     finally:
+        if job is not None and not job.done():
+            abandoned.set()
         pool.shutdown(wait=False)
     m = info.metrics
     yield (
