@@ -23,6 +23,7 @@ from ftedit.versioning.records import EditInfo, EventInfo
 if TYPE_CHECKING:
     from ftedit.versioning.workspace import Workspace
 
+
 def shared() -> bool:
     """Is this a shared deployment (per-visitor branches)? ``FTEDIT_SHARED=1``; on a Hugging
     Face Space (``SPACE_ID`` set) too, unless ``FTEDIT_SHARED`` says otherwise (``0``): a
