@@ -167,7 +167,7 @@ def test_a_visitor_leaving_the_app_cancels_their_training(ftedit_home, monkeypat
 
     ws = open_ws(ftedit_home)
     state.set_workspace(ws)
-    monkeypatch.setattr("ui.branches.visitor_session", lambda: "visitor-1")
+    monkeypatch.setattr("ui.session.visitor_session", lambda: "visitor-1")
     steps: list[int] = []
 
     def visitor_closes_the_tab_at_step_two(step, _n, _loss):

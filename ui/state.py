@@ -49,7 +49,7 @@ def workspace():
                 if _model_spec is None:
                     configure(None)
                 _workspace = Workspace(_model_spec, dtype=_dtype)
-    from ui.branches import view, visitor_session
+    from ui.session import view, visitor_session
 
     _watch(visitor_session())
     return view(_workspace)  # a visitor's branch on a shared deployment (FTEDIT_SHARED=1)

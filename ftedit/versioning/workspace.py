@@ -329,7 +329,7 @@ class Workspace:
 
     def publish(self, edit_id: int) -> EditInfo:
         """Make an edit of this branch global (every visitor's stack gains it if active)."""
-        from storage.branches import publish
+        from storage.publish import publish
 
         with self.lock, self.store.file_lock:
             self.get(edit_id)
