@@ -3,14 +3,49 @@ leaves an edit in, branch visibility, version numbers, and how refusals name edi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 from sqlalchemy import or_
 
 from ftedit.errors import StoreError
 from storage.models import EditRow
 
-# Branch filter meaning "every edit, published or not" (single-user stores, the CLI, admins).
-# Owners are visitor session ids, which never contain "*".
-ALL = "*"
+
+@dataclass(frozen=True)
+class Branch:
+    """Which edits a query, or the live weights, follow. ``edits.owner`` holds a visitor id
+    (that visitor's private edit) or NULL (published); a branch is one of:
+
+    - ``Branch.ALL``: every edit, published or not (one user, the CLI, an admin);
+    - ``Branch.PUBLISHED``: the shared stack only;
+    - ``Branch.of(visitor)``: the published edits plus that visitor's own.
+    """
+
+    visitor: str | None = None
+    everything: bool = False
+    ALL: ClassVar[Branch]
+    PUBLISHED: ClassVar[Branch]
+
+    @classmethod
+    def of(cls, visitor: str) -> Branch:
+        if not visitor:
+            raise StoreError("a visitor branch needs the visitor's session id")
+        return cls(visitor=str(visitor))
+
+    @property
+    def private(self) -> bool:
+        """A visitor's branch (their edits are theirs until published)."""
+        return self.visitor is not None
+
+    @property
+    def owner(self) -> str | None:
+        """``edits.owner`` of an edit made on this branch (None: published)."""
+        return self.visitor
+
+
+Branch.ALL = Branch(everything=True)
+Branch.PUBLISHED = Branch()
 ACTIVE_AFTER = {
     "created": "active",
     "imported": "active",
@@ -27,14 +62,13 @@ def version_number(version: int | str) -> int:
     return int(text)
 
 
-def visible(q, branch: str | None):
-    """Restrict an edits query to a branch: ``ALL`` every edit; None the published ones; a
-    visitor id the published ones plus that visitor's own."""
-    if branch == ALL:
+def visible(q, branch: Branch):
+    """Restrict an edits query to ``branch`` (see :class:`Branch`)."""
+    if branch.everything:
         return q
-    if branch is None:
+    if branch.visitor is None:
         return q.where(EditRow.owner.is_(None))
-    return q.where(or_(EditRow.owner.is_(None), EditRow.owner == branch))
+    return q.where(or_(EditRow.owner.is_(None), EditRow.owner == branch.visitor))
 
 
 def _ids(noun: str, ids: list[int]) -> str:

@@ -23,9 +23,9 @@ from storage.db import Sessions, crash_point, damaged, damaged_message, describe
 from storage.ephemeral import refuse_ephemeral
 from storage.models import BaseModelRow, EditRow, EventRow, utcnow
 from storage.records import EventInfo, OpResult, StoredEdit
-from storage.rules import ACTIVE_AFTER, ALL, _ids, _was, version_number, visible
+from storage.rules import ACTIVE_AFTER, Branch, _ids, _was, version_number, visible
 
-__all__ = ["ALL", "Store", "crash_point", "version_number", "visible"]
+__all__ = ["Branch", "Store", "crash_point", "version_number", "visible"]
 
 
 class Store:
@@ -89,12 +89,12 @@ class Store:
             return row.id if row is not None else None
 
     # ---- queries -----------------------------------------------------------------------
-    def _edit_query(self, base_id: int | None, branch: str | None = ALL):
+    def _edit_query(self, base_id: int | None, branch: Branch = Branch.ALL):
         q = select(EditRow, BaseModelRow.name).join(BaseModelRow).order_by(EditRow.id)
         q = visible(q, branch)
         return q if base_id is None else q.where(EditRow.base_model_id == base_id)
 
-    def edits(self, base_id: int | None = None, branch: str | None = ALL) -> list[StoredEdit]:
+    def edits(self, base_id: int | None = None, branch: Branch = Branch.ALL) -> list[StoredEdit]:
         """Every edit (of one base, or of all; ``branch``: see :func:`visible`), in id order."""
         with self.session() as s:
             q = self._edit_query(base_id, branch)
@@ -112,7 +112,9 @@ class Store:
 
         return log_json_sqlalchemy(self.engine, base_id)
 
-    def get(self, edit_id: int, base_id: int | None = None, branch: str | None = ALL) -> StoredEdit:
+    def get(
+        self, edit_id: int, base_id: int | None = None, branch: Branch = Branch.ALL
+    ) -> StoredEdit:
         with self.session() as s:
             q = self._edit_query(base_id, branch).where(EditRow.id == edit_id)
             hit = s.execute(q).first()
@@ -120,16 +122,16 @@ class Store:
             raise EditNotFoundError(f"no edit #{edit_id} in this store; `ftedit log` lists them")
         return StoredEdit.from_row(*hit)
 
-    def events(self, base_id: int | None = None, branch: str | None = ALL) -> list[EventInfo]:
+    def events(self, base_id: int | None = None, branch: Branch = Branch.ALL) -> list[EventInfo]:
         q = select(EventRow).order_by(EventRow.id)
-        if base_id is not None or branch != ALL:
+        if base_id is not None or not branch.everything:
             q = visible(q.join(EditRow), branch)
         if base_id is not None:
             q = q.where(EditRow.base_model_id == base_id)
         with self.session() as s:
             return [EventInfo.from_row(e) for e in s.scalars(q)]
 
-    def active_ids(self, base_id: int | None = None, branch: str | None = ALL) -> list[int]:
+    def active_ids(self, base_id: int | None = None, branch: Branch = Branch.ALL) -> list[int]:
         q = visible(
             select(EditRow.id).where(EditRow.status == "active").order_by(EditRow.id), branch
         )
@@ -173,7 +175,7 @@ class Store:
         return base, state
 
     def later_sharing(
-        self, edit: StoredEdit, base_id: int | None, branch: str | None = ALL
+        self, edit: StoredEdit, base_id: int | None, branch: Branch = Branch.ALL
     ) -> list[tuple[int, str]]:
         """(id, origin) of the active edits made after ``edit`` that touch any of its tensors
         (trained or imported on top of it). On a visitor's branch only that branch's edits
@@ -265,7 +267,7 @@ class Store:
 
     # ---- plans: checks shared by the CLI (store only) and the Workspace (store + model) ----
     def plan_revert(
-        self, edit_id: int, base_id: int | None = None, branch: str | None = ALL
+        self, edit_id: int, base_id: int | None = None, branch: Branch = Branch.ALL
     ) -> tuple[StoredEdit, str | None]:
         edit = self.get(edit_id, base_id, branch)
         if not edit.active:

@@ -9,7 +9,7 @@ Gradio session, so the handlers themselves need not know about branches.
 from __future__ import annotations
 
 from ftedit.deploy.visitors import Visitor, shared
-from storage.store import ALL
+from storage.rules import Branch
 
 
 def visitor_session() -> str | None:
@@ -31,7 +31,7 @@ def view(ws):
         return ws
     session = visitor_session()
     if shared():
-        return Visitor(ws, session, session)
+        return Visitor(ws, Branch.of(session) if session else Branch.PUBLISHED, session)
     if session and (ws.limits.rate or ws.limits.max_upload_bytes):
-        return Visitor(ws, ALL, session)
+        return Visitor(ws, Branch.ALL, session)
     return ws

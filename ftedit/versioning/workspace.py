@@ -31,7 +31,7 @@ from ftedit.versioning.records import EditInfo, EventInfo, OpResult, VerifyRepor
 from ftedit.versioning.stored import other_dtype_notice, read_deltas, stored
 from storage import editfile
 from storage.records import StoredEdit
-from storage.store import ALL, Store, crash_point, version_number
+from storage.store import Branch, Store, crash_point, version_number
 
 __all__ = ["CANCEL", "EditInfo", "EventInfo", "OpResult", "VerifyReport", "Workspace"]
 log = logging.getLogger(__name__)
@@ -72,9 +72,9 @@ class Workspace:
         self._touched: dict[int, list[str]] = {}  # edit id -> tensor names (immutable per edit)
         self._seen: tuple | None = None  # store.log_position() the live weights follow
         self.limits = Limits.from_env()  # deployment limits (FTEDIT_MAX_*; none by default)
-        # The branch the live weights follow: ALL (every edit: one user, the CLI), None (the
-        # published stack) or a visitor id (published + that visitor's own; use_branch).
-        self.owner: str | None = ALL
+        # The branch the live weights follow (storage.rules.Branch): every edit (one user, the
+        # CLI), the published stack, or a visitor's (published + their own; use_branch).
+        self.branch: Branch = Branch.ALL
         with self.lock:
             self._sync()  # the replay: live weights = base + active edits
 
@@ -114,10 +114,10 @@ class Workspace:
         active set and recompute only the tensors of edits that entered or left it (edits
         whose blob is unusable are skipped and listed in ``broken``).
         """
-        pos = (*self.store.log_position(), self.owner)  # read first: later events re-sync
+        pos = (*self.store.log_position(), self.branch)  # read first: later events re-sync
         if pos == self._seen:
             return
-        ids = self.store.active_ids(self._base_id, self.owner)
+        ids = self.store.active_ids(self._base_id, self.branch)
         missing = [i for i in ids if i not in self.live.deltas and i not in self.broken]
         rows = {e.id: e for e in self.store.edits(self._base_id)} if missing else {}
         for i in missing:
@@ -252,7 +252,7 @@ class Workspace:
                     blob_sha256=sha,
                     tensor_names=names,
                     origin=origin,
-                    owner=None if self.owner == ALL else self.owner,
+                    owner=self.branch.owner,
                 )  # private on a branch
         except BaseException:
             self.live.set_active(old, names)
@@ -271,7 +271,7 @@ class Workspace:
             self._sync()
             # On a branch another visitor's private edit does not exist, nor is it named in
             # the warning (it was never trained on this branch's edits).
-            edit, warning = self.store.plan_revert(edit_id, self._base_id, self.owner)
+            edit, warning = self.store.plan_revert(edit_id, self._base_id, self.branch)
             self._commit_status({edit_id: "reverted"})
         return OpResult(EditInfo.from_stored(dataclasses.replace(edit, status="reverted")), warning)
 
@@ -297,7 +297,7 @@ class Workspace:
         with self.lock, self.store.file_lock:
             self._sync()
             changes = self.store.plan_checkout(version, self._base_id)
-            if self.owner != ALL:  # on a branch: only this branch's edits change
+            if not self.branch.everything:  # on a branch: only this branch's edits change
                 mine = {e.id for e in self.history()}
                 changes = {i: s for i, s in changes.items() if i in mine}
             for edit_id, status in changes.items():
@@ -309,21 +309,21 @@ class Workspace:
 
     # ---- queries ---------------------------------------------------------------------------
     def history(self) -> list[EditInfo]:
-        return [EditInfo.from_stored(e) for e in self.store.edits(self._base_id, self.owner)]
+        return [EditInfo.from_stored(e) for e in self.store.edits(self._base_id, self.branch)]
 
     def events(self) -> list[EventInfo]:
-        return self.store.events(self._base_id, self.owner)
+        return self.store.events(self._base_id, self.branch)
 
     def get(self, edit_id: int) -> EditInfo:
-        return EditInfo.from_stored(self.store.get(edit_id, self._base_id, self.owner))
+        return EditInfo.from_stored(self.store.get(edit_id, self._base_id, self.branch))
 
     # ---- branches (ftedit/deploy/visitors.py: a visitor's view on a shared deployment) -------------
-    def use_branch(self, owner: str | None) -> list[int]:
-        """Follow ``owner``'s branch: the published edits plus ``owner``'s own (None: published
-        only; ``storage.store.ALL``: every edit). Only the deltas that differ between the two
+    def use_branch(self, branch: Branch) -> list[int]:
+        """Follow ``branch`` (``Branch.of(visitor)``: the published edits plus the visitor's own;
+        ``Branch.PUBLISHED``; ``Branch.ALL``: every edit). Only the deltas that differ between the two
         active sets are applied or removed. Returns the ids now live."""
         with self.lock:
-            self.owner = owner
+            self.branch = branch
             self._sync()
             return list(self.live.active)
 
