@@ -4,6 +4,7 @@ cli.py so that file stays a table of commands)."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 
 import click
@@ -37,9 +38,7 @@ def edit_file(ws, path: str, batch: bool, hp, as_json: bool, neighbours: str | N
     requests = read_facts(path, ws.tok)
     groups = [requests] if batch else [[r] for r in requests]
     infos = []
-    with click.progressbar(
-        groups, label=f"editing {len(requests)} facts", file=click.get_text_stream("stderr")
-    ) as bar:
+    with click.progressbar(groups, label=f"editing {len(requests)} facts", file=sys.stderr) as bar:
         for group in bar:
             infos.append(ws.edit(group, hp, neighbours=neighbours))
     if as_json:
