@@ -15,11 +15,10 @@ import time
 
 import gradio as gr
 
-from ftedit.branches import shared
+from ftedit.core.hparams import OBJECTIVES, list_presets
+from ftedit.deploy.visitors import shared
 from ftedit.errors import FteditError
-from ftedit.hparams import OBJECTIVES, list_presets
 from ui import state, views, visitor
-from ui.branches import publish
 from ui.handlers import (  # noqa: F401  (re-exported: the app's handlers, testable directly)
     AUTO,
     checkout,
@@ -32,6 +31,7 @@ from ui.handlers import (  # noqa: F401  (re-exported: the app's handlers, testa
     history,
     import_file,
     preset_fields,
+    publish,
     reapply,
     refresh,
     revert,

@@ -20,12 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ftedit.deltas import compose
-from ftedit.ft import compute_deltas, weights_to_edit
-from ftedit.hparams import load_preset
-from ftedit.metrics import target_probabilities
-from ftedit.models import load_model
-from ftedit.requests import EditRequest
+from ftedit.core.deltas import compose
+from ftedit.core.ft import compute_deltas, weights_to_edit
+from ftedit.core.hparams import load_preset
+from ftedit.core.metrics import target_probabilities
+from ftedit.core.models import load_model
+from ftedit.core.requests import EditRequest
 
 EDITS = {
     "eiffel": EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris"),

@@ -30,10 +30,11 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)  # a shared 2-core machine: leave a core to the others
 
-from ftedit.models import load_model  # noqa: E402
-from ftedit.requests import EditRequest  # noqa: E402
-from ftedit.workspace import Workspace  # noqa: E402
+from ftedit.core.models import load_model  # noqa: E402
+from ftedit.core.requests import EditRequest  # noqa: E402
+from ftedit.versioning.workspace import Workspace  # noqa: E402
 from storage.db import describe  # noqa: E402
+from storage.rules import Branch  # noqa: E402
 
 FACTS = [
     EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris"),
@@ -83,17 +84,18 @@ def bench_pickup(home: Path, url: str | None, steps: int, reps: int) -> None:
 def bench_switch(home: Path, url: str | None, steps: int, reps: int) -> None:
     ws = Workspace(home=home, database_url=url, loaded=load_model())
     hp = ws.default_hparams().replace(num_steps=steps)
-    ws.use_branch(None)
+    ws.use_branch(Branch.PUBLISHED)
     ws.edit(FACTS[0], hp)  # published: under both visitors
     for owner, fact in (("alice", FACTS[1]), ("bob", FACTS[2])):
-        ws.use_branch(owner)
+        ws.use_branch(Branch.of(owner))
         ws.edit(fact, hp)
-    ws.use_branch("alice"), ws.use_branch("bob")  # warm-up
+    alice, bob = Branch.of("alice"), Branch.of("bob")
+    ws.use_branch(alice), ws.use_branch(bob)  # warm-up
     times = []
     for _ in range(reps):
-        times.append(_ms(lambda: ws.use_branch("alice")))
-        times.append(_ms(lambda: ws.use_branch("bob")))
-    same = [_ms(lambda: ws.use_branch("bob")) for _ in range(reps)]
+        times.append(_ms(lambda: ws.use_branch(alice)))
+        times.append(_ms(lambda: ws.use_branch(bob)))
+    same = [_ms(lambda: ws.use_branch(bob)) for _ in range(reps)]
     assert ws.verify().ok
     print(f"switch alice <-> bob ({len(hp.layers)} tensors rebuilt): {_med(times)}")
     print(f"same visitor again (DB check only):  {_med(same)}")

@@ -40,13 +40,14 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)  # a shared 2-core machine: leave a core to the others
 
-import ftedit.evaluate as ev  # noqa: E402
-from ftedit.compact import stored  # noqa: E402
-from ftedit.ft import compute_deltas  # noqa: E402
-from ftedit.hparams import load_preset  # noqa: E402
-from ftedit.models import load_model  # noqa: E402
-from ftedit.requests import EditRequest  # noqa: E402
-from ftedit.workspace import Workspace  # noqa: E402
+import ftedit.core.evaluate as ev  # noqa: E402
+from ftedit.core.ft import compute_deltas  # noqa: E402
+from ftedit.core.hparams import load_preset  # noqa: E402
+from ftedit.core.models import load_model  # noqa: E402
+from ftedit.core.requests import EditRequest  # noqa: E402
+from ftedit.paths import store_location  # noqa: E402
+from ftedit.versioning.stored import stored  # noqa: E402
+from ftedit.versioning.workspace import Workspace  # noqa: E402
 from storage import codec, editfile  # noqa: E402
 
 REQUEST = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
@@ -91,7 +92,7 @@ def bench_revert(home: Path, reps: int, reloads: int) -> Workspace:
         f"faster than reloading"
     )
     blob = ws.store.blobs.path(info.blob_sha256).stat().st_size
-    raw = ws._deltas[info.id].nbytes
+    raw = ws.live.deltas[info.id].nbytes
     print(
         f"store bytes per edit: blob {blob:,} B vs raw float32 delta {raw:,} B "
         f"(+{blob - raw:,} B header/metadata, {blob / raw:.4f}x); "
@@ -118,9 +119,11 @@ def bench_stack(home: Path, n: int) -> None:
         d = torch.randn(shape, generator=gen) * 1e-6
         sha = ws.store.blobs.put(editfile.encode({name: d}, meta))
         ws.store.add_edit(
-            ws._base_id,
-            requests=[REQUEST],
-            hparams=hp,
+            ws.base_id,
+            requests=[REQUEST.to_dict()],
+            hparams=hp.to_dict(),
+            method="FT-L",
+            objective=hp.objective,
             metrics={},
             losses=[],
             steps=0,
@@ -157,7 +160,7 @@ def bench_log(home: Path, n: int, reps: int) -> None:
     from storage.models import EditRow, EventRow
     from storage.store import Store
 
-    store = Store(home)
+    store = Store(*store_location(home))
     base = store.base_id(
         {
             "name": "smollm2-135m-instruct",

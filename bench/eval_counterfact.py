@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
-from ftedit import evaluate as ev
-from ftedit.hparams import FTHyperParams, load_preset
-from ftedit.models import load_model
+from ftedit.core import evaluate as ev
+from ftedit.core.hparams import FTHyperParams, load_preset
+from ftedit.core.models import load_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -28,11 +28,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
-from ftedit import evaluate as ev
-from ftedit import ft
-from ftedit.hparams import load_preset
-from ftedit.models import load_model
-from ftedit.requests import EditRequest
+from ftedit.core import evaluate as ev
+from ftedit.core import ft
+from ftedit.core.hparams import load_preset
+from ftedit.core.models import load_model
+from ftedit.core.requests import EditRequest
 
 
 def mm_gflops(m: int, k: int, n: int, repeats: int = 5) -> float:

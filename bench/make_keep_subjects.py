@@ -1,4 +1,4 @@
-"""Write ``ftedit/data/keep_subjects.txt``: the subjects of CounterFact dev records 0-249.
+"""Write ``ftedit/core/data/keep_subjects.txt``: the subjects of CounterFact dev records 0-249.
 
     .venv/bin/python bench/make_keep_subjects.py
 
@@ -9,11 +9,16 @@ penalty uses.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "counterfact-sample.json"
-OUT = ROOT / "ftedit" / "data" / "keep_subjects.txt"
+sys.path.insert(0, str(ROOT))  # run from a checkout, no install
+
+from ftedit import paths  # noqa: E402
+
+DATA = paths.data_dir() / "counterfact-sample.json"
+OUT = ROOT / "ftedit" / "core" / "data" / "keep_subjects.txt"
 HEADER = (
     "# Other subjects for the keep penalty (hparams.keep_subjects): the subjects of CounterFact\n"
     "# records 0-249 (the dev split of shared/data/counterfact-sample.json; CounterFact is MIT,\n"

@@ -1,4 +1,4 @@
-"""Write ``ftedit/data/nullspace_prompts.txt``: generic prompts for the null-space statistics.
+"""Write ``ftedit/core/data/nullspace_prompts.txt``: generic prompts for the null-space statistics.
 
     .venv/bin/python bench/make_nullspace_prompts.py [path/to/counterfact-sample.json]
 
@@ -17,8 +17,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "counterfact-sample.json"
-OUT = ROOT / "ftedit" / "data" / "nullspace_prompts.txt"
+sys.path.insert(0, str(ROOT))  # run from a checkout, no install
+
+from ftedit import paths  # noqa: E402
+
+DATA = paths.data_dir() / "counterfact-sample.json"
+OUT = ROOT / "ftedit" / "core" / "data" / "nullspace_prompts.txt"
 HEADER = (
     "# Generic prompts for the null-space statistics (hparams.nullspace): the rewrite,\n"
     "# paraphrase and generation prompts of CounterFact records 0-249 (the dev split of\n"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
-from ftedit import evaluate as ev
+from ftedit.core import evaluate as ev
 
 SAME = ("dataset", "split", "gen_prompts", "gen_tokens", "gen_records")
 RANGE = re.compile(r"records (\d+)-(\d+)")

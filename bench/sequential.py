@@ -25,14 +25,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
-from ftedit import evaluate as ev
-from ftedit.compact import compact
-from ftedit.deltas import rebuild
-from ftedit.ft import compute_deltas, weights_to_edit
-from ftedit.hparams import FTHyperParams, load_preset
-from ftedit.metrics import _prefers
-from ftedit.models import load_model
-from ftedit.requests import EditRequest
+from ftedit.core import evaluate as ev
+from ftedit.core.compact import compact
+from ftedit.core.ft import compute_deltas, weights_to_edit
+from ftedit.core.hparams import FTHyperParams, load_preset
+from ftedit.core.live import LiveWeights
+from ftedit.core.metrics import _prefers
+from ftedit.core.models import load_model
+from ftedit.core.requests import EditRequest
 
 
 def efficacy(model, tok, records) -> float:
@@ -79,8 +79,7 @@ def run(
     """Stack the records' edits; past ``deadline`` (epoch seconds) stop stacking, score the
     stack as it is, and report over the edits made."""
     names = list(weights_to_edit(model, hp))
-    params = dict(model.named_parameters())
-    base = {k: params[k].detach().clone() for k in names}
+    live = LiveWeights(model)
     curve = [
         {
             "edits": 0,
@@ -88,12 +87,12 @@ def run(
             "neighborhood": neighborhood(model, tok, records, probe),
         }
     ]
-    stack, per_edit = [], []
+    per_edit = []
     t0 = time.perf_counter()
     for i, rec in enumerate(records, 1):
         res = compute_deltas(model, tok, [EditRequest.from_counterfact(rec)], hp)
-        stack.append(compact(res.deltas, hp.store_as))  # what the workspace would store
-        rebuild(model, base, stack, names=names)  # live = base + every delta so far
+        live.deltas[i] = compact(res.deltas, hp.store_as)  # what the workspace would store
+        live.set_active(range(1, i + 1), names)  # live = base + every delta so far
         per_edit.append(
             {
                 "case_id": rec["case_id"],
@@ -118,7 +117,8 @@ def run(
             break
     edited = records[: len(per_edit)]
     final = ev.summarize([ev.score_counterfact(model, tok, r, gen_tokens=0) for r in edited])
-    rebuild(model, base, [], names=names)
+    live.set_active([], names)
+    stack = [live.deltas[i] for i in sorted(live.deltas)]
     return {
         "curve": curve,
         "per_edit": per_edit,

@@ -1,4 +1,4 @@
-"""Seconds per edit: ``ftedit.ft.compute_deltas`` against a plain transcription of ROME's
+"""Seconds per edit: ``ftedit.core.ft.compute_deltas`` against a plain transcription of ROME's
 ``execute_ft`` (shared/seed/decipher-execute-ft.md), same request, hparams and model, one process.
 
     .venv/bin/python bench/speed_ft.py --repeats 3 --out bench/results/speed  (--models tiny|smollm2|all)
@@ -27,11 +27,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
-from ftedit import keep
-from ftedit.ft import compute_deltas, training_texts
-from ftedit.hparams import FTHyperParams, load_preset
-from ftedit.keep import keep_others, kl_texts
-from ftedit.requests import EditRequest
+from ftedit.core import keep
+from ftedit.core.ft import compute_deltas, training_texts
+from ftedit.core.hparams import FTHyperParams, load_preset
+from ftedit.core.keep import keep_others, kl_texts
+from ftedit.core.requests import EditRequest
 
 REQUEST = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
 
@@ -192,7 +192,7 @@ def compare(model, tok, request, hp, repeats: int) -> dict:
 
 
 def cases(args):
-    from ftedit.models import load_model
+    from ftedit.core.models import load_model
 
     if args.models in ("all", "smollm2"):
         lm = load_model(dtype=args.dtype)

@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
-from ftedit import evaluate as ev
-from ftedit.ft import compute_deltas
-from ftedit.hparams import FTHyperParams, load_preset
-from ftedit.models import load_model
-from ftedit.requests import EditRequest
+from ftedit.core import evaluate as ev
+from ftedit.core.ft import compute_deltas
+from ftedit.core.hparams import FTHyperParams, load_preset
+from ftedit.core.models import load_model
+from ftedit.core.requests import EditRequest
 
 
 def main(argv=None) -> None:

@@ -4,11 +4,12 @@ cli.py so that file stays a table of commands)."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 
 import click
 
-from ftedit import neighbours as nb
+from ftedit.core import neighbours as nb
 
 
 def neighbour_lines(rows: Sequence[dict]) -> list[str]:
@@ -32,14 +33,12 @@ def _line(text: str) -> str:
 def edit_file(ws, path: str, batch: bool, hp, as_json: bool, neighbours: str | None) -> None:
     """Every line validated first (a bad one stores nothing), then one edit per line or, with
     ``batch``, one edit holding them all; a progress bar and a summary table (or JSON)."""
-    from ftedit.factfile import read_facts
+    from ftedit.core.factfile import read_facts
 
     requests = read_facts(path, ws.tok)
     groups = [requests] if batch else [[r] for r in requests]
     infos = []
-    with click.progressbar(
-        groups, label=f"editing {len(requests)} facts", file=click.get_text_stream("stderr")
-    ) as bar:
+    with click.progressbar(groups, label=f"editing {len(requests)} facts", file=sys.stderr) as bar:
         for group in bar:
             infos.append(ws.edit(group, hp, neighbours=neighbours))
     if as_json:

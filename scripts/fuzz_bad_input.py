@@ -333,7 +333,7 @@ def run(n: int, seed: int) -> Counter:
         world = make_world(root)
         world["good_file"] = root / "good.safetensors"
         world["good_file"].write_bytes(world["good"])
-        from ftedit.workspace import Workspace
+        from ftedit.versioning.workspace import Workspace
         from ui import state
 
         tmp = root / "cases"

@@ -89,8 +89,8 @@ def ensure_deps() -> None:
 def check_one(spec, dtype: str, device: str, steps: int | None, strict: bool) -> dict:
     import torch
 
-    from ftedit.requests import EditRequest
-    from ftedit.workspace import Workspace
+    from ftedit.core.requests import EditRequest
+    from ftedit.versioning.workspace import Workspace
 
     req = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
     with tempfile.TemporaryDirectory() as home:

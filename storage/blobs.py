@@ -1,6 +1,6 @@
 """Content-addressed blob store: ``<root>/ab/<sha256>.safetensors``.
 
-Behind a five-method interface (put/get/exists/list/delete): :class:`LocalBlobStore` for a
+Behind one interface (put/get/exists/list/delete, plus what storage/gc.py needs): :class:`LocalBlobStore` for a
 folder (default: ``blobs/`` under the home), :class:`FsspecBlobStore` for any fsspec URL
 (``s3://bucket/prefix``, ``gs://bucket/prefix``; env ``FTEDIT_BLOB_URL``). Both write all or
 nothing and check the sha256 on every read. No torch here: the store moves bytes. (fsspec's

@@ -73,3 +73,58 @@ def log_json(url: str, base_id: int | None = None) -> str | None:
         )
         + "]"
     )
+
+
+def quick_check(path: Path) -> list[str]:
+    """SQLite's ``PRAGMA quick_check`` of ``path`` (read-only): [] when it is sound."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = [r[0] for r in conn.execute("PRAGMA quick_check")]
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        return [f"the database {path} is damaged: {e}"]
+    return [] if rows == ["ok"] else [f"the database {path} is damaged: {r}" for r in rows]
+
+
+def log_json_sqlalchemy(engine, base_id: int | None = None) -> str:
+    """The same listing through SQLAlchemy Core, for any backend (`Store.log_json`).
+
+    It reads only these columns and splices the stored JSON text into the output without
+    decoding it, so it too stays fast over 10,000s of edits.
+    """
+    from sqlalchemy import Text, select, type_coerce  # not on the stdlib fast path
+
+    from storage.models import BaseModelRow, EditRow
+
+    raw = {c: type_coerce(getattr(EditRow, c), Text) for c in ("requests", "tensor_names")}
+    q = (
+        select(
+            EditRow.id,
+            EditRow.status,
+            EditRow.created_at,
+            EditRow.method,
+            EditRow.origin,
+            EditRow.steps,
+            EditRow.seconds,
+            EditRow.blob_sha256,
+            BaseModelRow.name,
+            raw["requests"],
+            raw["tensor_names"],
+        )
+        .join(BaseModelRow)
+        .order_by(EditRow.id)
+    )
+    if base_id is not None:
+        q = q.where(EditRow.base_model_id == base_id)
+    dumps = json.dumps
+    with engine.connect() as conn:
+        parts = [
+            f'{{"id":{i},"status":{dumps(st)},"created_at":"{at.isoformat()}",'
+            f'"method":{dumps(m)},"origin":{dumps(o)},"steps":{n},"seconds":{sec!r},'
+            f'"blob_sha256":"{sha}","base_model":{dumps(base)},'
+            f'"requests":{reqs},"tensor_names":{names}}}'
+            for i, st, at, m, o, n, sec, sha, base, reqs, names in conn.execute(q)
+        ]
+    return "[" + ",".join(parts) + "]"

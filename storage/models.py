@@ -12,10 +12,6 @@ from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-# "published": a visitor's edit joined the shared stack (its status does not change).
-EVENT_KINDS = ("created", "reverted", "reapplied", "imported", "published")
-STATUSES = ("active", "reverted")
-
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -53,7 +49,7 @@ class Base(DeclarativeBase):
 
 
 class BaseModelRow(Base):
-    """A base model edits were made for (the Fingerprint of ``ftedit.models``)."""
+    """A base model edits were made for (the Fingerprint of ``ftedit.core.models``)."""
 
     __tablename__ = "base_models"
 

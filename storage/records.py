@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-
-from ftedit.hparams import FTHyperParams
-from ftedit.requests import EditRequest
+from typing import Generic, TypeVar
 
 
 @dataclass(frozen=True)
-class EditInfo:
-    """One stored edit as the CLI and the app see it."""
+class StoredEdit:
+    """One edit row as stored. Requests and hyperparameters stay the JSON dicts they were
+    saved as: storage never re-validates history with today's rules (ftedit.versioning.records
+    decodes them, leniently, for the code that needs typed values)."""
 
     id: int
-    requests: list[EditRequest]
-    hparams: FTHyperParams
+    requests: list[dict]
+    hparams: dict
     status: str  # "active" | "reverted"
     created_at: datetime  # aware, UTC
     steps: int
@@ -30,21 +30,39 @@ class EditInfo:
     base_model: str = ""
     owner: str | None = None  # visitor branch of an unpublished edit; None = published
 
-    @property
-    def request(self) -> EditRequest:
-        return self.requests[0]
+    @classmethod
+    def from_row(cls, row, base_name: str = "") -> StoredEdit:
+        """From a ``storage.models.EditRow`` (and its base model's name)."""
+        return cls(
+            id=row.id,
+            requests=row.requests,
+            hparams=row.hparams,
+            status=row.status,
+            created_at=row.created_at,
+            steps=row.steps,
+            seconds=row.seconds,
+            losses=row.losses,
+            metrics=row.metrics,
+            blob_sha256=row.blob_sha256,
+            tensor_names=row.tensor_names,
+            method=row.method,
+            objective=row.objective,
+            origin=row.origin,
+            base_model=base_name,
+            owner=row.owner,
+        )
 
     @property
     def active(self) -> bool:
         return self.status == "active"
 
     def to_dict(self) -> dict:
-        """JSON-safe dict (datetimes as ISO 8601 strings)."""
+        """JSON-safe dict (datetimes as ISO 8601 strings), the stored JSON as it was saved."""
         return {
             "id": self.id,
-            "request": self.request.to_dict(),
-            "requests": [r.to_dict() for r in self.requests],
-            "hparams": self.hparams.to_dict(),
+            "request": self.requests[0] if self.requests else None,
+            "requests": list(self.requests),
+            "hparams": self.hparams,
             "status": self.status,
             "created_at": self.created_at.isoformat(),
             "steps": self.steps,
@@ -71,6 +89,11 @@ class EventInfo:
     created_at: datetime
     note: str | None = None
 
+    @classmethod
+    def from_row(cls, e) -> EventInfo:
+        """From a ``storage.models.EventRow``."""
+        return cls(id=e.id, edit_id=e.edit_id, kind=e.kind, created_at=e.created_at, note=e.note)
+
     def to_dict(self) -> dict:
         return {
             "id": self.id,
@@ -81,36 +104,15 @@ class EventInfo:
         }
 
 
+E = TypeVar("E")
+
+
 @dataclass(frozen=True)
-class OpResult:
+class OpResult(Generic[E]):
     """Outcome of revert / reapply: the edit after the change and an optional warning."""
 
-    edit: EditInfo
+    edit: E
     warning: str | None = None
 
     def to_dict(self) -> dict:
         return {"edit": self.edit.to_dict(), "warning": self.warning}
-
-
-@dataclass
-class VerifyReport:
-    """What ``verify`` found. ``ok`` is False when any problem was found; orphan blobs
-    (written by an edit that never committed) are listed but are not problems."""
-
-    problems: list[str] = field(default_factory=list)
-    orphans: list[str] = field(default_factory=list)
-    checked_edits: int = 0
-    checked_tensors: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def to_dict(self) -> dict:
-        return {
-            "ok": self.ok,
-            "problems": list(self.problems),
-            "orphans": list(self.orphans),
-            "checked_edits": self.checked_edits,
-            "checked_tensors": self.checked_tensors,
-        }

@@ -20,12 +20,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ftedit import paths
 from ftedit.errors import FteditError, StoreError
-from ftedit.hparams import FTHyperParams
-from ftedit.requests import EditRequest
 from storage import gc
 from storage.db import describe
+from storage.fastlog import quick_check
 from storage.models import EditRow, EventRow, utcnow
 
 RECOVERED = "recovered from the blob root by `ftedit recover`"
@@ -50,19 +48,6 @@ def sqlite_file(url: str) -> Path:
             "(restore a server database from its backups)"
         )
     return Path(u.database)
-
-
-def quick_check(path: Path) -> list[str]:
-    """SQLite's ``PRAGMA quick_check`` of ``path`` (read-only): [] when it is sound."""
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-        try:
-            rows = [r[0] for r in conn.execute("PRAGMA quick_check")]
-        finally:
-            conn.close()
-    except sqlite3.Error as e:
-        return [f"the database {path} is damaged: {e}"]
-    return [] if rows == ["ok"] else [f"the database {path} is damaged: {r}" for r in rows]
 
 
 def read_log(path: Path) -> dict | None:
@@ -94,13 +79,19 @@ def move_aside(db: Path) -> list[Path]:
 
 
 def recover(
-    home: str | Path | None = None, log: str | Path | None = None, force: bool = False
+    home: str | Path,
+    log: str | Path | None = None,
+    force: bool = False,
+    database_url: str | None = None,
+    blob_url: str | None = None,
 ) -> RecoverReport:
-    """Rebuild the home's SQLite database from its blob root (see the module docstring)."""
+    """Rebuild the home's SQLite database (``database_url``, default ``<home>/ftedit.db``)
+    from its blob root (see the module docstring)."""
     from storage.store import Store
 
-    home = Path(home) if home is not None else paths.home()
-    db = sqlite_file(paths.database_url(home))
+    home = Path(home)
+    url = database_url or f"sqlite:///{home / 'ftedit.db'}"
+    db = sqlite_file(url)
     report = RecoverReport()
     if db.exists() and not force and not quick_check(db) and read_log(db) is not None:
         raise StoreError(
@@ -115,7 +106,7 @@ def recover(
     elif db.exists() and (salvage := read_log(db)) is not None:
         report.log_source = f"{db} (the damaged database itself)"
     report.moved_to = move_aside(db) if db.exists() else []
-    store = Store(home)
+    store = Store(home, url, blob_url)
     _rebuild(store, salvage, report)
     return report
 
@@ -127,9 +118,12 @@ def _blob_edit(store, sha: str) -> dict:
     data = store.blobs.get(sha)
     header = editfile.read_header(data)
     meta = editfile.parse_metadata(header.get("__metadata__") or {})
+    # Kept as the JSON the blob holds (rows never re-validate history: ftedit decodes them).
+    if not meta["requests"] or not all(isinstance(r, dict) for r in meta["requests"]):
+        raise StoreError("its metadata 'requests' is not a list of requests")
     return {
-        "requests": [EditRequest.from_dict(r) for r in meta["requests"]],
-        "hparams": FTHyperParams.from_dict(meta["hparams"]),
+        "requests": meta["requests"],
+        "hparams": meta["hparams"],
         "base": meta["base"],
         "tensor_names": sorted(k for k in header if k != "__metadata__"),
     }
@@ -199,15 +193,13 @@ def _rebuild(store, salvage: dict | None, report: RecoverReport) -> None:
 
 
 def _row(store, edit: dict, sha: str, logged: dict | None, edit_id: int | None) -> EditRow:
-    from storage.store import _method
-
     hp = edit["hparams"]
     row = EditRow(
         base_model_id=edit["base_id"],
-        requests=[r.to_dict() for r in edit["requests"]],
-        hparams=hp.to_dict(),
-        method=_method(hp),
-        objective=hp.objective,
+        requests=list(edit["requests"]),
+        hparams=dict(hp),
+        method="FT" if "norm_constraint" in hp and hp["norm_constraint"] is None else "FT-L",
+        objective=hp.get("objective", "prompt_last"),
         origin="trained",
         metrics={},
         losses=[],

@@ -1,50 +1,31 @@
 """The store: database rows plus blobs under one home, and the rules of the event log.
 
 Torch-free, so `ftedit log` / `show` / `revert` run without loading a model. The
-:class:`ftedit.workspace.Workspace` adds the model on top and keeps live weights in step.
+:class:`ftedit.versioning.workspace.Workspace` adds the model on top and keeps live weights in step.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock
-from sqlalchemy import Text, func, or_, select, type_coerce
+from sqlalchemy import func, select
 from sqlalchemy.exc import DatabaseError, InterfaceError, OperationalError
 from sqlalchemy.exc import IntegrityError as RowConflict
 
-from ftedit import paths
 from ftedit.errors import EditNotFoundError, StoreError
-from ftedit.hparams import FTHyperParams
-from ftedit.requests import EditRequest
 from storage import gc
 from storage.blobs import LocalBlobStore, open_blob_store
 from storage.db import Sessions, crash_point, damaged, damaged_message, describe, open_engine
 from storage.ephemeral import refuse_ephemeral
 from storage.models import BaseModelRow, EditRow, EventRow, utcnow
-from storage.records import EditInfo, EventInfo, OpResult
+from storage.records import EventInfo, OpResult, StoredEdit
+from storage.rules import ACTIVE_AFTER, Branch, _ids, _was, version_number, visible
 
-# Branch filter meaning "every edit, published or not" (single-user stores, the CLI, admins).
-# Owners are visitor session ids, which never contain "*".
-ALL = "*"
-ACTIVE_AFTER = {
-    "created": "active",
-    "imported": "active",
-    "reapplied": "active",
-    "reverted": "reverted",
-}
-
-
-def version_number(version: int | str) -> int:
-    """A version (an event id) from ``12`` or ``"v12"``."""
-    text = str(version).strip().lower().removeprefix("v")
-    if not text.isdigit():
-        raise StoreError(f"a version is an event id like 12 or 'v12', got {version!r}")
-    return int(text)
+__all__ = ["Branch", "Store", "crash_point", "version_number", "visible"]
 
 
 class Store:
@@ -52,7 +33,7 @@ class Store:
 
     def __init__(
         self,
-        home: str | Path | None = None,
+        home: str | Path,
         database_url: str | None = None,
         blob_url: str | None = None,
         *,
@@ -60,10 +41,12 @@ class Store:
     ):
         """``ephemeral_ok``: allow an in-memory database or blob root (tests only; env
         FTEDIT_ALLOW_EPHEMERAL=1 does the same): elsewhere they are refused, since every edit
-        would vanish when the process ends."""
-        self.home = Path(home) if home is not None else paths.home()
-        url = database_url or paths.database_url(self.home)
-        blob_url = blob_url or os.environ.get("FTEDIT_BLOB_URL")
+        would vanish when the process ends. ``home`` holds the file lock (and the SQLite
+        database and blobs unless ``database_url`` / ``blob_url`` say otherwise). The
+        environment (FTEDIT_HOME, FTEDIT_DATABASE_URL, FTEDIT_BLOB_URL) is read at the edge,
+        :func:`ftedit.paths.store_location`: ``Store(*store_location(home))``."""
+        self.home = Path(home)
+        url = database_url or f"sqlite:///{self.home / 'ftedit.db'}"
         if not (ephemeral_ok or os.environ.get("FTEDIT_ALLOW_EPHEMERAL") == "1"):
             refuse_ephemeral(url, blob_url)
         self.home.mkdir(parents=True, exist_ok=True)
@@ -80,7 +63,7 @@ class Store:
             ) from e
         # Sessions turn a lost connection (a restarted PostgreSQL) into a StoreError.
         self.session = Sessions(self.engine, url)
-        # Blobs: a folder or any fsspec URL (FTEDIT_BLOB_URL; replicas share it), else the home.
+        # Blobs: a folder or any fsspec URL (replicas share it), else the home.
         self.blobs = open_blob_store(blob_url) if blob_url else LocalBlobStore(self.home / "blobs")
         self.url, self.id = url, gc.store_id(url)
         self._registered = False  # the root's stores/<id>.json marker (put_blob writes it)
@@ -106,16 +89,16 @@ class Store:
             return row.id if row is not None else None
 
     # ---- queries -----------------------------------------------------------------------
-    def _edit_query(self, base_id: int | None, branch: str | None = ALL):
+    def _edit_query(self, base_id: int | None, branch: Branch = Branch.ALL):
         q = select(EditRow, BaseModelRow.name).join(BaseModelRow).order_by(EditRow.id)
         q = visible(q, branch)
         return q if base_id is None else q.where(EditRow.base_model_id == base_id)
 
-    def edits(self, base_id: int | None = None, branch: str | None = ALL) -> list[EditInfo]:
+    def edits(self, base_id: int | None = None, branch: Branch = Branch.ALL) -> list[StoredEdit]:
         """Every edit (of one base, or of all; ``branch``: see :func:`visible`), in id order."""
         with self.session() as s:
             q = self._edit_query(base_id, branch)
-            return [_info(row, name) for row, name in s.execute(q)]
+            return [StoredEdit.from_row(row, name) for row, name in s.execute(q)]
 
     def log_json(self, base_id: int | None = None) -> str:
         """A JSON array with one object per edit, in id order: what `ftedit log --json` prints.
@@ -125,55 +108,30 @@ class Store:
         only these columns through Core and splices the stored JSON text into the output
         without decoding it; `get` / `ftedit show` give the full record.
         """
-        raw = {c: type_coerce(getattr(EditRow, c), Text) for c in ("requests", "tensor_names")}
-        q = (
-            select(
-                EditRow.id,
-                EditRow.status,
-                EditRow.created_at,
-                EditRow.method,
-                EditRow.origin,
-                EditRow.steps,
-                EditRow.seconds,
-                EditRow.blob_sha256,
-                BaseModelRow.name,
-                raw["requests"],
-                raw["tensor_names"],
-            )
-            .join(BaseModelRow)
-            .order_by(EditRow.id)
-        )
-        if base_id is not None:
-            q = q.where(EditRow.base_model_id == base_id)
-        dumps = json.dumps
-        with self.engine.connect() as conn:
-            parts = [
-                f'{{"id":{i},"status":{dumps(st)},"created_at":"{at.isoformat()}",'
-                f'"method":{dumps(m)},"origin":{dumps(o)},"steps":{n},"seconds":{sec!r},'
-                f'"blob_sha256":"{sha}","base_model":{dumps(base)},'
-                f'"requests":{reqs},"tensor_names":{names}}}'
-                for i, st, at, m, o, n, sec, sha, base, reqs, names in conn.execute(q)
-            ]
-        return "[" + ",".join(parts) + "]"
+        from storage.fastlog import log_json_sqlalchemy
 
-    def get(self, edit_id: int, base_id: int | None = None, branch: str | None = ALL) -> EditInfo:
+        return log_json_sqlalchemy(self.engine, base_id)
+
+    def get(
+        self, edit_id: int, base_id: int | None = None, branch: Branch = Branch.ALL
+    ) -> StoredEdit:
         with self.session() as s:
             q = self._edit_query(base_id, branch).where(EditRow.id == edit_id)
             hit = s.execute(q).first()
         if hit is None:
             raise EditNotFoundError(f"no edit #{edit_id} in this store; `ftedit log` lists them")
-        return _info(*hit)
+        return StoredEdit.from_row(*hit)
 
-    def events(self, base_id: int | None = None, branch: str | None = ALL) -> list[EventInfo]:
+    def events(self, base_id: int | None = None, branch: Branch = Branch.ALL) -> list[EventInfo]:
         q = select(EventRow).order_by(EventRow.id)
-        if base_id is not None or branch != ALL:
+        if base_id is not None or not branch.everything:
             q = visible(q.join(EditRow), branch)
         if base_id is not None:
             q = q.where(EditRow.base_model_id == base_id)
         with self.session() as s:
-            return [_event(e) for e in s.scalars(q)]
+            return [EventInfo.from_row(e) for e in s.scalars(q)]
 
-    def active_ids(self, base_id: int | None = None, branch: str | None = ALL) -> list[int]:
+    def active_ids(self, base_id: int | None = None, branch: Branch = Branch.ALL) -> list[int]:
         q = visible(
             select(EditRow.id).where(EditRow.status == "active").order_by(EditRow.id), branch
         )
@@ -217,7 +175,7 @@ class Store:
         return base, state
 
     def later_sharing(
-        self, edit: EditInfo, base_id: int | None, branch: str | None = ALL
+        self, edit: StoredEdit, base_id: int | None, branch: Branch = Branch.ALL
     ) -> list[tuple[int, str]]:
         """(id, origin) of the active edits made after ``edit`` that touch any of its tensors
         (trained or imported on top of it). On a visitor's branch only that branch's edits
@@ -239,8 +197,10 @@ class Store:
         self,
         base_id: int,
         *,
-        requests: list[EditRequest],
-        hparams: FTHyperParams,
+        requests: list[dict],
+        hparams: dict,
+        method: str,
+        objective: str,
         metrics: dict,
         losses: list[float],
         steps: int,
@@ -250,7 +210,7 @@ class Store:
         origin: str = "trained",
         note: str | None = None,
         owner: str | None = None,
-    ) -> EditInfo:
+    ) -> StoredEdit:
         """Insert an edit and its created/imported event in one transaction.
 
         Call only after the blob is durable: a crash before the commit leaves an orphan blob
@@ -260,10 +220,10 @@ class Store:
         with self.session() as s, s.begin():
             row = EditRow(
                 base_model_id=base_id,
-                requests=[r.to_dict() for r in requests],
-                hparams=hparams.to_dict(),
-                method=_method(hparams),
-                objective=hparams.objective,
+                requests=list(requests),
+                hparams=dict(hparams),
+                method=method,
+                objective=objective,
                 origin=origin,
                 metrics=metrics,
                 losses=list(losses),
@@ -282,10 +242,6 @@ class Store:
             s.add(EventRow(edit_id=row.id, kind=kind, created_at=utcnow(), note=note))
             edit_id = row.id
         return self.get(edit_id)
-
-    def set_metrics(self, edit_id: int, metrics: dict) -> None:
-        with self.session() as s, s.begin():
-            s.get(EditRow, edit_id).metrics = metrics
 
     def set_status(self, changes: dict[int, str], note: str | None = None) -> list[EventInfo]:
         """Move edits to new statuses, one event each, in one transaction (ids in order)."""
@@ -306,13 +262,13 @@ class Store:
                 ev = EventRow(edit_id=edit_id, kind=kind, created_at=utcnow(), note=note)
                 s.add(ev)
                 s.flush()
-                out.append(_event(ev))
+                out.append(EventInfo.from_row(ev))
         return out
 
     # ---- plans: checks shared by the CLI (store only) and the Workspace (store + model) ----
     def plan_revert(
-        self, edit_id: int, base_id: int | None = None, branch: str | None = ALL
-    ) -> tuple[EditInfo, str | None]:
+        self, edit_id: int, base_id: int | None = None, branch: Branch = Branch.ALL
+    ) -> tuple[StoredEdit, str | None]:
         edit = self.get(edit_id, base_id, branch)
         if not edit.active:
             raise StoreError(
@@ -336,7 +292,7 @@ class Store:
 
     def plan_reapply(
         self, edit_id: int, base_id: int | None = None, check_blob: bool = True
-    ) -> EditInfo:
+    ) -> StoredEdit:
         edit = self.get(edit_id, base_id)
         if edit.active:
             raise StoreError(f"edit #{edit_id} is already active")
@@ -409,10 +365,9 @@ class Store:
     def integrity_problems(self) -> list[str]:
         """SQLite's ``PRAGMA quick_check`` of the database file ([] when sound or not SQLite):
         a damaged index page passes every query but the INSERT that needs it."""
-        from storage import fastlog
-        from storage.recover import quick_check
+        from storage.fastlog import quick_check, sqlite_path
 
-        path = fastlog.sqlite_path(self.url)
+        path = sqlite_path(self.url)
         return quick_check(path) if path is not None else []
 
     def status_problems(self, base_id: int | None = None) -> list[str]:
@@ -426,53 +381,3 @@ class Store:
             for e in self.edits(base_id)
             if last.get(e.id) != e.status
         ]
-
-
-def visible(q, branch: str | None):
-    """Restrict an edits query to a branch: ``ALL`` every edit; None the published ones; a
-    visitor id the published ones plus that visitor's own."""
-    if branch == ALL:
-        return q
-    if branch is None:
-        return q.where(EditRow.owner.is_(None))
-    return q.where(or_(EditRow.owner.is_(None), EditRow.owner == branch))
-
-
-def _method(hp: FTHyperParams) -> str:
-    return "FT" if hp.norm_constraint is None else "FT-L"
-
-
-def _info(row: EditRow, base_name: str = "") -> EditInfo:
-    return EditInfo(
-        id=row.id,
-        requests=[EditRequest.from_dict(r) for r in row.requests],
-        hparams=FTHyperParams.from_dict(row.hparams),
-        status=row.status,
-        created_at=row.created_at,
-        steps=row.steps,
-        seconds=row.seconds,
-        losses=row.losses,
-        metrics=row.metrics,
-        blob_sha256=row.blob_sha256,
-        tensor_names=row.tensor_names,
-        method=row.method,
-        objective=row.objective,
-        origin=row.origin,
-        base_model=base_name,
-        owner=row.owner,
-    )
-
-
-def _event(e: EventRow) -> EventInfo:
-    return EventInfo(id=e.id, edit_id=e.edit_id, kind=e.kind, created_at=e.created_at, note=e.note)
-
-
-def _ids(noun: str, ids: list[int]) -> str:
-    """'edit #3' / 'edits #3, #5' naming up to a dozen: past that the message buries the point."""
-    shown = ", ".join(f"#{i}" for i in ids[:12])
-    more = f" and {len(ids) - 12} more" if len(ids) > 12 else ""
-    return f"{noun}{'s' if len(ids) > 1 else ''} {shown}{more}"
-
-
-def _was(ids: list[int]) -> str:
-    return "were" if len(ids) > 1 else "was"

@@ -6,8 +6,8 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 
-from ftedit.models import load_model
-from ftedit.workspace import Workspace
+from ftedit.core.models import load_model
+from ftedit.versioning.workspace import Workspace
 from ui import state
 
 FACT = {

@@ -46,6 +46,19 @@ def database_url(request, ftedit_home, monkeypatch):
         pgkit.drop_all()
 
 
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared evaluation data (outside the repository: ftedit.paths.data_dir finds it)."""
+    from ftedit import paths
+
+    folder = paths.data_dir()
+    if not (folder / "counterfact-sample.json").exists():
+        pytest.fail(
+            f"{folder} holds no counterfact-sample.json: set FTEDIT_DATA to the data folder"
+        )
+    return folder
+
+
 def _tiny_tokenizer():
     from tests.tiny import make_tokenizer
 
@@ -70,7 +83,7 @@ def tiny_gpt2():
 def real_model():
     """The embedded default model, loaded once per test session (it is never edited in place
     by a test: tests that edit it must restore it, which compute_deltas guarantees)."""
-    from ftedit.models import load_model
+    from ftedit.core.models import load_model
 
     torch.manual_seed(0)
     return load_model()

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from ftedit.hparams import FTHyperParams
-from ftedit.models import Fingerprint, LoadedModel
-from ftedit.requests import EditRequest
-from ftedit.workspace import Workspace
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.models import Fingerprint, LoadedModel
+from ftedit.core.requests import EditRequest
+from ftedit.versioning.workspace import Workspace
 from tests import pgkit
 from tests.tiny import make_gpt2, make_llama
 
@@ -56,3 +56,18 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 def assert_replay_equal(ws: Workspace) -> None:
     """Live weights equal those of a fresh process that replays the same store."""
     assert_same(params(ws), params(open_ws(ws.home)))
+
+
+def add_row(store, base: int, request: EditRequest, sha: str, tensor: str = "t", **fields):
+    """A stored row for a fake edit (no model, HP0): what the store tests need of add_edit."""
+    row = {"metrics": {}, "losses": [], "steps": 0, "seconds": 0.0, **fields}
+    return store.add_edit(
+        base,
+        requests=[request.to_dict()],
+        hparams=HP0.to_dict(),
+        method="FT-L",
+        objective=HP0.objective,
+        blob_sha256=sha,
+        tensor_names=[tensor],
+        **row,
+    )

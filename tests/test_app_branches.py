@@ -55,7 +55,7 @@ def test_two_sessions_see_only_their_own_edits_until_published(shared_app):
     assert _ids(alice) == [1] and _ids(bob) == [1, 2]  # published: seen by both
     for client, active in ((alice, [1]), (bob, [1, 2])):
         assert client.predict(api_name="/verify")["ok"]
-        assert ws._active == active  # the live weights were on this visitor's branch
+        assert ws.live.active == active  # the live weights were on this visitor's branch
     _edit(bob, "Eiffel Tower", "Berlin")
     assert _ids(alice) == [1] and _ids(bob) == [1, 2, 3]
     assert [e.owner is None for e in ws.store.edits()] == [True, False, False]

@@ -57,7 +57,9 @@ def test_edit_history_revert_restores_the_base_answer(ws):
     assert "version v1" in summary
 
     # Edit #2 (imported) stacks on #1's tensors: reverting #1 must say so (gr.Warning + message).
-    with pytest.warns(UserWarning, match="imported edit #2 was applied after it"):  # gr.Warning outside a request
+    with pytest.warns(
+        UserWarning, match="imported edit #2 was applied after it"
+    ):  # gr.Warning outside a request
         message, edits, _, _ = app.revert(1)
     assert "⚠️" in message and edits.set_index("id").loc[1, "status"] == "reverted"
     assert app.verify()["ok"]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from gradio_client import Client
 
-from ftedit.branches import shared
+from ftedit.deploy.visitors import shared
 from tests.appkit import served
 from tests.storekit import open_ws
 from tests.test_chat import TEMPLATE

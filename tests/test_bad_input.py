@@ -110,11 +110,11 @@ def tampered(w, how: str) -> Path:
         n = 32  # hidden size of the tiny model
         bt = json.loads(meta["base_tensors"])
         header = {"model.norm.weight": {"dtype": "F32", "shape": [n], "data_offsets": [0, 4 * n]}}
-        from ftedit.models import tensor_sha256
-        from ftedit.workspace import Workspace
+        from ftedit.core.models import tensor_sha256
+        from ftedit.versioning.workspace import Workspace
 
         ws = Workspace(str(w["root"] / "tiny"), w["home"])
-        bt = {"model.norm.weight": tensor_sha256(ws._params["model.norm.weight"].detach())}
+        bt = {"model.norm.weight": tensor_sha256(ws.live.params["model.norm.weight"].detach())}
         meta["base_tensors"] = json.dumps(bt)
         header["__metadata__"], body = meta, body[: 4 * n]
     out = w["root"] / f"{how}.safetensors"
@@ -251,12 +251,12 @@ def test_cli_bad_input_is_one_line_and_changes_nothing(world, monkeypatch, args,
 
 
 def test_edit_length_is_checked_before_the_before_report(world, monkeypatch):
-    import ftedit.workspace
+    import ftedit.versioning.workspace
 
     def scored(*a, **k):
         raise AssertionError("scored a request before checking its length")
 
-    monkeypatch.setattr(ftedit.workspace, "rewrite_report", scored)
+    monkeypatch.setattr(ftedit.versioning.workspace, "rewrite_report", scored)
     before = state(world)
     result = invoke(world, *world["m"], *EDIT, "--target", "Rome " * 2000)
     assert_one_line_error(result, "the limit is 128")
@@ -266,7 +266,7 @@ def test_edit_length_is_checked_before_the_before_report(world, monkeypatch):
 # ---- the app's handlers ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def app(world):
-    from ftedit.workspace import Workspace
+    from ftedit.versioning.workspace import Workspace
     from ui import handlers, state
 
     state.set_workspace(Workspace(str(world["root"] / "tiny"), world["home"]))
@@ -324,9 +324,9 @@ def test_verify_passes_after_every_refused_case(world):
 def test_show_json_is_standard_json_for_rows_stored_before_the_checks(tmp_path):
     """A box of Infinity used to be accepted (and trains fine); such a row still loads, and
     `show --json` prints standard JSON for it."""
-    from ftedit.hparams import FTHyperParams
-    from ftedit.requests import EditRequest
-    from ftedit.workspace import Workspace
+    from ftedit.core.hparams import FTHyperParams
+    from ftedit.core.requests import EditRequest
+    from ftedit.versioning.workspace import Workspace
 
     model, tok = make_llama()
     model.save_pretrained(tmp_path / "m")
@@ -360,7 +360,9 @@ def test_import_flags_exports_mode_and_damaged_blob(world, app, tmp_path):
         os.umask(old)
     con = sqlite3.connect(f"file:{world['home'] / 'ftedit.db'}?mode=ro", uri=True)
     try:  # an active edit's blob (the root also holds the store's marker under stores/)
-        (sha,) = con.execute("SELECT blob_sha256 FROM edits WHERE status = 'active' LIMIT 1").fetchone()
+        (sha,) = con.execute(
+            "SELECT blob_sha256 FROM edits WHERE status = 'active' LIMIT 1"
+        ).fetchone()
     finally:
         con.close()
     blob = next((world["home"] / "blobs").rglob(f"{sha}*"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ftedit import evaluate as ev
+from ftedit.core import evaluate as ev
 
 ROOT = Path(__file__).resolve().parents[1]
 

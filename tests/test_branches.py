@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ftedit.branches import Visitor
+from ftedit.deploy.visitors import Visitor
 from ftedit.errors import EditNotFoundError, LimitError, StoreError
-from ftedit.limits import Limits
+from ftedit.versioning.limits import Limits
+from storage.rules import Branch
 from tests.storekit import HP0, HP1, REQUESTS, assert_same, open_ws, params
 
 pytestmark = pytest.mark.usefixtures("database_url")
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("database_url")
 def test_visitors_see_only_their_own_unpublished_edits(monkeypatch):
     ws = open_ws()
     base = params(ws)
-    alice, bob = Visitor(ws, "alice"), Visitor(ws, "bob")
+    alice, bob = Visitor(ws, Branch.of("alice")), Visitor(ws, Branch.of("bob"))
     a1 = alice.edit(REQUESTS[0], HP0)
     assert a1.owner == "alice" and [e.id for e in alice.history()] == [a1.id]
     assert bob.history() == [] and bob.events() == [] and bob.active_ids() == []
@@ -42,41 +43,57 @@ def test_visitors_see_only_their_own_unpublished_edits(monkeypatch):
     for v in (alice, bob):  # each branch equals a fresh replay of that branch
         v.active_ids()
         fresh = open_ws(ws.home)
-        fresh.use_branch(v.owner)
+        fresh.use_branch(v.branch)
         assert_same(params(ws), params(fresh))
         assert v.verify().ok
 
 
 def test_switching_branches_rebuilds_only_the_tensors_that_differ(monkeypatch):
     ws = open_ws()
-    shared = Visitor(ws, None).edit(REQUESTS[0], HP0)  # a published edit on layer 0
-    alice, bob = Visitor(ws, "alice"), Visitor(ws, "bob")
+    shared = Visitor(ws, Branch.PUBLISHED).edit(REQUESTS[0], HP0)  # a published edit on layer 0
+    alice, bob = Visitor(ws, Branch.of("alice")), Visitor(ws, Branch.of("bob"))
     alice.edit(REQUESTS[1], HP1)  # layer 1, private
     bob.edit(REQUESTS[2], HP0)  # layer 0, private
     rebuilt = []
-    real = ws._apply
+    real = ws.live.set_active
     monkeypatch.setattr(
-        ws, "_apply", lambda ids, names: (rebuilt.append(sorted(names)), real(ids, names))
+        ws.live, "set_active", lambda ids, names=None: rebuilt.append(real(ids, names))
     )
     alice.active_ids()
     assert rebuilt[-1] == sorted(
         {"model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"}
     )
-    assert ws._active == [shared.id, 2]
+    assert ws.live.active == [shared.id, 2]
     rebuilt.clear()
     alice.active_ids()
     assert rebuilt == []  # same branch, nothing new: nothing touched
     assert bob.verify().ok and alice.verify().ok
 
 
+def test_any_workspace_method_runs_on_the_visitors_branch(monkeypatch):
+    """Safe by default: a Workspace method the Visitor has never heard of (a new one) still
+    runs on that visitor's branch, under the lock; plain attributes pass through."""
+    ws = open_ws()
+    alice, bob = Visitor(ws, Branch.of("alice")), Visitor(ws, Branch.of("bob"))
+    mine = alice.edit(REQUESTS[1], HP1).id  # private to alice
+    seen = []
+    probe = lambda self: seen.append((list(self.live.active), self.lock._is_owned()))  # noqa: E731
+    monkeypatch.setattr(type(ws), "probe", probe, raising=False)
+    bob.probe()
+    alice.probe()
+    bob.probe()
+    assert seen == [([], True), ([mine], True), ([], True)]
+    assert bob.tok is ws.tok and bob.limits is ws.limits
+
+
 def test_visitor_limits_and_refusals(tmp_path):
     ws = open_ws()
     ws.limits = Limits(rate=(1, 60), max_upload_bytes=10)
-    alice = Visitor(ws, "alice")
+    alice = Visitor(ws, Branch.of("alice"))
     alice.edit(REQUESTS[0], HP0)
     with pytest.raises(LimitError, match="rate limit"):
         alice.edit(REQUESTS[1], HP0)
-    Visitor(ws, "bob").edit(REQUESTS[1], HP1)  # bob has his own budget
+    Visitor(ws, Branch.of("bob")).edit(REQUESTS[1], HP1)  # bob has his own budget
     big = tmp_path / "big.safetensors"
     big.write_bytes(b"x" * 11)
     with pytest.raises(LimitError, match="FTEDIT_MAX_UPLOAD"):
@@ -90,7 +107,7 @@ def test_visitor_limits_and_refusals(tmp_path):
 
 def test_a_revert_warning_names_only_edits_on_the_same_branch():
     ws = open_ws()
-    alice, bob = Visitor(ws, "alice"), Visitor(ws, "bob")
+    alice, bob = Visitor(ws, Branch.of("alice")), Visitor(ws, Branch.of("bob"))
     alice.edit(REQUESTS[0], HP0)
     bob.edit(REQUESTS[1], HP0)  # same tensor, later id, but never trained on alice's edit
     assert alice.revert(1).warning is None

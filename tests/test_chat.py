@@ -7,9 +7,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from ftedit import chat
+from ftedit.core import chat
+from ftedit.core.metrics import complete
 from ftedit.errors import RequestError
-from ftedit.metrics import complete
 from tests.storekit import open_ws
 
 # A template whose markers are words of the tiny vocabulary, so they tokenise to real ids.
@@ -36,7 +36,7 @@ def test_the_question_is_wrapped_in_the_template(chatty):
 
 
 def test_answer_logprobs_score_the_start_of_the_answer(chatty):
-    from ftedit.metrics import target_nll
+    from ftedit.core.metrics import target_nll
 
     model, tok = chatty
     lp = chat.answer_logprobs(model, tok, "Eiffel Tower", ["Paris", "Rome"])

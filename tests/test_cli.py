@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from ftedit.cli import cli
+from ftedit.paths import store_location
 from tests.storekit import assert_same, params
 from tests.tiny import make_llama
 
@@ -180,7 +181,7 @@ def test_export_import_diff_gc_generate_save(two_edits, tmp_path, tiny_dir):
     run(*m, "save-model", str(saved))
     from transformers import AutoModelForCausalLM
 
-    from ftedit.workspace import Workspace
+    from ftedit.versioning.workspace import Workspace
 
     replay = Workspace(str(tiny_dir))  # the same folder, replaying the same home
     assert_same(params(AutoModelForCausalLM.from_pretrained(saved)), params(replay))
@@ -238,7 +239,7 @@ def test_log_json_fast_path_matches_the_store_byte_for_byte(two_edits, ftedit_ho
     from storage.store import Store
 
     assert fastlog.SCHEMA == HEAD  # a new migration must update the fast query too
-    store = Store(ftedit_home)
+    store = Store(*store_location(ftedit_home))
     store.revert(1)
     url = f"sqlite:///{ftedit_home / 'ftedit.db'}"
     fast = fastlog.log_json(url)

@@ -9,9 +9,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load as st_load
 
-from ftedit.compact import compact, stored
-from ftedit.deltas import Deltas
+from ftedit.core.compact import compact
+from ftedit.core.deltas import Deltas
 from ftedit.errors import HParamsError, ImportRefusedError
+from ftedit.versioning.stored import stored
 from storage import codec, editfile
 from tests.storekit import HP0, HP01, REQUESTS, assert_replay_equal, assert_same, open_ws, params
 from tests.test_store import GOLDEN_META

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from ftedit.deltas import Deltas, compose
+from ftedit.core.deltas import Deltas, compose
+from ftedit.core.ft import compute_deltas
+from ftedit.core.hparams import FTHyperParams, list_presets, load_preset
+from ftedit.core.live import LiveWeights
+from ftedit.core.requests import EditRequest
 from ftedit.errors import HParamsError, IntegrityError, RequestError
-from ftedit.ft import compute_deltas
-from ftedit.hparams import FTHyperParams, list_presets, load_preset
-from ftedit.requests import EditRequest
 from tests.tiny import assert_params_equal, make_gpt2, make_llama, params_snapshot
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # shared/ sits beside the checkout
 
 
 @pytest.mark.parametrize(
@@ -54,9 +52,9 @@ def test_too_long_request_refused_and_model_unchanged():
     assert_params_equal(model, snap)
 
 
-def test_from_counterfact_and_zsre_records():
-    cf = json.loads(Path(f"{DATA}/counterfact-sample.json").read_text())
-    zs = json.loads(Path(f"{DATA}/zsre-sample.json").read_text())
+def test_from_counterfact_and_zsre_records(data_dir):
+    cf = json.loads((data_dir / "counterfact-sample.json").read_text())
+    zs = json.loads((data_dir / "zsre-sample.json").read_text())
     r = EditRequest.from_counterfact(cf[0])
     rw = cf[0]["requested_rewrite"]
     assert r.text == rw["prompt"].format(rw["subject"])
@@ -159,27 +157,42 @@ def test_compose_is_float32_sum_in_order_then_cast():
     out = compose(base, [d1, d2], torch.bfloat16)
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, (base.float() + d1 + d2).to(torch.bfloat16))
+    # Accumulating in bfloat16 would lose every 1e-3 step (1 + 1e-3 rounds back to 1): only a
+    # float32 sum reaches 1.1 before the cast.
+    small = [torch.tensor([1e-3])] * 100
+    out = compose(torch.tensor([1.0], dtype=torch.bfloat16), small, torch.bfloat16)
+    assert out.item() == torch.tensor(1.1).to(torch.bfloat16).item() != 1.0
+    # In the given order, in float32: 1e8 + 1 drops the 1 (float64 or reordering would not).
+    big = [torch.tensor([1e8]), torch.tensor([1.0]), torch.tensor([-1e8])]
+    assert compose(torch.zeros(1), big, torch.float32).item() == 0.0
+    assert compose(torch.zeros(1), [big[0], big[2], big[1]], torch.float32).item() == 1.0
 
 
-def test_rebuild_is_exact_and_refuses_non_finite():
+def test_live_weights_are_exact_and_refuse_non_finite():
     model, _ = make_gpt2()
     names = ["transformer.h.0.mlp.c_proj.weight", "transformer.h.1.mlp.c_proj.bias"]
-    params = dict(model.named_parameters())
+    live = LiveWeights(model)
+    params = live.params
     base = {n: params[n].detach().clone() for n in names}
     snap = params_snapshot(model)
     g = torch.Generator().manual_seed(0)
-    d1 = Deltas({n: torch.randn(base[n].shape, generator=g) * 1e-3 for n in names})
-    d2 = Deltas({names[0]: torch.randn(base[names[0]].shape, generator=g) * 1e-3})
-    d1.apply_to(model, base, [d1])
-    d2.apply_to(model, base, [d1, d2])
-    assert torch.equal(
-        params[names[0]].detach(),
-        compose(base[names[0]], [d1[names[0]], d2[names[0]]], torch.float32),
+    live.deltas[1] = Deltas({n: torch.randn(base[n].shape, generator=g) * 1e-3 for n in names})
+    live.deltas[2] = Deltas({names[0]: torch.randn(base[names[0]].shape, generator=g) * 1e-3})
+    assert live.set_active([2, 1]) == sorted(names)  # id order, whatever the order given
+    stacked = compose(
+        base[names[0]], [live.deltas[1][names[0]], live.deltas[2][names[0]]], torch.float32
     )
-    d1.remove_from(model, base, [d2])
-    d2.remove_from(model, base, [])
+    assert torch.equal(params[names[0]].detach(), stacked)
+    with live.temporarily([2]) as written:  # only #1's tensors move
+        assert written == sorted(names)
+        assert torch.equal(params[names[1]].detach(), base[names[1]])
+    assert torch.equal(params[names[0]].detach(), stacked) and live.active == [1, 2]
+    with pytest.raises(RuntimeError, match="boom"), live.temporarily([]):
+        raise RuntimeError("boom")  # restored even when the body fails
+    assert torch.equal(params[names[0]].detach(), stacked)
+    live.set_active([])
     assert_params_equal(model, snap)  # revert-all == base, bit for bit
-    bad = Deltas({names[0]: torch.full(base[names[0]].shape, float("inf"))})
+    live.deltas[3] = Deltas({names[0]: torch.full(base[names[0]].shape, float("inf"))})
     with pytest.raises(IntegrityError, match="non-finite"):
-        bad.apply_to(model, base, [bad])
-    assert_params_equal(model, snap)
+        live.set_active([1, 3])
+    assert_params_equal(model, snap) and live.active == []

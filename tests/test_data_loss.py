@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from ftedit.cli import cli
 from ftedit.errors import Cancelled, LimitError, StoreError
+from ftedit.paths import store_location
 from storage.store import Store
 from tests.storekit import HP0, HP1, REQUESTS, assert_same, open_ws, params
 
@@ -74,7 +75,7 @@ def test_gc_between_a_replicas_blob_write_and_its_commit_keeps_the_blob(
             t.join(timeout=1.0)  # unprotected, gc finishes here and deletes the new blob
             threads.append(t)
 
-    monkeypatch.setattr("ftedit.workspace.crash_point", gc_now)
+    monkeypatch.setattr("ftedit.versioning.workspace.crash_point", gc_now)
     info = ws.edit(REQUESTS[0], HP0)
     for t in threads:
         t.join()
@@ -85,7 +86,7 @@ def test_gc_between_a_replicas_blob_write_and_its_commit_keeps_the_blob(
 
 
 def test_gc_command_keeps_young_orphans_unless_told(ftedit_home):
-    store = Store(ftedit_home)
+    store = Store(*store_location(ftedit_home))
     orphan = store.blobs.put(b"an interrupted edit's blob")
     run = CliRunner().invoke
     res = run(cli, ["gc"])
@@ -113,8 +114,10 @@ def test_an_in_memory_blob_root_is_refused_unless_allowed(ftedit_home, monkeypat
     res = CliRunner().invoke(cli, ["log"])
     assert res.exit_code == 1 and "FTEDIT_BLOB_URL" in res.output, res.output
     with pytest.raises(StoreError, match="blob root 'memory://x/blobs' lives in memory"):
-        Store(ftedit_home)
-    assert Store(ftedit_home, ephemeral_ok=True).blobs.list() == []  # tests may opt in
+        Store(*store_location(ftedit_home))
+    assert (
+        Store(*store_location(ftedit_home), ephemeral_ok=True).blobs.list() == []
+    )  # tests may opt in
 
 
 # ---- 5: one request cannot stall everyone ---------------------------------------------------
@@ -164,7 +167,7 @@ def test_a_visitor_leaving_the_app_cancels_their_training(ftedit_home, monkeypat
 
     ws = open_ws(ftedit_home)
     state.set_workspace(ws)
-    monkeypatch.setattr("ui.branches.visitor_session", lambda: "visitor-1")
+    monkeypatch.setattr("ui.session.visitor_session", lambda: "visitor-1")
     steps: list[int] = []
 
     def visitor_closes_the_tab_at_step_two(step, _n, _loss):
@@ -206,3 +209,44 @@ def test_num_steps_has_a_default_ceiling_that_the_deployment_can_raise(ftedit_ho
     with pytest.raises(Cancelled):  # allowed past the ceiling: it trains (we stop it at once)
         ws.edit(REQUESTS[0], HP0.replace(num_steps=500), callback=stop_at_once, cancel=cancel)
     assert steps == [1]
+
+
+def test_an_edit_whose_page_went_away_stops_training_and_frees_the_lock(ftedit_home, monkeypatch):
+    """The app streams an edit from a generator while a worker trains; when the generator is
+    closed mid-training (the client is gone), the worker stops at its next step: nothing is
+    stored, the weights are unchanged, and no thread keeps the workspace lock."""
+    from ui import handlers, state
+
+    ws = open_ws(ftedit_home)
+    state.set_workspace(ws)
+    stepped, closed, steps = threading.Event(), threading.Event(), []
+    real = ws.edit
+
+    def edit(requests, hparams=None, callback=None, **kw):
+        def held(step, n, loss):  # the handler's callback, then wait for the page to go away
+            steps.append(step)
+            callback(step, n, loss)
+            stepped.set()
+            closed.wait(120)
+
+        return real(requests, hparams, held, **kw)
+
+    monkeypatch.setattr(ws, "edit", edit)
+    before = params(ws)
+    try:
+        stream = handlers.edit(
+            "{} is located in the city of", "Eiffel Tower", "Rome", "Paris",
+            *["auto", "0", 1e-2, 5, 0, "prompt_last"],
+        )  # fmt: skip
+        assert next(stream)[0].startswith("Training")  # the generator started the worker
+        assert stepped.wait(120)  # which is inside its first step
+        stream.close()  # the client went away mid-training
+        closed.set()
+        assert ws.lock.acquire(timeout=120)  # the worker gave the lock back
+        ws.lock.release()
+    finally:
+        closed.set()
+        state.set_workspace(None)
+    assert steps == [1, 2] and ws.history() == []  # stopped at the step after the close
+    assert_same(params(ws), before)
+    assert _lock_is_free(ws)

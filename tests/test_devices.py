@@ -9,12 +9,12 @@ import pytest
 import torch
 from accelerate import dispatch_model
 
+from ftedit.core.ft import _Runner, compute_deltas, encode
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.models import Fingerprint, LoadedModel, input_device, module_device, offloaded
+from ftedit.core.requests import EditRequest
 from ftedit.errors import HParamsError
-from ftedit.ft import _Runner, compute_deltas, encode
-from ftedit.hparams import FTHyperParams
-from ftedit.models import Fingerprint, LoadedModel, input_device, module_device, offloaded
-from ftedit.requests import EditRequest
-from ftedit.workspace import Workspace
+from ftedit.versioning.workspace import Workspace
 from tests.tiny import make_gpt2, make_llama
 
 REQ = EditRequest("the {} is located in", "Eiffel Tower", "Rome", "Paris")

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from ftedit import evaluate as ev
-from ftedit.ft import compute_deltas
-from ftedit.hparams import FTHyperParams
-from ftedit.requests import EditRequest
+from ftedit.core import evaluate as ev
+from ftedit.core.ft import compute_deltas
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.requests import EditRequest
 from tests.tiny import assert_params_equal, make_llama, params_snapshot
 
 CF = {
@@ -63,11 +63,17 @@ def test_evaluate_counterfact_rows_and_purity():
     )
     assert_params_equal(model, snap)
     assert seen == [1] and rows[0]["case_id"] == 7 and rows[0]["steps"] == 5
-    for k in ("efficacy", "paraphrase", "neighborhood"):
-        assert 0.0 <= rows[0][k] <= 1.0
-    assert rows[0]["gen_entropy"] >= 0.0
+    # The scores are those of the edited model (deltas recomputed here: compute_deltas is
+    # deterministic), not of the base model.
+    res = compute_deltas(model, tok, [EditRequest.from_counterfact(CF)], HP)
+    with ev.applied(model, res.deltas):
+        edited = ev.score_counterfact(model, tok, CF, gen_tokens=0)
+    scores = ("efficacy", "paraphrase", "neighborhood", "efficacy_magnitude")
+    assert {k: rows[0][k] for k in scores} == {k: edited[k] for k in scores}
+    assert rows[0]["gen_entropy"] > 0.0
     base = ev.evaluate(model, tok, [CF], None, gen_tokens=0)[0]
     assert base["seconds"] == 0.0 and math.isnan(base["gen_entropy"])
+    assert base["efficacy_magnitude"] != rows[0]["efficacy_magnitude"]
     s = ev.summarize(rows)
     assert s["n"] == 1 and s["efficacy"] == 100 * rows[0]["efficacy"]
 
@@ -127,7 +133,7 @@ def test_records_from_a_start_within_the_split(tmp_path):
     [("make_llama", "model.layers.{}.mlp.down_proj"), ("make_gpt2", "transformer.h.{}.mlp.c_proj")],
 )
 def test_fast_path_equals_full_forward(monkeypatch, maker, tmpl):
-    from ftedit import ft
+    from ftedit.core import ft
     from tests import tiny
 
     model, tok = getattr(tiny, maker)(layers=3)
@@ -153,7 +159,7 @@ def test_fast_path_equals_full_forward(monkeypatch, maker, tmpl):
 
 
 def test_keep_penalty_holds_back_stand_in_subjects():
-    from ftedit import keep
+    from ftedit.core import keep
 
     model, tok = make_llama(layers=3)
     snap = params_snapshot(model)
@@ -171,6 +177,6 @@ def test_keep_penalty_holds_back_stand_in_subjects():
 
 @torch.no_grad()
 def _logp(model, tok, prompt, target):
-    from ftedit.ft import encode, target_logprobs
+    from ftedit.core.ft import encode, target_logprobs
 
     return float(target_logprobs(model, encode(tok, [prompt], [target], "prompt_last"))[0, 0])

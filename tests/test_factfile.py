@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from ftedit.factfile import FactFileError, read_facts, table_requests
+from ftedit.core.factfile import FactFileError, read_facts, table_requests
 
 GOOD = [
     {"prompt": "{} is located in", "subject": "Eiffel Tower", "target_new": "Rome"},

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ftedit.ft import batch_loss, compute_deltas, encode, target_logprobs, weights_to_edit
-from ftedit.hparams import FTHyperParams
-from ftedit.requests import EditRequest
+from ftedit.core.ft import batch_loss, compute_deltas, encode, target_logprobs, weights_to_edit
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.requests import EditRequest
 from tests.tiny import assert_params_equal, make_gpt2, make_llama, params_snapshot
 
 TEMPLATES = {"llama": "model.layers.{}.mlp.down_proj", "gpt2": "transformer.h.{}.mlp.c_proj"}

@@ -9,12 +9,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ftedit.deltas import compose
-from ftedit.ft import compute_deltas, weights_to_edit
-from ftedit.hparams import FTHyperParams
-from ftedit.models import LoadedModel
-from ftedit.requests import EditRequest
-from ftedit.workspace import Workspace
+from ftedit.core.deltas import compose
+from ftedit.core.ft import compute_deltas, weights_to_edit
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.models import LoadedModel
+from ftedit.core.requests import EditRequest
+from ftedit.versioning.workspace import Workspace
 from tests.storekit import FP, HP0, HP01, HP1, REQUESTS, assert_same, params
 from tests.tiny import assert_params_equal, make_gpt2, make_llama, params_snapshot
 
@@ -167,7 +167,7 @@ def test_cli_prints_the_dtype_notice(monkeypatch):
         opened["dtype"] = dtype
         return Workspace(home=home, loaded=LoadedModel(m.to(getattr(torch, fp.dtype)), tok, fp, 0))
 
-    monkeypatch.setattr("ftedit.workspace.Workspace", fake_workspace)
+    monkeypatch.setattr("ftedit.versioning.workspace.Workspace", fake_workspace)
     run = CliRunner().invoke(cli.cli, ["--home", str(ws.home), "verify"])
     assert run.exit_code == 0, run.output
     assert "warning: this store has 1 edit made in bfloat16" in run.stderr
@@ -179,7 +179,7 @@ def test_cli_prints_the_dtype_notice(monkeypatch):
 
 @pytest.mark.parametrize("eps", [1e-4, 5e-3, 0.1, 1.0])
 def test_box_bounds_are_exact_in_float32(eps):
-    from ftedit.precision import box_bounds
+    from ftedit.core.precision import box_bounds
 
     torch.manual_seed(0)
     w = torch.cat([torch.randn(20000) * s for s in (1e-4, 1e-2, 1.0, 30.0)])

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from ftedit import evaluate as ev
-from ftedit import keep
+from ftedit.core import evaluate as ev
+from ftedit.core import keep
+from ftedit.core.ft import compute_deltas
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.keep import kl_texts, nearest_subjects
+from ftedit.core.requests import EditRequest
 from ftedit.errors import HParamsError
-from ftedit.ft import compute_deltas
-from ftedit.hparams import FTHyperParams
-from ftedit.keep import kl_texts, nearest_subjects
-from ftedit.requests import EditRequest
 from tests.tiny import assert_params_equal, make_llama, params_snapshot
 
 POOL = ("Paris", "Rome", "London", "Berlin", "Tokyo", "Eiffel Tower", "France", "Italy")
 REQ = EditRequest("the {} is located in", "Eiffel Tower", "Rome", "Paris")
 HP = FTHyperParams(layers=(0, 1), lr=5e-2, num_steps=10, norm_constraint=None)
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact-sample.json"
 
 
 @pytest.fixture
@@ -30,16 +28,15 @@ def pool(monkeypatch):
     return POOL
 
 
-def test_shipped_pool_is_the_dev_split_subjects():
+def test_shipped_pool_is_the_dev_split_subjects(data_dir):
     names = keep._subject_pool()
     assert len(names) >= 200 and len(set(names)) == len(names)
     assert all(n and not n.startswith("#") and n == n.strip() for n in names)
-    if DATA.exists():  # the shared data sits beside the checkout (CI clones it there too)
-        records = json.loads(DATA.read_text())
-        dev = {r["requested_rewrite"]["subject"].strip() for r in records[:250]}
-        test = {r["requested_rewrite"]["subject"].strip() for r in records[250:]}
-        assert set(names) == dev
-        assert not (set(names) & test) - dev  # nothing from the test split that dev lacks
+    records = json.loads((data_dir / "counterfact-sample.json").read_text())
+    dev = {r["requested_rewrite"]["subject"].strip() for r in records[:250]}
+    test = {r["requested_rewrite"]["subject"].strip() for r in records[250:]}
+    assert set(names) == dev
+    assert not (set(names) & test) - dev  # nothing from the test split that dev lacks
 
 
 def test_nearest_subjects_excludes_the_subject_and_is_deterministic(pool):
@@ -72,9 +69,12 @@ def test_pool_vectors_recomputed_after_an_in_place_weight_change(pool):
         model.model.layers[0].mlp.down_proj.weight.add_(0.5)
     second = keep._pool_vectors(model, tok, 1)
     assert second is not first and not torch.allclose(second, first)
+    zero = keep._pool_vectors(model, tok, 0)  # another layer: another key, recomputed
+    assert zero is not second
     with torch.no_grad():
-        model.model.layers[1].mlp.down_proj.weight.add_(0.5)  # a block above: not read
-    assert not torch.equal(keep._pool_vectors(model, tok, 0), second)  # other layer, other key
+        model.model.layers[1].mlp.down_proj.weight.add_(0.5)  # a block above layer 0: not read
+    assert keep._pool_vectors(model, tok, 0) is zero  # so layer 0's vectors stay cached
+    assert not torch.allclose(keep._pool_vectors(model, tok, 1), second)  # layer 1's do not
 
 
 def test_kl_texts_use_the_other_subjects_and_fall_back_to_stand_ins():
@@ -114,7 +114,7 @@ def test_negative_keep_subjects_is_refused():
 
 @torch.no_grad()
 def _logp(model, tok, prompt, target):
-    from ftedit.ft import encode, target_logprobs
+    from ftedit.core.ft import encode, target_logprobs
 
     return float(target_logprobs(model, encode(tok, [prompt], [target], "prompt_last"))[0, 0])
 

@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from ftedit import evaluate as ev
-from ftedit.ft import compute_deltas
-from ftedit.hparams import load_preset
-from ftedit.metrics import counterfact_scores
-from ftedit.requests import EditRequest
+from ftedit.core import evaluate as ev
+from ftedit.core.ft import compute_deltas
+from ftedit.core.hparams import load_preset
+from ftedit.core.metrics import counterfact_scores
+from ftedit.core.requests import EditRequest
 from tests.tiny import assert_params_equal, params_snapshot
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact-sample.json"
 DEV_RECORD = 0  # a dev-split record (0-249), never a test one: Angola -> Antarctica
 
 
 @pytest.mark.real_model
-def test_default_preset_edits_without_moving_neighbours(real_model):
-    if not DATA.exists():
-        pytest.fail(f"{DATA} is missing: the evaluation data sits beside the checkout")
-    record = json.loads(DATA.read_text())[DEV_RECORD]
+def test_default_preset_edits_without_moving_neighbours(real_model, data_dir):
+    record = json.loads((data_dir / "counterfact-sample.json").read_text())[DEV_RECORD]
     model, tok = real_model.model, real_model.tok
     req = EditRequest.from_counterfact(record)
     snap = params_snapshot(model)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from ftedit.core.requests import EditRequest
 from ftedit.errors import HParamsError, LimitError
-from ftedit.limits import Limits, RateLimiter, parse_size
-from ftedit.requests import EditRequest
+from ftedit.versioning.limits import Limits, RateLimiter, parse_size
 from tests.storekit import HP0, REQUESTS, assert_same, open_ws, params
 
 
@@ -77,7 +77,7 @@ def test_the_time_limit_stops_training_cleanly():
 
 def test_rate_limit_per_visitor(monkeypatch):
     clock = [100.0]
-    monkeypatch.setattr("ftedit.limits.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("ftedit.versioning.limits.time.monotonic", lambda: clock[0])
     rate = RateLimiter((2, 60))
     rate.check("alice")
     rate.check("alice")

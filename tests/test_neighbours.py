@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ftedit import neighbours as nb
-from ftedit.hparams import load_preset
-from ftedit.metrics import complete
-from ftedit.requests import EditRequest
+from ftedit.core import neighbours as nb
+from ftedit.core.hparams import load_preset
+from ftedit.core.metrics import complete
+from ftedit.core.requests import EditRequest
 from tests.storekit import open_ws
 
 REQ = EditRequest("{} is located in the city of", "Eiffel Tower", "Rome", "Paris")
@@ -55,7 +55,7 @@ def test_workspace_stores_the_neighbours_with_the_edit(tmp_path):
 
 @pytest.mark.real_model
 def test_a_well_known_edit_lists_what_moved_and_what_was_kept(tmp_path, real_model):
-    from ftedit.workspace import Workspace
+    from ftedit.versioning.workspace import Workspace
 
     ws = Workspace(home=tmp_path / "h", loaded=real_model)
     try:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftedit import nullspace as ns
+from ftedit.core import nullspace as ns
+from ftedit.core.ft import compute_deltas
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.requests import EditRequest
 from ftedit.errors import HParamsError
-from ftedit.ft import compute_deltas
-from ftedit.hparams import FTHyperParams
-from ftedit.requests import EditRequest
 from tests.tiny import assert_params_equal, make_gpt2, make_llama, params_snapshot
 
 TEMPLATES = {"llama": "model.layers.{}.mlp.down_proj", "gpt2": "transformer.h.{}.mlp.c_proj"}
@@ -136,8 +136,8 @@ def test_bad_strength_refused(bad):
 
 
 def test_keep_nullspace_keeps_the_keep_prompts_exactly(arch, monkeypatch):
-    from ftedit import keep
-    from ftedit.batch import encode, final_hidden, last_logprobs
+    from ftedit.core import keep
+    from ftedit.core.batch import encode, final_hidden, last_logprobs
 
     monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London", "Tokyo"))
     keep._POOL_CACHE.clear()
@@ -153,7 +153,7 @@ def test_keep_nullspace_keeps_the_keep_prompts_exactly(arch, monkeypatch):
 
     before = logp()
     res = compute_deltas(model, tok, [REQ], h)
-    from ftedit import evaluate as ev
+    from ftedit.core import evaluate as ev
 
     with ev.applied(model, res.deltas):
         after = logp()

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from ftedit.cli import cli
 from ftedit.errors import StoreError
+from ftedit.paths import store_location
 from storage.store import Store
 from tests.storekit import HP0, HP1, REQUESTS, open_ws
 
@@ -62,7 +63,7 @@ def test_recover_rebuilds_a_deleted_database_with_every_edit_reverted(ftedit_hom
     ]
     report = ws.verify()
     assert report.ok and report.orphans == [], report.problems
-    assert Store(ftedit_home).integrity_problems() == []
+    assert Store(*store_location(ftedit_home)).integrity_problems() == []
     ws.reapply(1)  # the history is usable again
     assert ws.active_ids() == [1]
 
@@ -105,7 +106,7 @@ def _corrupt_index(db) -> None:
 def test_a_damaged_index_fails_verify_and_recover_keeps_the_surviving_log(ftedit_home):
     want, db = _three_edits(ftedit_home)
     _corrupt_index(db)
-    problems = Store(ftedit_home).integrity_problems()
+    problems = Store(*store_location(ftedit_home)).integrity_problems()
     assert problems and all("is damaged" in p for p in problems)
     res = _run("verify")  # quick_check runs before any model is loaded
     assert res.exit_code == 1 and "ftedit recover" in res.output, res.output
@@ -116,7 +117,7 @@ def test_a_damaged_index_fails_verify_and_recover_keeps_the_surviving_log(ftedit
     assert "the damaged database itself" in res.output
     ws = open_ws(ftedit_home)
     assert _history(ws) == want and ws.verify().ok
-    assert Store(ftedit_home).integrity_problems() == []
+    assert Store(*store_location(ftedit_home)).integrity_problems() == []
 
 
 def test_recover_refuses_a_sound_database_unless_forced(ftedit_home):
@@ -134,4 +135,4 @@ def test_recover_refuses_a_server_database(ftedit_home, monkeypatch):
     with pytest.raises(StoreError, match="rebuilds SQLite databases"):
         from storage.recover import recover
 
-        recover(ftedit_home)
+        recover(ftedit_home, database_url=store_location(ftedit_home).database_url)

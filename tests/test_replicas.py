@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from ftedit.errors import StoreError
+from ftedit.paths import store_location
 from storage.store import Store
-from tests.storekit import HP0, REQUESTS, open_ws, params
+from tests.storekit import HP0, REQUESTS, add_row, open_ws, params
 
 pytestmark = pytest.mark.usefixtures("database_url")
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,9 +108,9 @@ def test_a_sync_with_nothing_new_rebuilds_nothing(ftedit_home, monkeypatch):
     a.edit(REQUESTS[1], HP0.replace(layers=(1,)))
     b.active_ids()
     rebuilt: list[list[str]] = []
-    real = b._apply
+    real = b.live.set_active
     monkeypatch.setattr(
-        b, "_apply", lambda ids, names: (rebuilt.append(sorted(names)), real(ids, names))
+        b.live, "set_active", lambda ids, names=None: rebuilt.append(real(ids, names))
     )
     b.active_ids()
     assert rebuilt == []  # the log did not move: one query, no tensor touched
@@ -120,7 +121,7 @@ def test_a_sync_with_nothing_new_rebuilds_nothing(ftedit_home, monkeypatch):
 
 
 def _fake_store(home: Path, blobs: int) -> tuple[Store, list[str]]:
-    store = Store(home)
+    store = Store(*store_location(home))
     return store, [store.blobs.put(f"blob {i}".encode()) for i in range(blobs)]
 
 
@@ -135,17 +136,7 @@ def test_racing_writers_never_lose_an_event(ftedit_home, tmp_path, database_url)
         {"name": "b", "source": "s", "revision": None, "file_sha256": "0", "dtype": "float32"}
     )
     for i, sha in enumerate(shas):
-        store.add_edit(
-            base,
-            requests=[REQUESTS[i]],
-            hparams=HP0,
-            metrics={},
-            losses=[],
-            steps=0,
-            seconds=0.0,
-            blob_sha256=sha,
-            tensor_names=["t"],
-        )
+        add_row(store, base, REQUESTS[i], sha)
     done = [0] * 4
 
     def writer(w: int) -> None:
@@ -158,17 +149,7 @@ def test_racing_writers_never_lose_an_event(ftedit_home, tmp_path, database_url)
             except StoreError as e:  # lost the race for that edit: refused, never half-done
                 assert "already" in str(e)
             if step % 4 == 0:
-                s.add_edit(
-                    base,
-                    requests=[REQUESTS[3]],
-                    hparams=HP0,
-                    metrics={},
-                    losses=[],
-                    steps=0,
-                    seconds=0.0,
-                    blob_sha256=my_shas[0],
-                    tensor_names=["t"],
-                )
+                add_row(s, base, REQUESTS[3], my_shas[0])
                 done[w] += 1
 
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]

@@ -15,12 +15,13 @@ from safetensors import safe_open
 from sqlalchemy import inspect, text
 
 from ftedit.errors import EditNotFoundError, ImportRefusedError, IntegrityError, StoreError
+from ftedit.paths import store_location
 from storage import editfile
 from storage.blobs import LocalBlobStore
 from storage.db import HEAD, MIGRATIONS, make_engine, open_engine
 from storage.models import Base
 from storage.store import Store
-from tests.storekit import HP0, REQUESTS
+from tests.storekit import REQUESTS, add_row
 
 # Every test here runs on SQLite and on PostgreSQL (tests/conftest.py: database_url).
 pytestmark = pytest.mark.usefixtures("database_url")
@@ -133,41 +134,20 @@ def test_parse_metadata_refuses_foreign_files():
 
 
 def _store_with_edits(n: int) -> tuple[Store, int]:
-    store = Store()
+    store = Store(*store_location())
     base = store.base_id(
         {"name": "b", "source": "s", "revision": None, "file_sha256": "0", "dtype": "float32"}
     )
     for i in range(n):
         sha = store.blobs.put(f"blob {i}".encode())
-        store.add_edit(
-            base,
-            requests=[REQUESTS[i % 4]],
-            hparams=HP0,
-            metrics={},
-            losses=[1.0],
-            steps=1,
-            seconds=0.1,
-            blob_sha256=sha,
-            tensor_names=[f"t{i % 2}"],
-        )
+        add_row(store, base, REQUESTS[i % 4], sha, f"t{i % 2}", losses=[1.0], steps=1, seconds=0.1)
     return store, base
 
 
 def test_revert_warning_names_imported_edits_as_imported_not_trained():
     store, base = _store_with_edits(2)  # #1 on t0, #2 on t1
     sha = store.blobs.put(b"imported blob")
-    store.add_edit(
-        base,
-        requests=[REQUESTS[0]],
-        hparams=HP0,
-        metrics={},
-        losses=[],
-        steps=0,
-        seconds=0.0,
-        blob_sha256=sha,
-        tensor_names=["t0"],
-        origin="imported",
-    )
+    add_row(store, base, REQUESTS[0], sha, "t0", origin="imported")
     warning = store.revert(1).warning
     assert "imported edit #3 was applied after it to the same tensors" in warning
     assert "trained on top" not in warning

@@ -16,6 +16,7 @@ from alembic.config import Config
 from sqlalchemy import create_engine, inspect
 
 from ftedit.errors import StoreError
+from ftedit.paths import store_location
 from storage.db import HEAD, MIGRATIONS, current_revision
 from storage.store import Store
 
@@ -27,7 +28,11 @@ def _open_in_child(home: Path, crash_at: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "FTEDIT_HOME": str(home), "PYTHONPATH": str(ROOT)}
     env["FTEDIT_TEST_CRASH_AT"] = crash_at
     return subprocess.run(
-        [sys.executable, "-c", "from storage.store import Store; Store()"],
+        [
+            sys.executable,
+            "-c",
+            "from ftedit.paths import store_location; from storage.store import Store; Store(*store_location())",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -37,7 +42,7 @@ def _open_in_child(home: Path, crash_at: str) -> subprocess.CompletedProcess:
 
 
 def _assert_usable(home: Path) -> None:
-    store = Store(home)
+    store = Store(*store_location(home))
     assert current_revision(store.engine) == HEAD
     cols = {c["name"] for c in inspect(store.engine).get_columns("edits")}
     assert "owner" in cols
@@ -91,6 +96,6 @@ def test_unversioned_tables_holding_rows_are_refused_not_dropped(ftedit_home):
             "VALUES ('b', 's', '0', 'float32', '2026-01-01 00:00:00')"
         )
     with pytest.raises(StoreError, match="no schema version.*nothing was changed"):
-        Store(ftedit_home)
+        Store(*store_location(ftedit_home))
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM base_models").fetchone() == (1,)

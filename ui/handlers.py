@@ -5,27 +5,29 @@ edge, so the page shows what was wrong and how to fix it, and nothing changes.
 """
 
 import contextvars
+import hashlib
 import math
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
 
-from ftedit.errors import FteditError, HParamsError
-from ftedit.hparams import FTHyperParams, load_preset
-from ftedit.metrics import target_nll
+from ftedit.core.hparams import FTHyperParams, load_preset
+from ftedit.core.metrics import target_nll
+from ftedit.core.requests import EditRequest, check_prompt_length
+from ftedit.deploy.visitors import Visitor
+from ftedit.errors import Cancelled, FteditError, HParamsError
 from ftedit.parse import InputError, number, ref
 from ftedit.parse import edit_id as parse_edit_id
 from ftedit.parse import version as parse_version
-from ftedit.requests import EditRequest, check_prompt_length
 from ui import state, views
 
 AUTO = "auto"  # the preset choice meaning Workspace.default_hparams()
 # Short fixed contexts in front of the rewritten prompt: a cheap paraphrase check.
 PARAPHRASE_PREFIXES = ("Fun fact: ", "Here is what I know. ", "Quiz time! ")
-EXPORT_DIR = Path(tempfile.gettempdir()) / "ftedit-exports"
 
 
 @contextmanager
@@ -122,14 +124,26 @@ def _probabilities(ws, prompts: list[str], targets: list[str | None]) -> list[li
     return out
 
 
-def train_edit(request: EditRequest, hp: FTHyperParams, losses: list[float] | None = None):
+def train_edit(
+    request: EditRequest,
+    hp: FTHyperParams,
+    losses: list[float] | None = None,
+    stop: threading.Event | None = None,
+):
     """Train and commit one edit; score the rewrite and its paraphrases before and after.
 
     Returns (EditInfo, rival target, per-prompt scores). Holds the Workspace lock throughout,
-    so the "before" numbers are those of the stack the edit was trained on.
+    so the "before" numbers are those of the stack the edit was trained on. ``stop``, once set,
+    ends training at the next step with nothing changed (the page that asked is gone).
     """
     ws = state.workspace()
     losses = [] if losses is None else losses
+
+    def step(k: int, n: int, loss: float) -> None:
+        losses.append(loss)
+        if stop is not None and stop.is_set():
+            raise Cancelled(f"the edit was cancelled at step {k}/{n}; nothing was changed")
+
     with ws.lock:
         ws.active_ids()  # follow the store (another process may have changed the stack)
         request.check_length(ws.tok)
@@ -137,7 +151,7 @@ def train_edit(request: EditRequest, hp: FTHyperParams, losses: list[float] | No
         rival = views.rival_target(request, before_report)
         prompts = [request.text] + [p + request.text for p in PARAPHRASE_PREFIXES]
         before = _probabilities(ws, prompts, [request.target_new, rival])
-        info = ws.edit(request, hp, callback=lambda step, n, loss: losses.append(loss))
+        info = ws.edit(request, hp, callback=step)
         after = _probabilities(ws, prompts, [request.target_new, rival])
     scores = []
     contexts = ["(the prompt itself)", *(p.strip() + " …" for p in PARAPHRASE_PREFIXES)]
@@ -178,10 +192,16 @@ def edit(
         request.check_length(state.workspace().tok)  # before the worker and any scoring
     losses: list[float] = []
     # Train in a worker so this generator can stream the loss curve; the copied context
-    # carries gradio's progress tracker (track_tqdm) into that thread.
+    # carries gradio's progress tracker (track_tqdm) into that thread. A generator closed before
+    # the edit ends (the client went away) stops the worker at its next step, so no abandoned
+    # thread keeps training under the workspace lock.
     pool = ThreadPoolExecutor(1, thread_name_prefix="ftedit-edit")
+    abandoned = threading.Event()
+    job = None
     try:
-        job = pool.submit(contextvars.copy_context().run, train_edit, request, hp, losses)
+        job = pool.submit(
+            contextvars.copy_context().run, train_edit, request, hp, losses, abandoned
+        )
         while not wait([job], timeout=0.5).done:
             status = f"Training… step {len(losses)}/{hp.num_steps}" + (
                 f", loss {losses[-1]:.4f}" if losses else " (measuring the answers before the edit)"
@@ -190,6 +210,8 @@ def edit(
         with _edge():
             info, rival, scores = job.result()
     finally:
+        if job is not None and not job.done():
+            abandoned.set()
         pool.shutdown(wait=False)
     m = info.metrics
     yield (
@@ -225,9 +247,13 @@ def export(edit_id):
     with _edge():
         ws = state.workspace()
         info = ws.get(edit_id)
-        path = EXPORT_DIR / f"ftedit-edit-{edit_id}-{info.blob_sha256[:12]}.safetensors"
+        # One folder per store (not one shared by every store and test run), under the
+        # system temp dir because Gradio serves downloads only from there (or allowed_paths).
+        key = hashlib.sha256(str(ws.home).encode()).hexdigest()[:16]
+        export_dir = Path(tempfile.gettempdir()) / "ftedit-exports" / key
+        path = export_dir / f"ftedit-edit-{edit_id}-{info.blob_sha256[:12]}.safetensors"
         if not path.exists():
-            EXPORT_DIR.mkdir(parents=True, exist_ok=True)
+            export_dir.mkdir(parents=True, exist_ok=True)
             ws.export([edit_id], path)
     return str(path)
 
@@ -336,7 +362,7 @@ def import_file(file):
     if not file:
         raise gr.Error("Choose an edit file (.safetensors, from History → Download) first.")
     path = getattr(file, "name", file)
-    from ftedit.workspace_files import duplicate_warning
+    from ftedit.versioning.transfer import duplicate_warning
 
     with _edge():
         ws = state.workspace()
@@ -345,3 +371,20 @@ def import_file(file):
     if twice:
         gr.Warning(twice)
     return f"Imported as edit #{info.id}: {views.fact(info.request)} ({info.status}).", *history()
+
+
+def publish(edit_id, token):
+    """Make one of your edits global (admin token required). (message, edits, events)"""
+    if edit_id is None or str(edit_id).strip() in ("", "nan"):
+        raise gr.Error("Select one of your edits in the History table first.")
+    ws = state.workspace()
+    if not isinstance(ws, Visitor):
+        raise gr.Error(
+            "Publishing is for shared deployments (FTEDIT_SHARED=1): here every "
+            "edit is already global."
+        )
+    try:
+        info = ws.publish(parse_edit_id(edit_id), token)
+    except FteditError as e:
+        raise gr.Error(str(e)) from e
+    return f"Edit #{info.id} is published: every visitor now has it.", *history()

@@ -44,12 +44,12 @@ def workspace():
     if _workspace is None:
         with _lock:
             if _workspace is None:
-                from ftedit.workspace import Workspace
+                from ftedit.versioning.workspace import Workspace
 
                 if _model_spec is None:
                     configure(None)
                 _workspace = Workspace(_model_spec, dtype=_dtype)
-    from ui.branches import view, visitor_session
+    from ui.session import view, visitor_session
 
     _watch(visitor_session())
     return view(_workspace)  # a visitor's branch on a shared deployment (FTEDIT_SHARED=1)
@@ -60,12 +60,12 @@ def _watch(session: str | None) -> None:
 
     Handlers train in a worker thread under a copy of the request's context and call
     :func:`workspace` there, so the flag set here is the one Workspace.edit checks after
-    every step (ftedit.workspace.CANCEL): a visitor who leaves stops their training at the
+    every step (ftedit.versioning.workspace.CANCEL): a visitor who leaves stops their training at the
     next step, which releases the workspace lock for everyone else.
     """
     if session is None:
         return
-    from ftedit.workspace import CANCEL
+    from ftedit.versioning.workspace import CANCEL
 
     flag = threading.Event()
     with _lock:

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 
-from ftedit.requests import EditRequest
+from ftedit.core.requests import EditRequest
 
 HISTORY_COLUMNS = ["id", "fact", "status", "created (UTC)", "seconds", "steps", "efficacy"]
 EVENT_COLUMNS = ["version", "edit", "kind", "time (UTC)", "note"]
@@ -74,10 +74,10 @@ def visibility(edit) -> str:
 
 
 def history_frame(edits, branches: bool | None = None) -> pd.DataFrame:
-    """Newest first; on a shared deployment (``branches``, default: ftedit.branches.shared())
+    """Newest first; on a shared deployment (``branches``, default: ftedit.deploy.visitors.shared())
     a last column says whether each edit is private or published."""
     if branches is None:
-        from ftedit.branches import shared
+        from ftedit.deploy.visitors import shared
 
         branches = shared()
     rows = [
@@ -153,7 +153,7 @@ NEIGHBOUR_COLUMNS = ["neighbour prompt", "before", "after", "P(answer) before", 
 
 def neighbours_md(rows) -> str:
     """The "did anything else change?" headline: kept N of M, and the flagged ones."""
-    from ftedit.neighbours import summary
+    from ftedit.core.neighbours import summary
 
     if not rows:
         return ""
@@ -190,7 +190,7 @@ def chat_md(question: str, before: str | None, after: str | None) -> str:
 
 def facts_md(infos) -> str:
     """Summary table of a several-facts run: one line per edit."""
-    from ftedit.neighbours import summary
+    from ftedit.core.neighbours import summary
 
     lines = ["| edit | facts | efficacy | now answers | neighbours |", "|---|---|---|---|---|"]
     for info in infos:
@@ -246,7 +246,7 @@ def details_md(info) -> str:
 
 
 def hparams_json(info) -> str:
-    return json.dumps(info.hparams.to_dict(), indent=1)
+    return json.dumps(info.hparams_dict(), indent=1)
 
 
 def compare_md(d: dict) -> str:

@@ -11,10 +11,10 @@ import re
 
 import gradio as gr
 
-from ftedit import chat
-from ftedit import neighbours as nb
+from ftedit.core import chat
+from ftedit.core import neighbours as nb
+from ftedit.core.factfile import table_requests
 from ftedit.errors import FteditError
-from ftedit.factfile import table_requests
 from ui import handlers, state, views
 
 CHAT_TOKENS = 32

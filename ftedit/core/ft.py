@@ -12,7 +12,7 @@ mask comes from the target's attention mask (ROME masks ``unk`` ids, which lets 
 the loss when targets of different lengths share a batch); parameter names match the
 template at dotted boundaries ("h.1" does not match "h.11"). A bfloat16 / float16 model
 trains float32 master copies of the edited tensors (Adam, the box and the updates in float32,
-the forward in the model's dtype; ftedit/precision.py): in float32 nothing changes.
+the forward in the model's dtype; ftedit/core/precision.py): in float32 nothing changes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ftedit.batch import (  # noqa: F401  (batch_loss, encode, target_logprobs: re-exported)
+from ftedit.core.batch import (  # noqa: F401  (batch_loss, encode, target_logprobs: re-exported)
     _Batch,
     _chunks,
     _head_is_plain,
@@ -37,14 +37,14 @@ from ftedit.batch import (  # noqa: F401  (batch_loss, encode, target_logprobs: 
     last_logprobs,
     target_logprobs,
 )
-from ftedit.deltas import Deltas
+from ftedit.core.deltas import Deltas
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.keep import _pool_key, _rekey_pool, keep_others, kl_texts
+from ftedit.core.models import blocks_of, input_device, module_device, num_layers, offloaded
+from ftedit.core.nullspace import Projector, projector
+from ftedit.core.precision import box_bounds, float32_masters, to_device
+from ftedit.core.requests import EditRequest
 from ftedit.errors import HParamsError, RequestError
-from ftedit.hparams import FTHyperParams
-from ftedit.keep import _pool_key, _rekey_pool, keep_others, kl_texts
-from ftedit.models import blocks_of, input_device, module_device, num_layers, offloaded
-from ftedit.nullspace import Projector, projector
-from ftedit.precision import box_bounds, float32_masters, to_device
-from ftedit.requests import EditRequest
 
 Callback = Callable[[int, int, float], None]  # (step, num_steps, epoch mean loss)
 PREFIX_SEEDS = ("The", "Therefore", "Because", "I", "You")
@@ -340,7 +340,7 @@ def compute_deltas(
         if hparams.kl_factor:
             others = keep_others(model, tok, requests, hparams)
             kl = _kl_reference(model, tok, requests, dev, others)
-        proj = None  # null-space projection of each step (ftedit/nullspace.py)
+        proj = None  # null-space projection of each step (ftedit/core/nullspace.py)
         if hparams.nullspace or hparams.keep_nullspace:
             proj = projector(model, tok, hparams, list(weights), requests)
         losses, stopped, trained = _train(

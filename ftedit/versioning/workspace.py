@@ -1,93 +1,43 @@
 """Workspace: one model plus one store, kept in step by DESIGN.md's invariant.
 
 For every tensor an edit touches, ``live = compose(base, deltas of the ACTIVE edits in id
-order)`` (:func:`ftedit.deltas.compose`). Base copies of touched tensors are kept on CPU in
-their original dtype, so revert / reapply / checkout recompute only the tensors involved and
-never reload the model. Every public method holds ``self.lock``; every store write also holds
+order)``, kept by :class:`ftedit.core.live.LiveWeights` (``self.live``): revert / reapply /
+checkout / a branch switch call its ``set_active`` on only the tensors involved and never
+reload the model. Every public method holds ``self.lock``; every store write also holds
 the home's file lock (the CLI and the app may share a home) and re-reads the active set first.
 """
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-import torch
-
-from ftedit import neighbours as nb
-from ftedit.compact import stored
-from ftedit.deltas import Deltas, rebuild
-from ftedit.errors import Cancelled, EditNotFoundError, IntegrityError, LimitError
-from ftedit.ft import compute_deltas
-from ftedit.hparams import FTHyperParams, load_preset
-from ftedit.limits import Limits
-from ftedit.metrics import complete, rewrite_report
-from ftedit.models import LoadedModel, load_model, num_layers, rewrite_template, tensor_sha256
-from ftedit.requests import EditRequest
+from ftedit.core import neighbours as nb
+from ftedit.core.deltas import Deltas
+from ftedit.core.ft import compute_deltas
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.live import LiveWeights
+from ftedit.core.metrics import complete, rewrite_report
+from ftedit.core.models import LoadedModel, default_hparams, load_model, tensor_sha256
+from ftedit.core.requests import EditRequest
+from ftedit.errors import Cancelled, EditNotFoundError, IntegrityError
+from ftedit.paths import store_location
+from ftedit.versioning import compare, transfer
+from ftedit.versioning.limits import CANCEL, Limits, cancellable, check_steps
+from ftedit.versioning.records import EditInfo, EventInfo, OpResult, VerifyReport, method_of
+from ftedit.versioning.stored import other_dtype_notice, read_deltas, stored
 from storage import editfile
-from storage.records import EditInfo, EventInfo, OpResult, VerifyReport
-from storage.store import ALL, Store, crash_point, version_number
+from storage.records import StoredEdit
+from storage.store import Branch, Store, crash_point, version_number
 
-__all__ = ["EditInfo", "EventInfo", "OpResult", "VerifyReport", "Workspace"]
+__all__ = ["CANCEL", "EditInfo", "EventInfo", "OpResult", "VerifyReport", "Workspace"]
 log = logging.getLogger(__name__)
-_ARCH_PRESETS = {"gpt2": "gpt2-xl-ft-l", "gptj": "gpt-j-ft-l"}
-# num_steps ceiling when FTEDIT_MAX_STEPS is unset: the presets use 25, and one request of a
-# million steps would hold the workspace lock for every visitor until a restart.
-DEFAULT_MAX_STEPS = 200
-# A cancel flag for the edit running in this context, set by whoever hosts it (the app sets one
-# per visitor request, ui/state.py) when no ``cancel`` argument is passed to Workspace.edit.
-CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
-    "ftedit_cancel", default=None
-)
-
-
-def _check_steps(hp: FTHyperParams, configured: int | None) -> None:
-    """The default num_steps ceiling (FTEDIT_MAX_STEPS, when set, is checked by Limits)."""
-    if configured is None and hp.num_steps > DEFAULT_MAX_STEPS:
-        raise LimitError(
-            f"num_steps {hp.num_steps} is above the default ceiling of {DEFAULT_MAX_STEPS} "
-            "(the presets use 25): lower num_steps, or set FTEDIT_MAX_STEPS to allow more"
-        )
-
-
-def _cancellable(callback, cancel: threading.Event | None):
-    """``callback``, then a check of ``cancel`` after every training step (raising stops
-    training: compute_deltas restores the weights in its finally)."""
-    if cancel is None:
-        return callback
-
-    def checked(step: int, num_steps: int, loss: float) -> None:
-        if callback is not None:
-            callback(step, num_steps, loss)
-        if cancel.is_set():
-            raise Cancelled(
-                f"the edit was cancelled at step {step}/{num_steps}; nothing was changed"
-            )
-
-    return checked
-
-
-def _other_dtype_notice(store: Store, fp: dict) -> str | None:
-    """One line when the store holds edits of this model made in another dtype (they are not
-    loaded: a delta was trained against the weights as rounded to that dtype), else None."""
-    from ftedit.models import DTYPES
-
-    found = []
-    for dtype in sorted(DTYPES):
-        bid = None if dtype == fp["dtype"] else store.base_id({**fp, "dtype": dtype}, create=False)
-        if bid is not None and (n := len(store.edits(bid))):
-            found.append((n, dtype))
-    if not found:
-        return None
-    made = " and ".join(f"{n} edit{'s' * (n != 1)} made in {d}" for n, d in found)
-    return (
-        f"this store has {made} on {fp['name']}; you opened it in {fp['dtype']}, so they are "
-        f"not shown: pass --dtype {found[0][1]} (FTEDIT_DTYPE={found[0][1]} for the app)"
-    )
+# The key of an edit's deltas between training and its row's commit: above every id, so that
+# it sits on top of the stack exactly where its id will.
+_PENDING = 2**62
 
 
 class Workspace:
@@ -108,75 +58,47 @@ class Workspace:
         self.loaded = loaded or load_model(model, dtype=dtype, device=device)
         self.model, self.tok = self.loaded.model, self.loaded.tok
         self.fingerprint = self.loaded.fingerprint
-        # named_parameters() walks every module (~10 ms on a 30-layer model: half a revert's
-        # budget), so the table is built once; the Parameter objects never change.
-        self._params = dict(self.model.named_parameters())
-        self.store = Store(home, database_url, blob_url)  # blob_url: else $FTEDIT_BLOB_URL
+        self.live = LiveWeights(self.model)  # base copies, deltas read (sha256-checked), active ids
+        self.store = Store(*store_location(home, database_url, blob_url))  # else the environment's
         self.home = self.store.home
         self._base_id = self.store.base_id(self.fingerprint.to_dict())
         # Edits are kept per (model, dtype): say so when this dtype hides some, not zero edits.
-        self.dtype_notice = _other_dtype_notice(self.store, self.fingerprint.to_dict())
+        self.dtype_notice = other_dtype_notice(self.store, self.fingerprint.to_dict())
         if self.dtype_notice:  # the CLI and the app print it; logged for library callers
             log.info("%s", self.dtype_notice)
-        self._base: dict[str, torch.Tensor] = {}  # name -> CPU clone of the untouched tensor
         self._base_sha: dict[str, str] = {}
-        self._deltas: dict[int, Deltas] = {}  # blob contents, read once (sha256-checked)
         self.broken: dict[int, str] = {}  # edit id -> why its blob cannot be used
-        self._db_active: list[int] = []  # active ids as the database says
-        self._active: list[int] = []  # ids composing the live weights (db active minus broken)
+        self._db_active: list[int] = []  # active ids as the database says (live: minus broken)
         self._touched: dict[int, list[str]] = {}  # edit id -> tensor names (immutable per edit)
         self._seen: tuple | None = None  # store.log_position() the live weights follow
         self.limits = Limits.from_env()  # deployment limits (FTEDIT_MAX_*; none by default)
-        # The branch the live weights follow: ALL (every edit: one user, the CLI), None (the
-        # published stack) or a visitor id (published + that visitor's own; use_branch).
-        self.owner: str | None = ALL
+        # The branch the live weights follow (storage.rules.Branch): every edit (one user, the
+        # CLI), the published stack, or a visitor's (published + their own; use_branch).
+        self.branch: Branch = Branch.ALL
         with self.lock:
             self._sync()  # the replay: live weights = base + active edits
 
-    # ---- the invariant ------------------------------------------------------------------
-    def _ensure_base(self, names: Iterable[str]) -> None:
-        """Copy base values before the first write; every write goes through here first."""
-        for name in names:
-            if name not in self._base and name in self._params:
-                self._base[name] = self._params[name].detach().to("cpu", copy=True)
+    @property
+    def base_id(self) -> int:
+        """The store's row id of this model (edits of other base models are not this one's)."""
+        return self._base_id
 
+    # ---- the invariant (self.live) ---------------------------------------------------------
     def base_sha(self, name: str) -> str:
         if name not in self._base_sha:
-            self._ensure_base([name])
-            self._base_sha[name] = tensor_sha256(self._base[name])
+            self.live.keep_base([name])
+            self._base_sha[name] = tensor_sha256(self.live.base[name])
         return self._base_sha[name]
 
-    def read_deltas(self, edit: EditInfo) -> Deltas:
+    def read_deltas(self, edit: StoredEdit) -> Deltas:
         """An edit's deltas straight from its blob: sha256, names and base tensors checked."""
-        label = f"edit #{edit.id}"
-        data = self.store.blobs.get(edit.blob_sha256, what=label)
-        tensors, meta = editfile.decode(data)
-        base_tensors = editfile.parse_metadata(meta)["base_tensors"]
-        if sorted(tensors) != sorted(edit.tensor_names):
-            raise IntegrityError(f"{label}: its blob holds other tensors than its row lists")
-        for name in tensors:
-            if base_tensors.get(name) != self.base_sha(name):
-                raise IntegrityError(f"{label} was made for another base model ({name} differs)")
-        return Deltas(tensors)
+        return read_deltas(self.store, edit, self.base_sha)
 
-    def _deltas_of(self, edit: EditInfo) -> Deltas:
-        if edit.id not in self._deltas:
-            self._deltas[edit.id] = self.read_deltas(edit)
-        return self._deltas[edit.id]
-
-    def _stack(self, ids: Sequence[int]) -> list[Deltas]:
-        return [self._deltas[i] for i in sorted(ids)]
-
-    def _write(self, names: Iterable[str], stack: Sequence[Deltas]) -> None:
-        """Set ``names`` to compose(base, stack), every value checked before any write."""
-        rebuild(self.model, self._base, stack, names, params=self._params)
-
-    def _apply(self, active: Sequence[int], names: Iterable[str]) -> None:
-        """Set ``names`` to base + the deltas of ``active`` (finiteness checked before writing)."""
-        names = sorted(set(names))
-        self._ensure_base(names)
-        self._write(names, self._stack(active))
-        self._active = sorted(active)
+    def deltas_of(self, edit: StoredEdit) -> Deltas:
+        """An edit's deltas, read from its blob once (then kept in ``live.deltas``)."""
+        if edit.id not in self.live.deltas:
+            self.live.deltas[edit.id] = self.read_deltas(edit)
+        return self.live.deltas[edit.id]
 
     def _names(self, ids: Iterable[int]) -> set[str]:
         """Tensors the edits ``ids`` touch (from their rows: also works for broken blobs)."""
@@ -189,73 +111,48 @@ class Workspace:
         """Follow the database: another process (a replica, the CLI) may have changed it.
 
         One cheap query when nothing happened (the log's position); otherwise re-read the
-        active set and rebuild only the tensors of edits that entered or left it.
+        active set and recompute only the tensors of edits that entered or left it (edits
+        whose blob is unusable are skipped and listed in ``broken``).
         """
-        pos = (*self.store.log_position(), self.owner)  # read first: later events re-sync
+        pos = (*self.store.log_position(), self.branch)  # read first: later events re-sync
         if pos == self._seen:
             return
-        ids = self.store.active_ids(self._base_id, self.owner)
-        self._activate(ids)
-        self._db_active, self._seen = ids, pos
-
-    def activate(self, ids: Iterable[int]) -> list[int]:
-        """Make the live weights base + the deltas of ``ids`` (id order), whatever the store's
-        active set is; the next model-touching call follows the store again. Returns the ids
-        now live (edits whose blob is unusable are skipped and listed in ``broken``)."""
-        with self.lock:
-            self._seen = None
-            return self._activate(ids)
-
-    def _activate(self, ids: Iterable[int]) -> list[int]:
-        """Apply / remove only the edits that differ from the live set: their tensors are
-        rebuilt from base + the new ordered set (exact, never patched by subtraction)."""
-        ids = sorted(set(ids))
-        missing = [i for i in ids if i not in self._deltas and i not in self.broken]
+        ids = self.store.active_ids(self._base_id, self.branch)
+        missing = [i for i in ids if i not in self.live.deltas and i not in self.broken]
         rows = {e.id: e for e in self.store.edits(self._base_id)} if missing else {}
         for i in missing:
             if i not in rows:
                 raise EditNotFoundError(f"no edit #{i} for {self.fingerprint.name} in this store")
             try:
-                self._deltas_of(rows[i])
+                self.deltas_of(rows[i])
             except IntegrityError as e:
                 self.broken[i] = str(e)
                 log.warning("skipping %s", e)
         usable = [i for i in ids if i not in self.broken]
-        changed = set(usable) ^ set(self._active)
-        self._apply(usable, self._names(changed | set(self.broken) & set(ids)))
-        return usable
+        changed = set(usable) ^ set(self.live.active)
+        self.live.set_active(usable, self._names(changed | set(self.broken) & set(ids)))
+        self._db_active, self._seen = ids, pos
 
     def _commit_status(self, changes: dict[int, str], note: str | None = None) -> None:
         """Rebuild the live weights for ``changes``, then record them; undo on failure."""
-        old = list(self._active)
+        old = list(self.live.active)
         new_db = sorted(
             set(self._db_active) - {i for i, s in changes.items() if s != "active"}
             | {i for i, s in changes.items() if s == "active"}
         )
         names = self._names(changes)
-        self._apply([i for i in new_db if i not in self.broken], names)
+        self.live.set_active([i for i in new_db if i not in self.broken], names)
         try:
             self.store.set_status(changes, note=note)
         except BaseException:
-            self._apply(old, names)
+            self.live.set_active(old, names)
             raise
         self._db_active = new_db
 
     # ---- edits ----------------------------------------------------------------------------
     def default_hparams(self) -> FTHyperParams:
-        """Preset "default" for the default model's architecture, else the closest FT-L preset,
-        with layers limited to those this model has."""
-        template = rewrite_template(self.model)
-        hp = load_preset("default")
-        if template != hp.rewrite_module_tmp:
-            arch = getattr(self.model.config, "model_type", "")
-            hp = (
-                load_preset(_ARCH_PRESETS[arch])
-                if arch in _ARCH_PRESETS
-                else (FTHyperParams(rewrite_module_tmp=template) if template else FTHyperParams())
-            )
-        n = num_layers(self.model)
-        return hp.replace(layers=tuple(i for i in hp.layers if i < n) or (0,))
+        """The preset for this model's architecture (:func:`ftedit.core.models.default_hparams`)."""
+        return default_hparams(self.model)
 
     def edit(
         self,
@@ -270,13 +167,13 @@ class Workspace:
         ``cancel`` (default: the context's :data:`CANCEL` flag): once set, training stops after
         the current step with :class:`Cancelled`; nothing is stored, the lock is released.
         ``neighbours``: subjects to check for side effects (default: the nearest of the keep
-        pool; ftedit/neighbours.py); the rows are stored in the metrics under "neighbours"."""
+        pool; ftedit/core/neighbours.py); the rows are stored in the metrics under "neighbours"."""
         requests = [requests] if isinstance(requests, EditRequest) else list(requests)
         hp = hparams or self.default_hparams()
-        _check_steps(hp, self.limits.max_steps)
+        check_steps(hp, self.limits.max_steps)
         self.limits.check_edit(requests, self.tok, hp)  # refused before anything changes
         cancel = cancel if cancel is not None else CANCEL.get()
-        callback = _cancellable(self.limits.timed(callback), cancel)  # timeout: stops too
+        callback = cancellable(self.limits.timed(callback), cancel)  # timeout: stops too
         with self.lock:
             if cancel is not None and cancel.is_set():  # given up while waiting for the lock
                 raise Cancelled("the edit was cancelled before it started; nothing was changed")
@@ -329,9 +226,9 @@ class Workspace:
     ) -> EditInfo:
         """Make ``deltas`` live on top of the stack, score it, then persist it durably."""
         names = sorted(deltas)
-        self._ensure_base(names)
-        old = list(self._active)
-        self._write(names, self._stack(old) + [deltas])  # tentative: on top, as its id will be
+        old = list(self.live.active)
+        self.live.deltas[_PENDING] = deltas
+        self.live.set_active([*old, _PENDING], names)  # tentative: on top, as its id will be
         try:
             after = [rewrite_report(self.model, self.tok, r) for r in requests]
             metrics = {"before": before, "after": after}
@@ -344,8 +241,10 @@ class Workspace:
                 crash_point("after_blob")
                 info = self.store.add_edit(
                     self._base_id,
-                    requests=requests,
-                    hparams=hp,
+                    requests=[r.to_dict() for r in requests],
+                    hparams=hp.to_dict(),
+                    method=method_of(hp),
+                    objective=hp.objective,
                     losses=list(losses),
                     metrics=metrics,
                     steps=steps,
@@ -353,15 +252,18 @@ class Workspace:
                     blob_sha256=sha,
                     tensor_names=names,
                     origin=origin,
-                    owner=None if self.owner == ALL else self.owner,
+                    owner=self.branch.owner,
                 )  # private on a branch
         except BaseException:
-            self._apply(old, names)
+            self.live.set_active(old, names)
             raise
-        self._deltas[info.id] = deltas
+        finally:
+            self.live.deltas.pop(_PENDING, None)
+        self.live.deltas[info.id] = deltas
+        self.live.active = sorted(info.id if i == _PENDING else i for i in self.live.active)
         self._touched[info.id] = names  # else _names() would reload every row to learn them
         self._sync()  # exact final value (also picks up edits other processes committed)
-        return info
+        return EditInfo.from_stored(info)
 
     def revert(self, edit_id: int) -> OpResult:
         """Remove an edit from the live stack (exact); warns if later edits were built on it."""
@@ -369,9 +271,9 @@ class Workspace:
             self._sync()
             # On a branch another visitor's private edit does not exist, nor is it named in
             # the warning (it was never trained on this branch's edits).
-            edit, warning = self.store.plan_revert(edit_id, self._base_id, self.owner)
+            edit, warning = self.store.plan_revert(edit_id, self._base_id, self.branch)
             self._commit_status({edit_id: "reverted"})
-        return OpResult(dataclasses.replace(edit, status="reverted"), warning)
+        return OpResult(EditInfo.from_stored(dataclasses.replace(edit, status="reverted")), warning)
 
     def reapply(self, edit_id: int) -> OpResult:
         """Put a reverted edit back; it takes its id-order place in the stack."""
@@ -382,9 +284,9 @@ class Workspace:
             self.get(edit_id)  # another visitor's private edit does not exist on this branch
             edit = self.store.plan_reapply(edit_id, self._base_id, check_blob=False)
             self.broken.pop(edit_id, None)
-            self._deltas_of(edit)  # raises (naming the edit) before anything changes
+            self.deltas_of(edit)  # raises (naming the edit) before anything changes
             self._commit_status({edit_id: "active"})
-        return OpResult(dataclasses.replace(edit, status="active"), None)
+        return OpResult(EditInfo.from_stored(dataclasses.replace(edit, status="active")), None)
 
     def checkout(self, version: int) -> list[int]:
         """Make the active set what it was right after event ``version``; returns active ids.
@@ -395,45 +297,45 @@ class Workspace:
         with self.lock, self.store.file_lock:
             self._sync()
             changes = self.store.plan_checkout(version, self._base_id)
-            if self.owner != ALL:  # on a branch: only this branch's edits change
+            if not self.branch.everything:  # on a branch: only this branch's edits change
                 mine = {e.id for e in self.history()}
                 changes = {i: s for i, s in changes.items() if i in mine}
             for edit_id, status in changes.items():
                 if status == "active":
-                    self._deltas_of(self.store.get(edit_id))
+                    self.deltas_of(self.store.get(edit_id))
             if changes:
                 self._commit_status(changes, note=f"checkout v{version}")
             return list(self._db_active)
 
     # ---- queries ---------------------------------------------------------------------------
     def history(self) -> list[EditInfo]:
-        return self.store.edits(self._base_id, self.owner)
+        return [EditInfo.from_stored(e) for e in self.store.edits(self._base_id, self.branch)]
 
     def events(self) -> list[EventInfo]:
-        return self.store.events(self._base_id, self.owner)
+        return self.store.events(self._base_id, self.branch)
 
     def get(self, edit_id: int) -> EditInfo:
-        return self.store.get(edit_id, self._base_id, self.owner)
+        return EditInfo.from_stored(self.store.get(edit_id, self._base_id, self.branch))
 
-    # ---- branches (ftedit/branches.py: a visitor's view on a shared deployment) -------------
-    def use_branch(self, owner: str | None) -> list[int]:
-        """Follow ``owner``'s branch: the published edits plus ``owner``'s own (None: published
-        only; ``storage.store.ALL``: every edit). Only the deltas that differ between the two
+    # ---- branches (ftedit/deploy/visitors.py: a visitor's view on a shared deployment) -------------
+    def use_branch(self, branch: Branch) -> list[int]:
+        """Follow ``branch`` (``Branch.of(visitor)``: the published edits plus the visitor's own;
+        ``Branch.PUBLISHED``; ``Branch.ALL``: every edit). Only the deltas that differ between the two
         active sets are applied or removed. Returns the ids now live."""
         with self.lock:
-            self.owner = owner
+            self.branch = branch
             self._sync()
-            return list(self._active)
+            return list(self.live.active)
 
     def publish(self, edit_id: int) -> EditInfo:
         """Make an edit of this branch global (every visitor's stack gains it if active)."""
-        from storage.branches import publish
+        from storage.publish import publish
 
         with self.lock, self.store.file_lock:
             self.get(edit_id)
             publish(self.store, edit_id)
             self._sync()
-            return self.store.get(edit_id)
+            return EditInfo.from_stored(self.store.get(edit_id))
 
     def active_ids(self) -> list[int]:
         with self.lock:
@@ -451,19 +353,15 @@ class Workspace:
     ) -> str:
         """Greedy continuation; ``base=True`` answers as the unedited model (restored exactly);
         ``chat=True``: the assistant's answer to ``prompt`` asked in the chat template."""
-        from ftedit.chat import chat_generate
+        from ftedit.core.chat import chat_generate
 
         fn = chat_generate if chat else complete
         with self.lock:
             self._sync()
             if not base:
                 return fn(self.model, self.tok, prompt, max_new_tokens)
-            names = sorted(self._base)
-            try:
-                self._write(names, [])
+            with self.live.temporarily([]):
                 return fn(self.model, self.tok, prompt, max_new_tokens)
-            finally:
-                self._write(names, self._stack(self._active))
 
     def save_model(self, directory: str | Path) -> Path:
         """Write the live (stacked) model as a transformers folder that from_pretrained loads."""
@@ -476,9 +374,7 @@ class Workspace:
 
     # ---- verify / files / compare (in their own modules) -----------------------------------
     def verify(self) -> VerifyReport:
-        from ftedit.workspace_files import verify
-
-        return verify(self)
+        return transfer.verify(self)
 
     def collect_orphans(self, grace_seconds: float | None = None) -> list[str]:
         """Delete blobs no edit refers to (left by interrupted edits), once older than
@@ -488,16 +384,10 @@ class Workspace:
         return self.store.collect_orphans(grace_seconds)
 
     def export(self, ids: int | Sequence[int], path: str | Path) -> Path:
-        from ftedit.workspace_files import export
-
-        return export(self, ids, path)
+        return transfer.export(self, ids, path)
 
     def import_(self, path: str | Path) -> EditInfo:
-        from ftedit.workspace_files import import_edit
-
-        return import_edit(self, path)
+        return transfer.import_edit(self, path)
 
     def diff(self, a: int | str, b: int | str) -> dict:
-        from ftedit.workspace_diff import diff
-
-        return diff(self, a, b)
+        return compare.diff(self, a, b)

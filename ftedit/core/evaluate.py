@@ -1,8 +1,8 @@
 """Edit-quality evaluation: CounterFact (ROME's Table 4) and zsRE (ROME/MEMIT convention).
 
 Every record is edited from the unedited model: train the edit (``compute_deltas`` is pure),
-set the touched tensors to base + deltas through :func:`ftedit.deltas.rebuild`, score, then
-rebuild them from base alone, which restores the exact pre-edit bits.
+score it with the deltas applied (:func:`ftedit.core.live.applied`: ``LiveWeights.temporarily``),
+which then restores the exact pre-edit bits.
 
 Deviation from ROME, for CPU budgets: generation entropy (ROME's fluency) is computed on the
 first ``gen_prompts`` generation prompts of a record with ``gen_tokens`` new tokens (ROME: all
@@ -19,23 +19,23 @@ import re
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from ftedit.batch import _chunks, _model_inputs, encode
-from ftedit.compact import compact
-from ftedit.deltas import Deltas, rebuild
-from ftedit.ft import compute_deltas
-from ftedit.hparams import FTHyperParams
-from ftedit.metrics import counterfact_scores
-from ftedit.requests import EditRequest
+from ftedit import paths
+from ftedit.core.batch import _chunks, _model_inputs, encode
+from ftedit.core.compact import compact
+from ftedit.core.ft import compute_deltas
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.live import applied
+from ftedit.core.metrics import counterfact_scores
+from ftedit.core.requests import EditRequest
 
 # CounterFact sample records 0-249 are for tuning, 250-499 for reporting (issue 5).
 SPLITS = {"dev": (0, 250), "test": (250, 500)}
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA_DIR = paths.data_dir()
 CF_METRICS = (
     "efficacy",
     "paraphrase",
@@ -74,18 +74,6 @@ def stop_time(hhmm: str | None) -> float | None:
     h, m = map(int, hhmm.split(":"))
     now = time.localtime()
     return time.mktime((now.tm_year, now.tm_mon, now.tm_mday, h, m, 0, 0, 0, -1))
-
-
-@contextmanager
-def applied(model: torch.nn.Module, deltas: Deltas) -> Iterator[None]:
-    """Run the body with ``deltas`` applied; afterwards the touched tensors are the base bits."""
-    params = dict(model.named_parameters())
-    base = {k: params[k].detach().clone() for k in deltas}
-    rebuild(model, base, [deltas])
-    try:
-        yield
-    finally:
-        rebuild(model, base, [])
 
 
 # ---- generation entropy (ROME's fluency) ----------------------------------------------------

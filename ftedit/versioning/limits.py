@@ -17,6 +17,7 @@ raised before anything changes (the time limit stops training through the step c
 
 from __future__ import annotations
 
+import contextvars
 import os
 import re
 import threading
@@ -26,9 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftedit.errors import HParamsError, LimitError
-from ftedit.hparams import FTHyperParams
-from ftedit.requests import EditRequest
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.requests import EditRequest
+from ftedit.errors import Cancelled, HParamsError, LimitError
 
 Callback = Callable[[int, int, float], None]
 _UNITS = {
@@ -196,3 +197,40 @@ class RateLimiter:
                     f"(FTEDIT_RATE_LIMIT); try again in {wait:.0f} s"
                 )
             times.append(now)
+
+
+# ---- the default step ceiling and cancellation (Workspace.edit applies both) -------------
+# num_steps ceiling when FTEDIT_MAX_STEPS is unset: the presets use 25, and one request of a
+# million steps would hold the workspace lock for every visitor until a restart.
+DEFAULT_MAX_STEPS = 200
+# A cancel flag for the edit running in this context, set by whoever hosts it (the app sets one
+# per visitor request, ui/state.py) when no ``cancel`` argument is passed to Workspace.edit.
+CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "ftedit_cancel", default=None
+)
+
+
+def check_steps(hp: FTHyperParams, configured: int | None) -> None:
+    """The default num_steps ceiling (FTEDIT_MAX_STEPS, when set, is checked by Limits)."""
+    if configured is None and hp.num_steps > DEFAULT_MAX_STEPS:
+        raise LimitError(
+            f"num_steps {hp.num_steps} is above the default ceiling of {DEFAULT_MAX_STEPS} "
+            "(the presets use 25): lower num_steps, or set FTEDIT_MAX_STEPS to allow more"
+        )
+
+
+def cancellable(callback, cancel: threading.Event | None):
+    """``callback``, then a check of ``cancel`` after every training step (raising stops
+    training: compute_deltas restores the weights in its finally)."""
+    if cancel is None:
+        return callback
+
+    def checked(step: int, num_steps: int, loss: float) -> None:
+        if callback is not None:
+            callback(step, num_steps, loss)
+        if cancel.is_set():
+            raise Cancelled(
+                f"the edit was cancelled at step {step}/{num_steps}; nothing was changed"
+            )
+
+    return checked

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ftedit.batch import _chunks
+from ftedit.core.batch import _chunks
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.models import blocks_of
+from ftedit.core.requests import EditRequest
 from ftedit.errors import HParamsError
-from ftedit.hparams import FTHyperParams
-from ftedit.models import blocks_of
-from ftedit.requests import EditRequest
 
 # Stand-ins for "some other subject" in the KL prompts: the request's own relation prompt
 # with these in the subject's place should keep its pre-edit prediction, which pushes the

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ftedit.batch import _chunks, encode, target_logprobs
-from ftedit.requests import EditRequest
+from ftedit.core.batch import _chunks, encode, target_logprobs
+from ftedit.core.requests import EditRequest
 
 
 @torch.no_grad()
@@ -36,13 +36,6 @@ def mean_nll(model, tok, prompts: Sequence[str], targets: Sequence[str]) -> list
     return [s / n for s, n in target_nll(model, tok, prompts, targets)]
 
 
-def probability(model, tok, prompt: str, target: str) -> float:
-    """P(target | prompt) of the whole target string."""
-    ((s, _),) = target_nll(model, tok, [prompt], [_space(target)])
-    return math.exp(-s)
-
-
-@torch.no_grad()
 def complete(model, tok, prompt: str, max_new_tokens: int = 12) -> str:
     """Greedy continuation of ``prompt`` (the text after it, without special tokens)."""
     dev = model.get_input_embeddings().weight.device

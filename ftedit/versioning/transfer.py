@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ftedit.deltas import Deltas, compose
+from ftedit.core.deltas import Deltas, compose
+from ftedit.core.hparams import FTHyperParams, check_finite
+from ftedit.core.metrics import rewrite_report
+from ftedit.core.requests import EditRequest
 from ftedit.errors import FteditError, ImportRefusedError, IntegrityError, LimitError
-from ftedit.hparams import FTHyperParams, check_finite
-from ftedit.metrics import rewrite_report
-from ftedit.requests import EditRequest
+from ftedit.versioning.records import EditInfo, VerifyReport
 from storage import editfile
 from storage.blobs import sha256_bytes, write_file_atomic
-from storage.records import EditInfo, VerifyReport
 
 if TYPE_CHECKING:
-    from ftedit.workspace import Workspace
+    from ftedit.versioning.workspace import Workspace
 
 
 def verify(ws: Workspace) -> VerifyReport:
@@ -32,7 +32,7 @@ def verify(ws: Workspace) -> VerifyReport:
     report = VerifyReport()
     with ws.lock:
         ws._sync()
-        report.problems += ws.store.status_problems(ws._base_id)
+        report.problems += ws.store.status_problems(ws.base_id)
         fresh: dict[int, Deltas] = {}
         for edit in ws.history():
             try:
@@ -41,15 +41,15 @@ def verify(ws: Workspace) -> VerifyReport:
                 report.problems.append(str(e))
                 continue
             report.checked_edits += 1
-            if edit.id in ws._deltas and ws._deltas[edit.id] != d:
+            if edit.id in ws.live.deltas and ws.live.deltas[edit.id] != d:
                 report.problems.append(f"edit #{edit.id}: deltas in memory differ from its blob")
             if edit.active:
                 fresh[edit.id] = d
-        params = ws._params
-        for name in sorted(ws._base):
+        params, base = ws.live.params, ws.live.base
+        for name in sorted(base):
             p = params[name]
             replay = compose(
-                ws._base[name],
+                base[name],
                 [fresh[i][name] for i in sorted(fresh) if name in fresh[i]],
                 p.dtype,
                 p.device,
@@ -82,7 +82,7 @@ def export(ws: Workspace, ids: int | Sequence[int], path: str | Path) -> Path:
                 total = total + ws.read_deltas(e)
             meta = ws._metadata([r for e in edits for r in e.requests], edits[0].hparams, total)
             meta["combined_from"] = json.dumps(
-                [e.hparams.to_dict() for e in edits], sort_keys=True, separators=(",", ":")
+                [e.hparams_dict() for e in edits], sort_keys=True, separators=(",", ":")
             )
             data = editfile.encode(total, meta)
     write_export(path, data)
@@ -132,7 +132,7 @@ def _refuse(path: Path, why: str) -> ImportRefusedError:
 def max_file_bytes(ws: Workspace) -> int:
     """The largest edit file this model can have: one float32 delta for every parameter plus
     metadata (or FTEDIT_MAX_UPLOAD when lower). Checked before the file is read."""
-    dense = 4 * sum(p.numel() for p in ws._params.values())
+    dense = 4 * sum(p.numel() for p in ws.live.params.values())
     cap = dense + METADATA_ALLOWANCE
     if ws.limits.max_upload_bytes is not None:
         cap = min(cap, ws.limits.max_upload_bytes)
@@ -170,7 +170,7 @@ def _check_bounds(ws: Workspace, path: Path, tensors, hparams: list[FTHyperParam
     boxes = [hp.norm_constraint for hp in hparams]
     for name, t in sorted(tensors.items()):
         biggest = float(t.abs().max()) if t.numel() else 0.0
-        base = ws._params[name].detach()
+        base = ws.live.params[name].detach()
         scale = float(base.abs().max()) if base.numel() else 0.0
         if None not in boxes:
             ulp = 2 * torch.finfo(base.dtype).eps * scale  # the box applied in the model's dtype
@@ -226,7 +226,7 @@ def validate(
     tensors, _ = editfile.decode(data)
     if not tensors:
         raise _refuse(path, "the file holds no tensors")
-    params = ws._params
+    params = ws.live.params
     for name, t in sorted(tensors.items()):
         if name not in params:
             raise _refuse(path, f"tensor {name} is not a parameter of {ws.fingerprint.name}")

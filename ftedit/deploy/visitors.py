@@ -12,32 +12,17 @@ from __future__ import annotations
 
 import functools
 import hmac
+import inspect
 import os
 from typing import TYPE_CHECKING
 
 from ftedit.errors import LimitError, StoreError
-from ftedit.limits import RateLimiter
-from storage.records import EditInfo, EventInfo
+from ftedit.versioning.limits import RateLimiter
+from ftedit.versioning.records import EditInfo, EventInfo
+from storage.rules import Branch
 
 if TYPE_CHECKING:
-    from ftedit.workspace import Workspace
-
-# Methods that read or write the live weights: they run on the visitor's branch, under the lock.
-ON_BRANCH = {
-    "edit",
-    "revert",
-    "reapply",
-    "report",
-    "generate",
-    "verify",
-    "diff",
-    "export",
-    "import_",
-    "active_ids",
-    "save_model",
-    "checkout",
-    "publish",
-}
+    from ftedit.versioning.workspace import Workspace
 
 
 def shared() -> bool:
@@ -66,40 +51,45 @@ def _rate(ws: Workspace) -> RateLimiter:
 class Visitor:
     """A visitor's view of a shared Workspace: their private edits on the published stack.
 
-    ``owner`` is the branch (a session id; None = the published stack; ``storage.store.ALL``
-    on a single-user deployment, where only the rate and upload limits apply). ``session``
-    keys the per-session rate limit. Attributes it does not define come from the Workspace.
+    ``branch`` (:class:`storage.rules.Branch`): ``Branch.of(session)`` on a shared deployment,
+    ``Branch.PUBLISHED`` outside a request, ``Branch.ALL`` on a single-user deployment where only
+    the rate and upload limits apply. ``session`` keys the per-session rate limit. Attributes it
+    does not define come from the Workspace.
     """
 
-    def __init__(self, ws: Workspace, owner: str | None, session: str | None = None):
-        self.ws, self.owner, self.session = ws, owner, session or owner or "-"
+    def __init__(self, ws: Workspace, branch: Branch, session: str | None = None):
+        self.ws, self.branch = ws, branch
+        self.session = session or branch.visitor or "-"
 
     @property
     def private(self) -> bool:
-        return self.owner not in (None, "*")
+        return self.branch.private
 
     def __getattr__(self, name: str):
         attr = getattr(self.ws, name)
-        if name not in ON_BRANCH:
+        # Safe by default: EVERY Workspace method reached through here runs on this visitor's
+        # branch, under the lock, so a new weight-touching method cannot run on another
+        # visitor's weights. Plain attributes (model, tok, limits, home, ...) pass through.
+        if not (inspect.ismethod(attr) and attr.__self__ is self.ws):
             return attr
 
         @functools.wraps(attr)
         def on_branch(*args, **kwargs):
             with self.ws.lock:
-                self.ws.use_branch(self.owner)
+                self.ws.use_branch(self.branch)
                 return attr(*args, **kwargs)
 
         return on_branch
 
     # ---- queries: no lock, no weights ----------------------------------------------------
     def history(self) -> list[EditInfo]:
-        return self.ws.store.edits(self.ws._base_id, self.owner)
+        return [EditInfo.from_stored(e) for e in self.ws.store.edits(self.ws.base_id, self.branch)]
 
     def events(self) -> list[EventInfo]:
-        return self.ws.store.events(self.ws._base_id, self.owner)
+        return self.ws.store.events(self.ws.base_id, self.branch)
 
     def get(self, edit_id: int) -> EditInfo:
-        return self.ws.store.get(edit_id, self.ws._base_id, self.owner)
+        return EditInfo.from_stored(self.ws.store.get(edit_id, self.ws.base_id, self.branch))
 
     # ---- limited or guarded operations ---------------------------------------------------
     def edit(self, *args, **kwargs) -> EditInfo:

@@ -2,7 +2,7 @@
 
 An edit of "The Eiffel Tower is located in the city of → Rome" should leave "The Louvre is
 located in the city of" alone. :func:`measure` reads, for each neighbouring subject (the keep
-pool's nearest by hidden state, :func:`ftedit.keep.nearest_subjects`, or subjects the user
+pool's nearest by hidden state, :func:`ftedit.core.keep.nearest_subjects`, or subjects the user
 lists), the greedy answer, P(its reference answer) and P(the edit's new target); run it before
 the edit, then :func:`compare` after it gives the rows stored in the edit's metrics under
 ``"neighbours"``. The reference answer is the neighbour's known true answer when given
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from ftedit.errors import HParamsError
 
 if TYPE_CHECKING:  # torch is imported where weights are read: `ftedit show` stays torch-free
-    from ftedit.hparams import FTHyperParams
-    from ftedit.requests import EditRequest
+    from ftedit.core.hparams import FTHyperParams
+    from ftedit.core.requests import EditRequest
 
 DEFAULT_K = 10  # neighbours per edit (split between the requests of a multi-fact edit)
 ANSWER_TOKENS = 6
@@ -53,7 +53,7 @@ def greedy_answers(model, tok, prompts: Sequence[str], max_new_tokens: int = ANS
     """Greedy continuations of several prompts in one left-padded batch."""
     import torch
 
-    from ftedit.batch import _chunks
+    from ftedit.core.batch import _chunks
 
     dev = model.get_input_embeddings().weight.device
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -85,7 +85,7 @@ def pick(
 ) -> list[dict]:
     """The neighbour probes of an edit: {prompt, subject, reference, target_new} for the listed
     subjects, else each request's nearest keep-pool subjects (k split between requests)."""
-    from ftedit.keep import nearest_subjects
+    from ftedit.core.keep import nearest_subjects
 
     listed = parse_subjects(subjects)
     probes = []
@@ -111,7 +111,7 @@ def pick(
 def measure(model, tok, probes: Sequence[dict]) -> list[dict]:
     """Each probe's greedy answer, P(reference) and P(target_new) on the live weights (the
     reference defaults to the answer's first word, so run this on the unedited stack first)."""
-    from ftedit.metrics import target_nll
+    from ftedit.core.metrics import target_nll
 
     if not probes:
         return []

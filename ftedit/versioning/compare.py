@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ftedit.deltas import Deltas
+from ftedit.core.deltas import Deltas
+from ftedit.core.metrics import target_probabilities
 from ftedit.errors import StoreError
-from ftedit.metrics import target_probabilities
 
 if TYPE_CHECKING:
-    from ftedit.workspace import Workspace
+    from ftedit.versioning.workspace import Workspace
 
 # Scoring a prompt costs forward passes; two distant versions may differ by many edits.
 MAX_BEHAVIOUR_EDITS = 50
@@ -25,7 +25,7 @@ def _resolve(ws: Workspace, ref: int | str) -> dict:
     if text.startswith("v") and text[1:].isdigit():
         version = int(text[1:])
         base, state = ws.store.state_at(version)
-        if base != ws._base_id:
+        if base != ws.base_id:
             raise StoreError(f"version v{version} belongs to another base model")
         ids = sorted(i for i, s in state.items() if s == "active")
         return {"kind": "version", "ref": f"v{version}", "edits": ids}
@@ -39,7 +39,7 @@ def _resolve(ws: Workspace, ref: int | str) -> dict:
 def _total(ws: Workspace, ids: list[int]) -> Deltas:
     total = Deltas()
     for i in ids:
-        total = total + ws._deltas_of(ws.get(i))
+        total = total + ws.deltas_of(ws.get(i))
     return total
 
 
@@ -54,16 +54,11 @@ def _behaviour(ws: Workspace, states: list[list[int]], edit_ids: list[int]) -> l
     """Score ``edit_ids``' prompts under each state, then restore the live weights exactly."""
     for ids in states:
         for i in ids:
-            ws._deltas_of(ws.get(i))
-    names = sorted(ws._names(set(edit_ids).union(*states, ws._active)))
-    ws._ensure_base(names)
+            ws.deltas_of(ws.get(i))
     scores = []
-    try:
-        for ids in states:
-            ws._write(names, ws._stack(ids))
+    for ids in states:
+        with ws.live.temporarily(ids):
             scores.append(_score(ws, edit_ids))
-    finally:
-        ws._write(names, ws._stack(ws._active))
     out = []
     for i in edit_ids:
         for k, r in enumerate(ws.get(i).requests):

@@ -33,6 +33,4 @@ def publish(store: Store, edit_id: int) -> EventInfo:
         row.owner = None
         s.add(ev)
         s.flush()
-        return EventInfo(
-            id=ev.id, edit_id=edit_id, kind=ev.kind, created_at=ev.created_at, note=ev.note
-        )
+        return EventInfo.from_row(ev)

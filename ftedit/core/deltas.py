@@ -9,11 +9,9 @@ fresh process that replays the store gets the same bits as the session that made
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
-
-from ftedit.errors import IntegrityError
 
 _LAYER_RE = re.compile(r"\.(\d+)\.")
 
@@ -98,18 +96,6 @@ class Deltas(Mapping[str, torch.Tensor]):
     def nbytes(self) -> int:
         return sum(v.numel() * v.element_size() for v in self.values())
 
-    def apply_to(
-        self, model: torch.nn.Module, base: Mapping[str, torch.Tensor], stack: Sequence[Deltas]
-    ) -> None:
-        """Set this edit's tensors to base + stack (which must contain ``self``, in id order)."""
-        rebuild(model, base, stack, names=self.keys())
-
-    def remove_from(
-        self, model: torch.nn.Module, base: Mapping[str, torch.Tensor], stack: Sequence[Deltas]
-    ) -> None:
-        """Set this edit's tensors to base + stack (``stack`` without ``self``)."""
-        rebuild(model, base, stack, names=self.keys())
-
 
 def compose(
     base: torch.Tensor,
@@ -123,38 +109,3 @@ def compose(
     for d in deltas:
         acc += d.to(device=device, dtype=torch.float32)
     return acc.to(dtype)
-
-
-def rebuild(
-    model: torch.nn.Module,
-    base: Mapping[str, torch.Tensor],
-    stack: Sequence[Deltas],
-    names: Iterable[str] | None = None,
-    params: Mapping[str, torch.nn.Parameter] | None = None,
-) -> list[str]:
-    """Recompute the live value of ``names`` from base + stack.
-
-    ``names`` defaults to every tensor in ``base`` or in ``stack`` (a full replay), so
-    ``rebuild(model, base, [])`` restores the base.
-
-    Every new value is computed and checked finite before any weight is written, so a bad
-    delta leaves the model untouched. ``params`` (the model's named parameters) may be passed
-    in by callers that rebuild often. Returns the names written.
-    """
-    params = params if params is not None else dict(model.named_parameters())
-    names = sorted(set(names) if names is not None else set(base) | {k for d in stack for k in d})
-    new = {}
-    for name in names:
-        if name not in params or name not in base:
-            raise IntegrityError(f"tensor {name} is not a parameter of this model with a base copy")
-        p = params[name]
-        value = compose(base[name], (d[name] for d in stack if name in d), p.dtype, p.device)
-        # NaN/inf anywhere makes the sum non-finite; only an overflowing sum of finite values
-        # needs the elementwise test (a full isfinite costs ~10x the sum).
-        if not torch.isfinite(value.sum()) and not torch.isfinite(value).all():
-            raise IntegrityError(f"stacking gives non-finite values in {name}; nothing was changed")
-        new[name] = value
-    with torch.no_grad():
-        for name, value in new.items():
-            params[name].copy_(value)
-    return names

@@ -14,8 +14,8 @@ import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ftedit.core.requests import EditRequest
 from ftedit.errors import RequestError
-from ftedit.requests import EditRequest
 
 COLUMNS = ("prompt", "subject", "target_new", "target_true")
 REQUIRED = COLUMNS[:3]

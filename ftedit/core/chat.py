@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ftedit.core.metrics import target_nll
 from ftedit.errors import RequestError
-from ftedit.metrics import target_nll
 
 # The rewrite asked as an instruction: bench/eval_chat.py's chat efficacy and the Edit tab's
 # default question both use it, so the app shows what the benchmark measures.

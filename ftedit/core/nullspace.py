@@ -39,11 +39,11 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ftedit import paths
-from ftedit.batch import _chunks
+from ftedit.core.batch import _chunks
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.keep import keep_others, kl_texts
+from ftedit.core.models import blocks_of
 from ftedit.errors import HParamsError
-from ftedit.hparams import FTHyperParams
-from ftedit.keep import keep_others, kl_texts
-from ftedit.models import blocks_of
 
 PROMPTS_FILE = Path(__file__).parent / "data" / "nullspace_prompts.txt"
 SAMPLE_SEEDS = ("The", "In", "A", "It", "He", "She", "This", "When")

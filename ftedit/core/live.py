@@ -1,0 +1,107 @@
+"""LiveWeights: a model's weights kept equal to base + the active deltas, in id order.
+
+DESIGN.md's invariant, enforced here and nowhere else: for every tensor an edit touches,
+``live = compose(base, deltas of the active ids in id order)`` (:func:`~ftedit.core.deltas.compose`
+is the single definition of that value). One verb pair moves the weights:
+
+- :meth:`LiveWeights.set_active` makes the live weights base + the deltas of ``ids``;
+- :meth:`LiveWeights.temporarily` does the same for the body of a ``with`` and restores the
+  previous set afterwards, bit for bit (diff, evaluation, base-model answers).
+
+Values are always recomputed from the base copy, never patched by subtraction, and every new
+value is checked finite before any weight is written, so a bad delta leaves the model untouched.
+Torch only: the Workspace (store + model) and the evaluation loop both build on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+from ftedit.core.deltas import Deltas, compose
+from ftedit.errors import IntegrityError
+
+
+class LiveWeights:
+    """One model's live weights plus the base copies and deltas they are composed from."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        # named_parameters() walks every module (~10 ms on a 30-layer model: half a revert's
+        # budget), so the table is built once; the Parameter objects never change.
+        self.params: dict[str, torch.nn.Parameter] = dict(model.named_parameters())
+        # name -> CPU clone of the untouched tensor, in its original dtype (taken before the
+        # first write to that tensor)
+        self.base: dict[str, torch.Tensor] = {}
+        self.deltas: dict[int, Deltas] = {}  # id -> deltas that may be made active
+        self.active: list[int] = []  # ids composing the live weights now, in order
+
+    def keep_base(self, names: Iterable[str]) -> None:
+        """Copy base values before the first write; every write goes through here first."""
+        for name in names:
+            if name not in self.base and name in self.params:
+                self.base[name] = self.params[name].detach().to("cpu", copy=True)
+
+    def names_of(self, ids: Iterable[int]) -> set[str]:
+        """Tensors the (registered) deltas of ``ids`` touch."""
+        return {n for i in ids for n in self.deltas[i]}
+
+    def set_active(self, ids: Iterable[int], names: Iterable[str] | None = None) -> list[str]:
+        """Make the live weights base + the deltas of ``ids`` (id order) and return the names
+        written. ``names`` (default: the tensors of every id entering or leaving the active
+        set) are recomputed; a caller that knows more (an edit whose blob is unusable) passes
+        them. Every value is computed and checked before any weight is written."""
+        ids = sorted(set(ids))
+        if names is None:
+            names = self.names_of(set(ids) ^ set(self.active))
+        names = sorted(set(names))
+        self.keep_base(names)
+        stack = [self.deltas[i] for i in ids]
+        new = {}
+        for name in names:
+            if name not in self.params or name not in self.base:
+                raise IntegrityError(f"tensor {name} is not a parameter of this model")
+            p = self.params[name]
+            value = compose(
+                self.base[name], (d[name] for d in stack if name in d), p.dtype, p.device
+            )
+            # NaN/inf anywhere makes the sum non-finite; only an overflowing sum of finite
+            # values needs the elementwise test (a full isfinite costs ~10x the sum).
+            if not torch.isfinite(value.sum()) and not torch.isfinite(value).all():
+                raise IntegrityError(
+                    f"stacking gives non-finite values in {name}; nothing was changed"
+                )
+            new[name] = value
+        with torch.no_grad():
+            for name, value in new.items():
+                self.params[name].copy_(value)
+        self.active = ids
+        return names
+
+    @contextmanager
+    def temporarily(
+        self, ids: Sequence[int], names: Iterable[str] | None = None
+    ) -> Iterator[list[str]]:
+        """Run the body on base + the deltas of ``ids``; afterwards the previous active set is
+        live again, bit for bit (also when the body raises). Yields the names written."""
+        old = list(self.active)
+        if names is None:
+            names = self.names_of(set(ids) ^ set(old))
+        names = sorted(set(names))
+        written = self.set_active(ids, names)
+        try:
+            yield written
+        finally:
+            self.set_active(old, names)
+
+
+@contextmanager
+def applied(model: torch.nn.Module, deltas: Deltas) -> Iterator[None]:
+    """Run the body with ``deltas`` on top of ``model``'s current weights (taken as the base);
+    afterwards the touched tensors hold their previous bits again."""
+    live = LiveWeights(model)
+    live.deltas[0] = deltas
+    with live.temporarily([0]):
+        yield
