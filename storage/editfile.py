@@ -181,8 +181,12 @@ def read_header(data: bytes) -> dict:
     return header
 
 
-def decode(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of an edit file (callers check sha256 first)."""
+def decode(
+    data: bytes, shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of an edit file (callers check sha256 first). ``shapes`` (the
+    model's parameter shapes by name), when given, is checked against a compact file's encoding
+    before anything is rebuilt, so a crafted file cannot ask for a huge allocation."""
     header = read_header(data)
     meta = header.get("__metadata__") or {}
     try:
@@ -190,21 +194,26 @@ def decode(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     except SafetensorError as e:
         raise ImportRefusedError(f"not a readable safetensors file: {e}") from None
     if meta.get("format_version") == COMPACT_VERSION:
-        tensors = decode_compact(tensors, meta)
+        tensors = decode_compact(tensors, meta, shapes)
     return tensors, meta
 
 
 def decode_compact(
-    parts: Mapping[str, torch.Tensor], meta: Mapping[str, str]
+    parts: Mapping[str, torch.Tensor],
+    meta: Mapping[str, str],
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Format 2: the float32 deltas rebuilt from their parts (``codec.reconstruct``); refuses
-    a file whose parts do not match its ``encoding`` exactly (missing, extra, wrong shape)."""
+    a file whose parts do not match its ``encoding`` exactly (missing, extra, wrong shape), or,
+    with ``shapes``, names a tensor the model lacks or a shape other than the model's."""
     try:
         encoding = json.loads(meta.get("encoding", "null"))
     except json.JSONDecodeError:
         raise ImportRefusedError("edit file metadata 'encoding' is not valid JSON") from None
     if not isinstance(encoding, dict):
         raise ImportRefusedError("format 2 edit file lacks its 'encoding' metadata")
+    if shapes is not None:
+        _check_shapes(encoding, shapes)
     out, used = {}, set()
     for name, enc in sorted(encoding.items()):
         try:
@@ -220,6 +229,23 @@ def decode_compact(
     if extra:
         raise ImportRefusedError(f"edit file holds tensors its encoding does not list: {extra}")
     return out
+
+
+def _check_shapes(encoding: dict, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Every encoded tensor is a parameter of the model, with the model's shape (read from the
+    ``encoding`` metadata alone: nothing is allocated before this passes)."""
+    for name, enc in sorted(encoding.items()):
+        if name not in shapes:
+            raise ImportRefusedError(f"edit file tensor {name} is not a parameter of the model")
+        shape = enc.get("shape") if isinstance(enc, dict) else None
+        if not (
+            isinstance(shape, list)
+            and all(type(n) is int for n in shape)
+            and tuple(shape) == tuple(shapes[name])
+        ):
+            raise ImportRefusedError(
+                f"edit file tensor {name} has shape {shape}, the model's is {list(shapes[name])}"
+            )
 
 
 def parse_metadata(meta: Mapping[str, str]) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 import torch
@@ -180,3 +181,30 @@ def test_workspace_stores_applies_replays_and_moves_compact_edits(tmp_path, form
     assert imported.blob_sha256 == info.blob_sha256
     assert_same(params(other), params(ws))
     assert other.verify().ok
+
+
+def test_import_refuses_a_compact_shape_the_model_lacks_before_rebuilding(tmp_path):
+    """A lowrank file is small whatever shape its encoding claims; the claim is checked against
+    the model's parameters before anything is rebuilt (10^6 x 10^6 would be 4 TB), and nothing
+    is stored."""
+    ws = open_ws(tmp_path / "a")
+    info = ws.edit(REQUESTS[0], HP01.replace(store_as="lowrank:2"))
+    blob = ws.store.blobs.get(info.blob_sha256, what="edit")
+    parts, meta = st_load(blob), editfile.read_header(blob)["__metadata__"]
+    encoding = json.loads(meta["encoding"])
+    name = next(n for n in sorted(encoding) if encoding[n]["form"] == "lowrank:2")
+    other = open_ws(tmp_path / "b")
+    base = params(other)
+    for enc, match in (
+        (
+            {**encoding, name: {"form": "lowrank:2", "shape": [10**6, 10**6]}},
+            r"has shape \[1000000",
+        ),
+        ({**encoding, "lm_head.nope": encoding[name]}, "lm_head.nope is not a parameter"),
+    ):
+        path = tmp_path / "crafted.safetensors"
+        path.write_bytes(editfile._safetensors_bytes(parts, {**meta, "encoding": json.dumps(enc)}))
+        with pytest.raises(ImportRefusedError, match=match):
+            other.import_(path)
+        assert other.history() == []
+        assert_same(params(other), base)

@@ -223,10 +223,11 @@ def validate(
         raise _refuse(path, str(e)) from None
     except FteditError as e:
         raise _refuse(path, f"its metadata is invalid ({e})") from None
-    tensors, _ = editfile.decode(data)
+    params = ws.live.params
+    shapes = {name: tuple(p.shape) for name, p in params.items()}
+    tensors, _ = editfile.decode(data, shapes)  # a compact file's shapes checked first
     if not tensors:
         raise _refuse(path, "the file holds no tensors")
-    params = ws.live.params
     for name, t in sorted(tensors.items()):
         if name not in params:
             raise _refuse(path, f"tensor {name} is not a parameter of {ws.fingerprint.name}")
