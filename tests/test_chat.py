@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from ftedit.core import chat
@@ -79,3 +80,41 @@ def test_workspace_and_cli_answer_in_chat_form(tmp_path):
         json.loads((model_dir / "tokenizer_config.json").read_text()).get("chat_template")
         or (model_dir / "chat_template.jinja").exists()
     )
+
+
+def test_chat_texts_trains_the_request_asked_through_the_template(chatty):
+    """``chat_texts`` adds each request as a templated question (another wording than the chat
+    efficacy's), the target starting the answer; the edit then moves that answer."""
+    from ftedit.core.ft import compute_deltas, training_texts
+    from ftedit.core.hparams import FTHyperParams
+    from ftedit.core.requests import EditRequest
+    from ftedit.errors import HParamsError
+
+    model, tok = chatty
+    req = EditRequest("{} is located in", "Eiffel Tower", "Rome", "Paris")
+    hp = FTHyperParams(
+        layers=(0, 1), num_steps=20, lr=1e-1, norm_constraint=None, early_stop_loss=0.0
+    )
+    assert training_texts(model, tok, [req], hp) == (["Eiffel Tower is located in"], [" Rome"])
+    texts, targets = training_texts(model, tok, [req], hp.replace(chat_texts=True))
+    assert texts[1] == "the Finish this sentence: Eiffel Tower is located in a city is"
+    assert targets == [" Rome", "Rome"]  # the answer starts a line, not a word
+    asked = chat.TRAIN_ASK.format(req.text)
+    params = dict(model.named_parameters())
+
+    def answer_after(h: FTHyperParams) -> float:
+        deltas = compute_deltas(model, tok, [req], h).deltas
+        with torch.no_grad():
+            for name in deltas:
+                params[name] += deltas[name]
+            lp = chat.answer_logprobs(model, tok, asked, ["Rome"])[0]
+            for name in deltas:
+                params[name] -= deltas[name]
+        return lp
+
+    before = chat.answer_logprobs(model, tok, asked, ["Rome"])[0]
+    plain, chatted = answer_after(hp), answer_after(hp.replace(chat_texts=True))
+    assert chatted > plain + 0.25 and chatted > before + 0.25, (before, plain, chatted)
+    tok.chat_template = None
+    with pytest.raises(HParamsError, match="chat template"):
+        training_texts(model, tok, [req], hp.replace(chat_texts=True))

@@ -18,6 +18,9 @@ from ftedit.errors import RequestError
 # The rewrite asked as an instruction: bench/eval_chat.py's chat efficacy and the Edit tab's
 # default question both use it, so the app shows what the benchmark measures.
 COMPLETE = "Complete the sentence: {}"
+# The instruction the ``chat_texts`` hyperparameter trains behind: deliberately another wording
+# than COMPLETE, so the chat efficacy measures an unseen question, not the trained text.
+TRAIN_ASK = "Finish this sentence: {}"
 
 
 def has_template(tok) -> bool:

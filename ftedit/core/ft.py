@@ -37,6 +37,7 @@ from ftedit.core.batch import (  # noqa: F401  (batch_loss, encode, target_logpr
     last_logprobs,
     target_logprobs,
 )
+from ftedit.core.chat import TRAIN_ASK, chat_prompt, has_template
 from ftedit.core.deltas import Deltas
 from ftedit.core.hparams import FTHyperParams
 from ftedit.core.keep import _pool_key, _rekey_pool, keep_others, kl_texts
@@ -117,13 +118,22 @@ def random_prefixes(model, tok, n: int, length: int, seed: int) -> list[str]:
 
 
 def training_texts(model, tok, requests: Sequence[EditRequest], hp: FTHyperParams):
-    """The (prompt text, target) pairs trained on: each request, then behind each prefix."""
+    """The (prompt text, target) pairs trained on: each request, then behind each prefix, then
+    (``chat_texts``) asked through the chat template."""
     texts = [r.text for r in requests]
     targets = [r.target_new for r in requests]
     if hp.num_prefixes:
         for p in random_prefixes(model, tok, hp.num_prefixes, hp.prefix_len, hp.seed):
             texts += [f"{p} {r.text}" for r in requests]
             targets += [r.target_new for r in requests]
+    if hp.chat_texts:  # the request asked as a chat turn; the answer starts a line: no space
+        if not has_template(tok):
+            raise HParamsError(
+                "chat_texts needs a tokenizer with a chat template; this model has none: "
+                "set chat_texts to false"
+            )
+        texts += [chat_prompt(tok, TRAIN_ASK.format(r.text)) for r in requests]
+        targets += [r.target_new.strip() for r in requests]
     return texts, targets
 
 

@@ -74,6 +74,10 @@ class FTHyperParams:
     # weight + a per-row scale); format 2. The applied delta is the stored form's exact
     # reconstruction (storage/codec.py), so quality is that of the compact delta.
     store_as: str = "dense"
+    # Also train each request asked through the tokenizer's chat template ("Finish this
+    # sentence: <prompt>", ftedit/core/chat.py TRAIN_ASK), the target as the first words of the
+    # assistant's answer, so the edit shows when an instruct model is asked; needs a template.
+    chat_texts: bool = False
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
