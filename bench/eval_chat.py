@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from ftedit.core import chat
 from ftedit.core import evaluate as ev
 from ftedit.core.ft import compute_deltas
-from ftedit.core.hparams import load_preset
+from ftedit.core.hparams import FTHyperParams, load_preset
 from ftedit.core.models import load_model
 from ftedit.core.requests import EditRequest
 
@@ -61,6 +61,13 @@ def score(model, tok, record: dict) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="fast", help="the edit's preset (default: fast)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override one hyperparameter of the preset, e.g. --set chat_texts=true",
+    )
     p.add_argument("--split", choices=sorted(ev.SPLITS), default="test")
     p.add_argument("--n", type=int, default=40)
     p.add_argument("--start", type=int, default=0)
@@ -77,6 +84,9 @@ def main(argv=None) -> None:
     lm = load_model()
     model, tok = lm.model, lm.tok
     hp = load_preset(a.preset)
+    overrides = {k: json.loads(v) for k, _, v in (x.partition("=") for x in a.set)}
+    hp = FTHyperParams.from_dict({**hp.to_dict(), **overrides}) if overrides else hp
+    method = a.preset + "".join(f" {k}={json.dumps(v)}" for k, v in overrides.items())
     rows = []
     with open(out / "rows.jsonl", "w") as f:
         for i, rec in enumerate(records):
@@ -87,7 +97,7 @@ def main(argv=None) -> None:
             deltas = compute_deltas(model, tok, [EditRequest.from_counterfact(rec)], hp).deltas
             with ev.applied(model, deltas):
                 after = score(model, tok, rec)
-            row = {"case_id": rec.get("case_id"), "unedited": before, a.preset: after}
+            row = {"case_id": rec.get("case_id"), "unedited": before, method: after}
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
             f.write(json.dumps(row) + "\n")
@@ -95,7 +105,7 @@ def main(argv=None) -> None:
             print(f"{i + 1}/{len(records)} {after['answer']!r}", flush=True)
     lo = ev.SPLITS[a.split][0] + a.start
     title = f"CounterFact {a.split} records {lo}-{lo + len(rows) - 1}"
-    write_report(out, rows, a.preset, title)
+    write_report(out, rows, method, title)
 
 
 def write_report(out: Path, rows: list[dict], preset: str, title: str) -> None:
