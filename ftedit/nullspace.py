@@ -42,7 +42,7 @@ from ftedit import paths
 from ftedit.batch import _chunks
 from ftedit.errors import HParamsError
 from ftedit.hparams import FTHyperParams
-from ftedit.keep import keep_others, kl_texts
+from ftedit.keep import keep_others, kl_texts, nearest_subjects
 from ftedit.models import blocks_of
 
 PROMPTS_FILE = Path(__file__).parent / "data" / "nullspace_prompts.txt"
@@ -146,10 +146,12 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def _each_key(model, tok, hp: FTHyperParams, texts: list[str], sink, desc: str | None) -> int:
+def _each_key(
+    model, tok, hp: FTHyperParams, texts: list[str], sink, desc: str | None, last: bool = False
+) -> int:
     """Run ``texts`` through the blocks up to the top edited one (a hook stops the forward
     there) and call ``sink(layer, keys [tokens, in])`` with each edited module's inputs at the
-    non-pad tokens. Returns the number of tokens."""
+    non-pad tokens (``last``: at each text's last token only). Returns the number of tokens."""
     mods = _modules(model, hp)
     dev = model.get_input_embeddings().weight.device
     count = 0
@@ -173,7 +175,11 @@ def _each_key(model, tok, hp: FTHyperParams, texts: list[str], sink, desc: str |
             L = max(len(x) for x in enc)
             ids = torch.tensor([x + [pad] * (L - len(x)) for x in enc], device=dev)
             att = torch.tensor([[1] * len(x) + [0] * (L - len(x)) for x in enc], device=dev)
-            mask[:] = [att.bool()]
+            sel = att.bool()
+            if last:  # right padding: a row's last real token is at its length - 1
+                sel = torch.zeros_like(sel)
+                sel[torch.arange(len(enc)), att.sum(1) - 1] = True
+            mask[:] = [sel]
             count += int(att.sum())
             try:
                 model(input_ids=ids, attention_mask=att, use_cache=False)
@@ -202,10 +208,21 @@ def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tenso
     the keep prompts (the relation prompt with the ``keep_subjects`` nearest other subjects,
     keep.kl_texts without the essence prompt, which names the edited subject itself), at every
     token. A step with D Q = 0 leaves those prompts' outputs exactly as they were: the first
-    edited layer's outputs on them are unchanged, so the next one's inputs are too, and so on."""
+    edited layer's outputs on them are unchanged, so the next one's inputs are too, and so on.
+    ``keep_subject_keys`` > 0 adds the last-token input of that many nearest pool subjects, each
+    read alone: the key a prompt that starts with the subject has there, whatever its template
+    (one key per subject, so many subjects cost little rank)."""
     texts = [t for t, guard in kl_texts(requests, keep_others(model, tok, requests, hp)) if guard]
     keys: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
     _each_key(model, tok, hp, texts, lambda layer, k: keys[layer].append(k), None)
+    if hp.keep_subject_keys:
+        top, tmpl = max(hp.layers), hp.rewrite_module_tmp
+        near = [
+            nearest_subjects(model, tok, r.subject, hp.keep_subject_keys, top, tmpl)
+            for r in requests
+        ]
+        subs = sorted({s for n in near for s in n})
+        _each_key(model, tok, hp, subs, lambda layer, k: keys[layer].append(k), None, last=True)
     out = {}
     for layer, ks in keys.items():
         u, sv, _ = torch.linalg.svd(torch.cat(ks).double().T.cpu(), full_matrices=False)

@@ -160,3 +160,41 @@ def test_keep_nullspace_keeps_the_keep_prompts_exactly(arch, monkeypatch):
     assert res.deltas.max_abs() > 1e-3
     assert (after[:-1] - before[:-1]).abs().max() < 1e-4  # the keep prompts: as they were
     assert (after[-1] - before[-1]).abs().max() > 1e-2  # the edited prompt moved
+
+
+def test_keep_subject_keys_keeps_the_pool_subjects_read_alone(arch, monkeypatch):
+    """keep_subject_keys: a prompt that starts with one of the nearest pool subjects keeps its
+    output at the subject's last token exactly; without the option the same edit moves it."""
+    from ftedit import evaluate as ev
+    from ftedit import keep
+
+    pool = ("Paris", "Rome", "London", "Tokyo", "the Louvre")
+    monkeypatch.setattr(keep, "_subject_pool", lambda: pool)
+    keep._POOL_CACHE.clear()
+    model, tok = MAKERS[arch]()
+    base = dict(layers=(0, 1), norm_constraint=None, keep_nullspace=True, keep_subjects=1)
+    near = keep.nearest_subjects(model, tok, REQ.subject, 3, 1, TEMPLATES[arch])
+
+    def last_logits():
+        with torch.no_grad():
+            return torch.stack(
+                [
+                    model(**tok(s, return_tensors="pt", add_special_tokens=False)).logits[0, -1]
+                    for s in near
+                ]
+            )
+
+    before = last_logits()
+    moved = {}
+    for n in (0, 3):
+        res = compute_deltas(model, tok, [REQ], hp(arch, keep_subject_keys=n, **base))
+        assert res.deltas.max_abs() > 1e-3
+        with ev.applied(model, res.deltas):
+            moved[n] = float((last_logits() - before).abs().max())
+    assert moved[3] < 1e-4
+    assert moved[0] > 1e-3
+
+
+def test_bad_keep_subject_keys_refused():
+    with pytest.raises(HParamsError, match="keep_subject_keys must be >= 0"):
+        FTHyperParams(keep_subject_keys=-1)
