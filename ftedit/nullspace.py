@@ -230,6 +230,31 @@ def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tenso
     return out
 
 
+def subject_basis(
+    model, tok, hp: FTHyperParams, requests, keep: dict[int, torch.Tensor] | None
+) -> dict[int, torch.Tensor]:
+    """Per edited layer, an orthonormal basis S [in, r] of the edited subjects' last-token
+    inputs (the prompt up to the subject, the subject alone and after a space), made
+    orthogonal to the keep basis ``keep``: ROME's localisation (the edit acts on the subject's
+    key only) without its closed form, so neighbours' template tokens are left alone too."""
+    texts = []
+    for r in requests:
+        texts += [r.prompt[: r.prompt.index("{}")] + r.subject, r.subject, " " + r.subject]
+    keys: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
+    _each_key(
+        model, tok, hp, list(dict.fromkeys(texts)), lambda i, k: keys[i].append(k), None, True
+    )
+    out = {}
+    for layer, ks in keys.items():
+        k = torch.cat(ks).double().T.cpu()
+        if keep is not None:
+            Q = keep[layer].double()
+            k = k - Q @ (Q.T @ k)
+        u, sv, _ = torch.linalg.svd(k, full_matrices=False)
+        out[layer] = u[:, sv > sv.max() * 1e-6].float()
+    return out
+
+
 def _save(path: Path, key: str, tensors: dict[str, torch.Tensor]) -> None:
     """Atomic: a reader sees the old file or the whole new one, never a torn write."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -286,10 +311,17 @@ def soft_projector(e: torch.Tensor, u: torch.Tensor, strength: float) -> torch.T
 class Projector:
     """Per trained tensor, the matrix that projects an optimiser step's change on the input side."""
 
-    def __init__(self, mats: dict[str, tuple[torch.Tensor | None, torch.Tensor | None, bool]]):
+    def __init__(
+        self,
+        mats: dict[str, tuple[torch.Tensor | None, torch.Tensor | None, bool]],
+        onto: dict[str, torch.Tensor] | None = None,
+    ):
         # name -> (soft projector P [in, in] or None, keep basis Q [in, r] or None,
         #          True if the weight is stored [in, out] like GPT-2's Conv1D)
         self.mats = mats
+        # name -> orthonormal S [in, r] orthogonal to Q: the step is kept only on span(S)
+        # (hparams.subject_keys_only)
+        self.onto = onto or {}
         self._before: list[torch.Tensor] = []
 
     def attach(self, opt: torch.optim.Optimizer, names: list[str]) -> None:
@@ -325,12 +357,15 @@ class Projector:
             return
         P, Q, transposed = self.mats[name]
         d = (p - old).float()
+        S = self.onto.get(name)
         if transposed:  # Conv1D: [in, out], the input side is the left one
             d = P @ d if P is not None else d
             d = d - Q @ (Q.T @ d) if Q is not None else d
+            d = S @ (S.T @ d) if S is not None else d
         else:
             d = d @ P if P is not None else d
             d = d - (d @ Q) @ Q.T if Q is not None else d
+            d = (d @ S) @ S.T if S is not None else d
         p.copy_(old + d.to(p.dtype))
 
 
@@ -340,8 +375,9 @@ def projector(model, tok, hp: FTHyperParams, names: list[str], requests=()) -> P
     inputs for ``requests`` (if ``hp.keep_nullspace``)."""
     stats = eigen_stats(model, tok, hp) if hp.nullspace else None
     basis = keep_basis(model, tok, hp, requests) if hp.keep_nullspace else None
+    onto = subject_basis(model, tok, hp, requests, basis) if hp.subject_keys_only else None
     params = dict(model.named_parameters())
-    mats = {}
+    mats, ontos = {}, {}
     for layer, mod in _modules(model, hp).items():
         wname = next((n for n in names if params.get(n) is mod.weight), None)
         if wname is not None:
@@ -349,4 +385,6 @@ def projector(model, tok, hp: FTHyperParams, names: list[str], requests=()) -> P
             P = soft_projector(*stats[layer], hp.nullspace).to(dev) if stats else None
             Q = basis[layer].to(dev) if basis else None
             mats[wname] = (P, Q, hasattr(mod, "nf"))
-    return Projector(mats)
+            if onto:
+                ontos[wname] = onto[layer].to(dev)
+    return Projector(mats, ontos)
