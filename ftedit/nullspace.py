@@ -234,12 +234,21 @@ def subject_basis(
     model, tok, hp: FTHyperParams, requests, keep: dict[int, torch.Tensor] | None
 ) -> dict[int, torch.Tensor]:
     """Per edited layer, an orthonormal basis S [in, r] of the edited subjects' last-token
-    inputs (the prompt up to the subject, the subject alone and after a space), made
-    orthogonal to the keep basis ``keep``: ROME's localisation (the edit acts on the subject's
-    key only) without its closed form, so neighbours' template tokens are left alone too."""
+    inputs (the prompt up to the subject, alone and behind each training prefix; the subject
+    alone and after a space), made orthogonal to the keep basis ``keep``: ROME's localisation
+    (the edit acts on the subject's key only) without its closed form, so neighbours' template
+    tokens are left alone too."""
+    from ftedit.ft import random_prefixes  # ft imports this module
+
+    pre = [""]
+    if hp.num_prefixes:
+        pre += [
+            p + " " for p in random_prefixes(model, tok, hp.num_prefixes, hp.prefix_len, hp.seed)
+        ]
     texts = []
     for r in requests:
-        texts += [r.prompt[: r.prompt.index("{}")] + r.subject, r.subject, " " + r.subject]
+        head = r.prompt[: r.prompt.index("{}")] + r.subject
+        texts += [p + head for p in pre] + [r.subject, " " + r.subject]
     keys: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
     _each_key(
         model, tok, hp, list(dict.fromkeys(texts)), lambda i, k: keys[i].append(k), None, True
