@@ -22,6 +22,12 @@ gradient (so Adam's per-element rescaling works inside the subspace) and snapsho
 tensors, and a post-hook projects what the step changed, so it acts on whatever tensors the
 optimiser steps, right after the step and before ``ft._train``'s clamp; no extra forward or
 backward pass. Biases would shift every output alike, so their change is dropped.
+
+``hparams.subject_keys_only`` (with ``keep_nullspace``) goes the other way as well: each step
+keeps only its part on the edited subject's own last-token inputs (``subject_basis``, a handful
+of keys, made orthogonal to the keep basis), ROME's localisation inside FT: a prompt whose
+inputs are orthogonal to those keys keeps its outputs, whatever its template
+(bench/results/dev-tuning.md, fifth round).
 """
 
 from __future__ import annotations
