@@ -160,3 +160,72 @@ def test_keep_nullspace_keeps_the_keep_prompts_exactly(arch, monkeypatch):
     assert res.deltas.max_abs() > 1e-3
     assert (after[:-1] - before[:-1]).abs().max() < 1e-4  # the keep prompts: as they were
     assert (after[-1] - before[-1]).abs().max() > 1e-2  # the edited prompt moved
+
+
+def test_keep_subject_keys_keeps_the_pool_subjects_read_alone(arch, monkeypatch):
+    """keep_subject_keys: a prompt that starts with one of the nearest pool subjects keeps its
+    output at the subject's last token exactly; without the option the same edit moves it."""
+    from ftedit.core import evaluate as ev
+    from ftedit.core import keep
+
+    pool = ("Paris", "Rome", "London", "Tokyo", "the Louvre")
+    monkeypatch.setattr(keep, "_subject_pool", lambda: pool)
+    keep._POOL_CACHE.clear()
+    model, tok = MAKERS[arch]()
+    base = dict(layers=(0, 1), norm_constraint=None, keep_nullspace=True, keep_subjects=1)
+    near = keep.nearest_subjects(model, tok, REQ.subject, 3, 1, TEMPLATES[arch])
+
+    def last_logits():
+        with torch.no_grad():
+            return torch.stack(
+                [
+                    model(**tok(s, return_tensors="pt", add_special_tokens=False)).logits[0, -1]
+                    for s in near
+                ]
+            )
+
+    before = last_logits()
+    moved = {}
+    for n in (0, 3):
+        res = compute_deltas(model, tok, [REQ], hp(arch, keep_subject_keys=n, **base))
+        assert res.deltas.max_abs() > 1e-3
+        with ev.applied(model, res.deltas):
+            moved[n] = float((last_logits() - before).abs().max())
+    assert moved[3] < 1e-4
+    assert moved[0] > 1e-3
+
+
+def test_bad_keep_subject_keys_refused():
+    with pytest.raises(HParamsError, match="keep_subject_keys must be >= 0"):
+        FTHyperParams(keep_subject_keys=-1)
+
+
+def test_subject_keys_only_keeps_the_delta_on_the_subject_keys(arch, monkeypatch):
+    """subject_keys_only: the delta's input side lies in the span of the subject's last-token
+    keys (so any input orthogonal to them keeps its output) and is orthogonal to the keep
+    keys, and the edited prompt still moves; without the option it has other directions."""
+    from ftedit.core import keep
+
+    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
+    keep._POOL_CACHE.clear()
+    model, tok = MAKERS[arch]()
+    base = dict(norm_constraint=None, keep_nullspace=True, keep_subjects=1)
+    Q = ns.keep_basis(model, tok, hp(arch, **base), [REQ])
+    S = ns.subject_basis(model, tok, hp(arch, **base), [REQ], Q)[1].double()
+    assert 1 <= S.shape[1] <= 3
+    off = {}
+    for only in (False, True):
+        D = _weight_delta(
+            compute_deltas(model, tok, [REQ], hp(arch, subject_keys_only=only, **base)), arch
+        )
+        assert D.norm() > 1e-3
+        off[only] = float((D - D @ S @ S.T).norm() / D.norm())
+        if only:
+            assert float((D @ Q[1].double()).norm() / D.norm()) < 1e-4
+    assert off[True] < 1e-4
+    assert off[False] > 0.5
+
+
+def test_subject_keys_only_needs_keep_nullspace():
+    with pytest.raises(HParamsError, match="subject_keys_only needs keep_nullspace"):
+        FTHyperParams(subject_keys_only=True)

@@ -44,11 +44,11 @@ from ftedit.core.keep import _pool_key, _rekey_pool, keep_others, kl_texts
 from ftedit.core.models import blocks_of, input_device, module_device, num_layers, offloaded
 from ftedit.core.nullspace import Projector, projector
 from ftedit.core.precision import box_bounds, float32_masters, to_device
+from ftedit.core.prefixes import random_prefixes
 from ftedit.core.requests import EditRequest
 from ftedit.errors import HParamsError, RequestError
 
 Callback = Callable[[int, int, float], None]  # (step, num_steps, epoch mean loss)
-PREFIX_SEEDS = ("The", "Therefore", "Because", "I", "You")
 
 
 @dataclass
@@ -94,27 +94,6 @@ def weights_to_edit(
 
 def _matches(name: str, prefix: str) -> bool:
     return ("." + name + ".").find("." + prefix + ".") >= 0
-
-
-@torch.no_grad()
-def random_prefixes(model, tok, n: int, length: int, seed: int) -> list[str]:
-    """ROME's context templates: short texts the model writes itself, used as prompt prefixes."""
-    dev = input_device(model)
-    out = []
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for i in range(n):
-            start = tok(PREFIX_SEEDS[i % len(PREFIX_SEEDS)], return_tensors="pt").to(dev)
-            gen = model.generate(
-                **start,
-                do_sample=True,
-                top_k=5,
-                max_new_tokens=length,
-                pad_token_id=tok.pad_token_id,
-            )
-            text = tok.decode(gen[0], skip_special_tokens=True).replace("{", "").replace("}", "")
-            out.append(" ".join(text.split()) + ".")
-    return out
 
 
 def training_texts(model, tok, requests: Sequence[EditRequest], hp: FTHyperParams):

@@ -69,6 +69,12 @@ class FTHyperParams:
     # ``keep_subjects`` nearest other subjects (the keep penalty's prompts), computed once per
     # edit, so those prompts' outputs stay as they were at no cost per step (no KL pass).
     keep_nullspace: bool = False
+    # With keep_nullspace: also keep the last-token input of this many nearest pool subjects
+    # read alone (the key any prompt starting with that subject has there), one key each.
+    keep_subject_keys: int = 0
+    # Keep every step's change only on the edited subject's last-token inputs (orthogonal to the
+    # keep prompts' with keep_nullspace): ROME's localisation on the subject's key.
+    subject_keys_only: bool = False
     # How the edit is stored, as the last step of making it: "dense" (float32, edit file
     # format 1), "lowrank:R" (rank-R truncated SVD, bfloat16 factors) or "sign" (1 bit per
     # weight + a per-row scale); format 2. The applied delta is the stored form's exact
@@ -119,6 +125,10 @@ class FTHyperParams:
             raise HParamsError(f"keep_subjects must be >= 0, got {self.keep_subjects}")
         if not 0 <= self.nullspace < float("inf"):
             raise HParamsError(f"nullspace must be a finite number >= 0, got {self.nullspace}")
+        if self.keep_subject_keys < 0:
+            raise HParamsError(f"keep_subject_keys must be >= 0, got {self.keep_subject_keys}")
+        if self.subject_keys_only and not self.keep_nullspace:
+            raise HParamsError("subject_keys_only needs keep_nullspace true (set both or neither)")
         if not isinstance(self.keep_nullspace, bool):
             raise HParamsError(f"keep_nullspace must be true or false, got {self.keep_nullspace!r}")
         if not isinstance(self.store_as, str) or not _STORE_AS.fullmatch(self.store_as):

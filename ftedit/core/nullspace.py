@@ -22,6 +22,12 @@ gradient (so Adam's per-element rescaling works inside the subspace) and snapsho
 tensors, and a post-hook projects what the step changed, so it acts on whatever tensors the
 optimiser steps, right after the step and before ``ft._train``'s clamp; no extra forward or
 backward pass. Biases would shift every output alike, so their change is dropped.
+
+``hparams.subject_keys_only`` (with ``keep_nullspace``) goes the other way as well: each step
+keeps only its part on the edited subject's own last-token inputs (``subject_basis``, a handful
+of keys, made orthogonal to the keep basis), ROME's localisation inside FT: a prompt whose
+inputs are orthogonal to those keys keeps its outputs, whatever its template
+(bench/results/dev-tuning.md, fifth round).
 """
 
 from __future__ import annotations
@@ -39,9 +45,8 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ftedit import paths
-from ftedit.core.batch import _chunks
+from ftedit.core.edit_keys import _each_key, _in_dim, _modules, keep_basis, subject_basis
 from ftedit.core.hparams import FTHyperParams
-from ftedit.core.keep import keep_others, kl_texts
 from ftedit.core.models import blocks_of
 from ftedit.errors import HParamsError
 
@@ -56,25 +61,6 @@ VERSION = 1  # bump when the corpus or the statistic changes: old files then sto
 def _prompts() -> tuple[str, ...]:
     lines = PROMPTS_FILE.read_text(encoding="utf-8").splitlines()
     return tuple(x for x in lines if x.strip() and not x.startswith("#"))
-
-
-def _modules(model, hp: FTHyperParams) -> dict[int, torch.nn.Module]:
-    names = dict(model.named_modules())
-    out = {}
-    for layer in hp.layers:
-        mod = names.get(hp.rewrite_module_tmp.format(layer))
-        if mod is None or not hasattr(mod, "weight") or mod.weight.dim() != 2:
-            raise HParamsError(
-                f"nullspace needs {hp.rewrite_module_tmp.format(layer)!r} to be a module with "
-                "a 2-D weight (a Linear or GPT-2's Conv1D); set nullspace 0 for this template"
-            )
-        out[layer] = mod
-    return out
-
-
-def _in_dim(mod: torch.nn.Module) -> int:
-    """Input width: Linear stores [out, in], GPT-2's Conv1D [in, out] (and has ``nf``)."""
-    return mod.weight.shape[0] if hasattr(mod, "nf") else mod.weight.shape[1]
 
 
 def base_key(model, hp: FTHyperParams) -> str:
@@ -141,50 +127,6 @@ def _texts(model, tok) -> list[str]:
     return [t for t in out if t.strip()]
 
 
-class _Stop(Exception):
-    pass
-
-
-@torch.no_grad()
-def _each_key(model, tok, hp: FTHyperParams, texts: list[str], sink, desc: str | None) -> int:
-    """Run ``texts`` through the blocks up to the top edited one (a hook stops the forward
-    there) and call ``sink(layer, keys [tokens, in])`` with each edited module's inputs at the
-    non-pad tokens. Returns the number of tokens."""
-    mods = _modules(model, hp)
-    dev = model.get_input_embeddings().weight.device
-    count = 0
-    mask: list[torch.Tensor] = []
-    top = max(mods)
-
-    def grab(layer):
-        def hook(module, args):
-            sink(layer, args[0][mask[0]].float())
-            if layer == top:
-                raise _Stop
-
-        return hook
-
-    handles = [m.register_forward_pre_hook(grab(i)) for i, m in mods.items()]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    try:
-        texts = sorted(texts, key=len)  # similar lengths share a batch: little padding
-        for chunk in tqdm(list(_chunks(texts, 32)), desc=desc, disable=desc is None):
-            enc = [x[:64] for x in tok(chunk, add_special_tokens=False)["input_ids"]]
-            L = max(len(x) for x in enc)
-            ids = torch.tensor([x + [pad] * (L - len(x)) for x in enc], device=dev)
-            att = torch.tensor([[1] * len(x) + [0] * (L - len(x)) for x in enc], device=dev)
-            mask[:] = [att.bool()]
-            count += int(att.sum())
-            try:
-                model(input_ids=ids, attention_mask=att, use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
-    return count
-
-
 def second_moments(model, tok, hp: FTHyperParams, texts: list[str]) -> dict[int, torch.Tensor]:
     """C[layer] = mean over every non-pad token of k k^T, k the edited module's input (float64)."""
     mods = _modules(model, hp)
@@ -195,22 +137,6 @@ def second_moments(model, tok, hp: FTHyperParams, texts: list[str]) -> dict[int,
 
     count = _each_key(model, tok, hp, texts, add, "nullspace: statistics")
     return {i: s / max(count, 1) for i, s in sums.items()}
-
-
-def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tensor]:
-    """Per edited layer, an orthonormal basis Q [in, r] of the inputs the edited module sees on
-    the keep prompts (the relation prompt with the ``keep_subjects`` nearest other subjects,
-    keep.kl_texts without the essence prompt, which names the edited subject itself), at every
-    token. A step with D Q = 0 leaves those prompts' outputs exactly as they were: the first
-    edited layer's outputs on them are unchanged, so the next one's inputs are too, and so on."""
-    texts = [t for t, guard in kl_texts(requests, keep_others(model, tok, requests, hp)) if guard]
-    keys: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
-    _each_key(model, tok, hp, texts, lambda layer, k: keys[layer].append(k), None)
-    out = {}
-    for layer, ks in keys.items():
-        u, sv, _ = torch.linalg.svd(torch.cat(ks).double().T.cpu(), full_matrices=False)
-        out[layer] = u[:, sv > sv.max() * 1e-6].float()
-    return out
 
 
 def _save(path: Path, key: str, tensors: dict[str, torch.Tensor]) -> None:
@@ -269,10 +195,17 @@ def soft_projector(e: torch.Tensor, u: torch.Tensor, strength: float) -> torch.T
 class Projector:
     """Per trained tensor, the matrix that projects an optimiser step's change on the input side."""
 
-    def __init__(self, mats: dict[str, tuple[torch.Tensor | None, torch.Tensor | None, bool]]):
+    def __init__(
+        self,
+        mats: dict[str, tuple[torch.Tensor | None, torch.Tensor | None, bool]],
+        onto: dict[str, torch.Tensor] | None = None,
+    ):
         # name -> (soft projector P [in, in] or None, keep basis Q [in, r] or None,
         #          True if the weight is stored [in, out] like GPT-2's Conv1D)
         self.mats = mats
+        # name -> orthonormal S [in, r] orthogonal to Q: the step is kept only on span(S)
+        # (hparams.subject_keys_only)
+        self.onto = onto or {}
         self._before: list[torch.Tensor] = []
 
     def attach(self, opt: torch.optim.Optimizer, names: list[str]) -> None:
@@ -308,12 +241,15 @@ class Projector:
             return
         P, Q, transposed = self.mats[name]
         d = (p - old).float()
+        S = self.onto.get(name)
         if transposed:  # Conv1D: [in, out], the input side is the left one
             d = P @ d if P is not None else d
             d = d - Q @ (Q.T @ d) if Q is not None else d
+            d = S @ (S.T @ d) if S is not None else d
         else:
             d = d @ P if P is not None else d
             d = d - (d @ Q) @ Q.T if Q is not None else d
+            d = (d @ S) @ S.T if S is not None else d
         p.copy_(old + d.to(p.dtype))
 
 
@@ -323,8 +259,9 @@ def projector(model, tok, hp: FTHyperParams, names: list[str], requests=()) -> P
     inputs for ``requests`` (if ``hp.keep_nullspace``)."""
     stats = eigen_stats(model, tok, hp) if hp.nullspace else None
     basis = keep_basis(model, tok, hp, requests) if hp.keep_nullspace else None
+    onto = subject_basis(model, tok, hp, requests, basis) if hp.subject_keys_only else None
     params = dict(model.named_parameters())
-    mats = {}
+    mats, ontos = {}, {}
     for layer, mod in _modules(model, hp).items():
         wname = next((n for n in names if params.get(n) is mod.weight), None)
         if wname is not None:
@@ -332,4 +269,6 @@ def projector(model, tok, hp: FTHyperParams, names: list[str], requests=()) -> P
             P = soft_projector(*stats[layer], hp.nullspace).to(dev) if stats else None
             Q = basis[layer].to(dev) if basis else None
             mats[wname] = (P, Q, hasattr(mod, "nf"))
-    return Projector(mats)
+            if onto:
+                ontos[wname] = onto[layer].to(dev)
+    return Projector(mats, ontos)

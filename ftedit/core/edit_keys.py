@@ -1,0 +1,146 @@
+"""The inputs ("keys") the edited matrices see on given texts, and orthonormal bases of them.
+
+One forward pass up to the top edited block, stopped there by a hook, collects what each edited
+module reads: on every token (the null-space statistics and the keep prompts) or only the last
+(a subject read alone). ``keep_basis`` spans what an edit must leave alone, ``subject_basis``
+what it may act on (ftedit/core/nullspace.py projects each step with them).
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from ftedit.core.batch import _chunks
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.keep import keep_others, kl_texts, nearest_subjects
+from ftedit.core.prefixes import random_prefixes
+from ftedit.errors import HParamsError
+
+
+def _modules(model, hp: FTHyperParams) -> dict[int, torch.nn.Module]:
+    names = dict(model.named_modules())
+    out = {}
+    for layer in hp.layers:
+        mod = names.get(hp.rewrite_module_tmp.format(layer))
+        if mod is None or not hasattr(mod, "weight") or mod.weight.dim() != 2:
+            raise HParamsError(
+                f"nullspace needs {hp.rewrite_module_tmp.format(layer)!r} to be a module with "
+                "a 2-D weight (a Linear or GPT-2's Conv1D); set nullspace 0 for this template"
+            )
+        out[layer] = mod
+    return out
+
+
+def _in_dim(mod: torch.nn.Module) -> int:
+    """Input width: Linear stores [out, in], GPT-2's Conv1D [in, out] (and has ``nf``)."""
+    return mod.weight.shape[0] if hasattr(mod, "nf") else mod.weight.shape[1]
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def _each_key(
+    model, tok, hp: FTHyperParams, texts: list[str], sink, desc: str | None, last: bool = False
+) -> int:
+    """Run ``texts`` through the blocks up to the top edited one (a hook stops the forward
+    there) and call ``sink(layer, keys [tokens, in])`` with each edited module's inputs at the
+    non-pad tokens (``last``: at each text's last token only). Returns the number of tokens."""
+    mods = _modules(model, hp)
+    dev = model.get_input_embeddings().weight.device
+    count = 0
+    mask: list[torch.Tensor] = []
+    top = max(mods)
+
+    def grab(layer):
+        def hook(module, args):
+            sink(layer, args[0][mask[0]].float())
+            if layer == top:
+                raise _Stop
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(grab(i)) for i, m in mods.items()]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    try:
+        texts = sorted(texts, key=len)  # similar lengths share a batch: little padding
+        for chunk in tqdm(list(_chunks(texts, 32)), desc=desc, disable=desc is None):
+            enc = [x[:64] for x in tok(chunk, add_special_tokens=False)["input_ids"]]
+            L = max(len(x) for x in enc)
+            ids = torch.tensor([x + [pad] * (L - len(x)) for x in enc], device=dev)
+            att = torch.tensor([[1] * len(x) + [0] * (L - len(x)) for x in enc], device=dev)
+            sel = att.bool()
+            if last:  # right padding: a row's last real token is at its length - 1
+                sel = torch.zeros_like(sel)
+                sel[torch.arange(len(enc)), att.sum(1) - 1] = True
+            mask[:] = [sel]
+            count += int(att.sum())
+            try:
+                model(input_ids=ids, attention_mask=att, use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    return count
+
+
+def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tensor]:
+    """Per edited layer, an orthonormal basis Q [in, r] of the inputs the edited module sees on
+    the keep prompts (the relation prompt with the ``keep_subjects`` nearest other subjects,
+    keep.kl_texts without the essence prompt, which names the edited subject itself), at every
+    token. A step with D Q = 0 leaves those prompts' outputs exactly as they were: the first
+    edited layer's outputs on them are unchanged, so the next one's inputs are too, and so on.
+    ``keep_subject_keys`` > 0 adds the last-token input of that many nearest pool subjects, each
+    read alone: the key a prompt that starts with the subject has there, whatever its template
+    (one key per subject, so many subjects cost little rank)."""
+    texts = [t for t, guard in kl_texts(requests, keep_others(model, tok, requests, hp)) if guard]
+    keys: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
+    _each_key(model, tok, hp, texts, lambda layer, k: keys[layer].append(k), None)
+    if hp.keep_subject_keys:
+        top, tmpl = max(hp.layers), hp.rewrite_module_tmp
+        near = [
+            nearest_subjects(model, tok, r.subject, hp.keep_subject_keys, top, tmpl)
+            for r in requests
+        ]
+        subs = sorted({s for n in near for s in n})
+        _each_key(model, tok, hp, subs, lambda layer, k: keys[layer].append(k), None, last=True)
+    out = {}
+    for layer, ks in keys.items():
+        u, sv, _ = torch.linalg.svd(torch.cat(ks).double().T.cpu(), full_matrices=False)
+        out[layer] = u[:, sv > sv.max() * 1e-6].float()
+    return out
+
+
+def subject_basis(
+    model, tok, hp: FTHyperParams, requests, keep: dict[int, torch.Tensor] | None
+) -> dict[int, torch.Tensor]:
+    """Per edited layer, an orthonormal basis S [in, r] of the edited subjects' last-token
+    inputs (the prompt up to the subject, alone and behind each training prefix; the subject
+    alone and after a space), made orthogonal to the keep basis ``keep``: ROME's localisation
+    (the edit acts on the subject's key only) without its closed form, so neighbours' template
+    tokens are left alone too."""
+    pre = [""]
+    if hp.num_prefixes:
+        pre += [
+            p + " " for p in random_prefixes(model, tok, hp.num_prefixes, hp.prefix_len, hp.seed)
+        ]
+    texts = []
+    for r in requests:
+        head = r.prompt[: r.prompt.index("{}")] + r.subject
+        texts += [p + head for p in pre] + [r.subject, " " + r.subject]
+    keys: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
+    _each_key(
+        model, tok, hp, list(dict.fromkeys(texts)), lambda i, k: keys[i].append(k), None, True
+    )
+    out = {}
+    for layer, ks in keys.items():
+        k = torch.cat(ks).double().T.cpu()
+        if keep is not None:
+            Q = keep[layer].double()
+            k = k - Q @ (Q.T @ k)
+        u, sv, _ = torch.linalg.svd(k, full_matrices=False)
+        out[layer] = u[:, sv > sv.max() * 1e-6].float()
+    return out

@@ -1,0 +1,34 @@
+"""ROME's context templates: short texts the model writes itself, put before the prompt.
+
+FT trains on the request behind each prefix (``num_prefixes``) so the edit holds in context;
+the null-space code reads the subject's key behind the same prefixes. Same seed, same texts.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ftedit.core.models import input_device
+
+PREFIX_SEEDS = ("The", "Therefore", "Because", "I", "You")
+
+
+@torch.no_grad()
+def random_prefixes(model, tok, n: int, length: int, seed: int) -> list[str]:
+    """ROME's context templates: short texts the model writes itself, used as prompt prefixes."""
+    dev = input_device(model)
+    out = []
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for i in range(n):
+            start = tok(PREFIX_SEEDS[i % len(PREFIX_SEEDS)], return_tensors="pt").to(dev)
+            gen = model.generate(
+                **start,
+                do_sample=True,
+                top_k=5,
+                max_new_tokens=length,
+                pad_token_id=tok.pad_token_id,
+            )
+            text = tok.decode(gen[0], skip_special_tokens=True).replace("{", "").replace("}", "")
+            out.append(" ".join(text.split()) + ".")
+    return out
