@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     state.configure(args.model, args.dtype)
     try:
-        ws = state.workspace()
+        ws = state.shared_workspace()
     except FteditError as e:  # e.g. a --model that does not resolve: say why, no traceback
         raise SystemExit(f"ftedit: {e}") from None
     print(

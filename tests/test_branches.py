@@ -70,19 +70,20 @@ def test_switching_branches_rebuilds_only_the_tensors_that_differ(monkeypatch):
     assert bob.verify().ok and alice.verify().ok
 
 
-def test_any_workspace_method_runs_on_the_visitors_branch(monkeypatch):
-    """Safe by default: a Workspace method the Visitor has never heard of (a new one) still
-    runs on that visitor's branch, under the lock; plain attributes pass through."""
+def test_the_model_is_reached_only_on_the_visitors_branch():
+    """No attribute pass-through: a Visitor has no ``model`` or ``live``, and the Workspace it
+    hands out (``on_branch``) has the live weights on that visitor's branch, under the lock."""
     ws = open_ws()
     alice, bob = Visitor(ws, Branch.of("alice")), Visitor(ws, Branch.of("bob"))
     mine = alice.edit(REQUESTS[1], HP1).id  # private to alice
+    for name in ("model", "live", "lock", "store", "_sync"):
+        assert not hasattr(bob, name)
     seen = []
-    probe = lambda self: seen.append((list(self.live.active), self.lock._is_owned()))  # noqa: E731
-    monkeypatch.setattr(type(ws), "probe", probe, raising=False)
-    bob.probe()
-    alice.probe()
-    bob.probe()
+    for v in (bob, alice, bob):
+        with v.on_branch() as w:
+            seen.append((list(w.live.active), w.lock._is_owned()))
     assert seen == [([], True), ([mine], True), ([], True)]
+    assert not ws.lock._is_owned()
     assert bob.tok is ws.tok and bob.limits is ws.limits
 
 

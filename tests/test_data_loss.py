@@ -3,10 +3,8 @@ replicas mid-write) and stores that cannot persist (in-memory database or blob r
 
 from __future__ import annotations
 
-import contextvars
 import json
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from click.testing import CliRunner
@@ -163,29 +161,35 @@ def test_cancel_stops_training_at_the_next_step_and_changes_nothing(ftedit_home)
 
 
 def test_a_visitor_leaving_the_app_cancels_their_training(ftedit_home, monkeypatch):
-    from ui import state
+    """The edit handler given the visitor's request (as Gradio gives it); the visitor closes the
+    tab (``demo.unload``) at step two: training stops there, nothing is stored."""
+    import gradio as gr
+
+    from ui import handlers, state
 
     ws = open_ws(ftedit_home)
     state.set_workspace(ws)
-    monkeypatch.setattr("ui.session.visitor_session", lambda: "visitor-1")
+    request = type("Request", (), {"session_hash": "visitor-1"})()
     steps: list[int] = []
+    real = ws.edit
 
-    def visitor_closes_the_tab_at_step_two(step, _n, _loss):
-        steps.append(step)
-        if step == 2:
-            state.visitor_left(type("Request", (), {"session_hash": "visitor-1"})())
+    def edit(requests, hparams=None, callback=None, **kw):
+        def visitor_closes_the_tab_at_step_two(step, n, loss):
+            steps.append(step)
+            callback(step, n, loss)
+            if step == 2:
+                state.visitor_left(request)
 
-    def train():  # as ui/handlers.py runs it: a worker thread, the request's context copied
-        return state.workspace().edit(
-            REQUESTS[0], LONG, callback=visitor_closes_the_tab_at_step_two
-        )
+        return real(requests, hparams, visitor_closes_the_tab_at_step_two, **kw)
 
+    monkeypatch.setattr(ws, "edit", edit)
     before = params(ws)
     try:
-        with ThreadPoolExecutor(1) as pool:
-            job = pool.submit(contextvars.copy_context().run, train)
-            with pytest.raises(Cancelled):
-                job.result()
+        with pytest.raises(gr.Error, match="cancelled at step 2/"):
+            handlers.run_edit(
+                "{} is located in the city of", "Eiffel Tower", "Rome", "Paris",
+                *["auto", "0", 1e-2, 150, 0, "prompt_last"], request=request,
+            )  # fmt: skip
     finally:
         state.set_workspace(None)
     assert steps == [1, 2] and ws.history() == []

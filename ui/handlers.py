@@ -1,15 +1,18 @@
 """Event handlers: plain functions over the shared Workspace, callable without a server.
 
+Each handler that reads the store or the model takes ``request: gr.Request | None = None``:
+Gradio passes the event's request (the documented way, by annotation), and
+:func:`ui.state.workspace` turns it into that visitor's explicit view (their branch on a shared
+deployment). Called directly (tests, scripts) there is no request: the local user's view.
+
 Every domain error (:class:`ftedit.errors.FteditError`) is turned into ``gr.Error`` here, at the
 edge, so the page shows what was wrong and how to fix it, and nothing changes.
 """
 
-import contextvars
 import hashlib
 import math
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,12 +21,13 @@ import gradio as gr
 from ftedit.core.hparams import FTHyperParams, load_preset
 from ftedit.core.metrics import target_nll
 from ftedit.core.requests import EditRequest, check_prompt_length
-from ftedit.deploy.visitors import Visitor
+from ftedit.deploy.visitors import Visitor, shared
 from ftedit.errors import Cancelled, FteditError, HParamsError
 from ftedit.parse import InputError, number, ref
 from ftedit.parse import edit_id as parse_edit_id
 from ftedit.parse import version as parse_version
 from ui import state, views
+from ui.stream import stream
 
 AUTO = "auto"  # the preset choice meaning Workspace.default_hparams()
 # Short fixed contexts in front of the rewritten prompt: a cheap paraphrase check.
@@ -66,8 +70,8 @@ def _blank(value) -> bool:
 
 
 def _preset(preset: str | None) -> FTHyperParams:
-    if not preset or preset == AUTO:
-        return state.workspace().default_hparams()
+    if not preset or preset == AUTO:  # the architecture's default: the same for every visitor
+        return state.shared_workspace().default_hparams()
     return load_preset(preset)
 
 
@@ -125,33 +129,34 @@ def _probabilities(ws, prompts: list[str], targets: list[str | None]) -> list[li
 
 
 def train_edit(
+    v: Visitor,
     request: EditRequest,
     hp: FTHyperParams,
-    losses: list[float] | None = None,
+    on_step=None,
     stop: threading.Event | None = None,
+    neighbours: str | None = None,
 ):
     """Train and commit one edit; score the rewrite and its paraphrases before and after.
 
     Returns (EditInfo, rival target, per-prompt scores). Holds the Workspace lock throughout,
-    so the "before" numbers are those of the stack the edit was trained on. ``stop``, once set,
-    ends training at the next step with nothing changed (the page that asked is gone).
+    on ``v``'s branch, so the "before" numbers are those of the stack the edit was trained on.
+    ``on_step(k, n, loss)`` after every step; ``stop``, once set, ends training at the next
+    step with nothing changed (the page that asked is gone).
     """
-    ws = state.workspace()
-    losses = [] if losses is None else losses
 
     def step(k: int, n: int, loss: float) -> None:
-        losses.append(loss)
+        if on_step is not None:
+            on_step(k, n, loss)
         if stop is not None and stop.is_set():
             raise Cancelled(f"the edit was cancelled at step {k}/{n}; nothing was changed")
 
-    with ws.lock:
-        ws.active_ids()  # follow the store (another process may have changed the stack)
+    with v.on_branch() as ws:  # also follows the store (another process may have changed it)
         request.check_length(ws.tok)
         before_report = ws.report(request) if not request.target_true else {}
         rival = views.rival_target(request, before_report)
         prompts = [request.text] + [p + request.text for p in PARAPHRASE_PREFIXES]
         before = _probabilities(ws, prompts, [request.target_new, rival])
-        info = ws.edit(request, hp, callback=step)
+        info = v.edit(request, hp, callback=step, neighbours=neighbours)
         after = _probabilities(ws, prompts, [request.target_new, rival])
     scores = []
     contexts = ["(the prompt itself)", *(p.strip() + " …" for p in PARAPHRASE_PREFIXES)]
@@ -182,37 +187,40 @@ def edit(
     num_steps=None,
     norm_constraint=None,
     objective=None,
-    progress=gr.Progress(track_tqdm=True),
+    progress=gr.Progress(),
+    request: gr.Request | None = None,
+    *,
+    neighbours: str | None = None,
 ):
     """Rewrite one fact. Yields the live loss curve while training, then the results:
-    (summary markdown, before/after table, efficacy table, loss curve)."""
+    (summary markdown, before/after table, efficacy table, loss curve). ``neighbours``:
+    the subjects to check for side effects (blank: the nearest the model knows)."""
+    v = state.workspace(request)
     with _edge():
-        request = EditRequest(prompt or "", subject or "", target_new or "", target_true or None)
+        fact = EditRequest(prompt or "", subject or "", target_new or "", target_true or None)
         hp = build_hparams(preset, layers, lr, num_steps, norm_constraint, objective)
-        request.check_length(state.workspace().tok)  # before the worker and any scoring
+        fact.check_length(v.tok)  # before the worker and any scoring
+    # Training runs in a plain thread whose step callback feeds a queue that this generator
+    # drains (ui/stream.py), streaming the loss curve and the progress bar in the request's own
+    # context. Closing the generator before the edit ends (the client went away) stops the
+    # thread at its next step, and so does the visitor leaving (their cancel flag, ui/state.py):
+    # no abandoned thread keeps training under the workspace lock.
     losses: list[float] = []
-    # Train in a worker so this generator can stream the loss curve; the copied context
-    # carries gradio's progress tracker (track_tqdm) into that thread. A generator closed before
-    # the edit ends (the client went away) stops the worker at its next step, so no abandoned
-    # thread keeps training under the workspace lock.
-    pool = ThreadPoolExecutor(1, thread_name_prefix="ftedit-edit")
-    abandoned = threading.Event()
-    job = None
-    try:
-        job = pool.submit(
-            contextvars.copy_context().run, train_edit, request, hp, losses, abandoned
+
+    def shown(steps: list[tuple[int, int, float]]):
+        for k, n, loss in steps:
+            losses.append(loss)
+            progress((k, n), desc="FT edit", unit="steps")
+        status = f"Training… step {len(losses)}/{hp.num_steps}" + (
+            f", loss {losses[-1]:.4f}" if losses else " (measuring the answers before the edit)"
         )
-        while not wait([job], timeout=0.5).done:
-            status = f"Training… step {len(losses)}/{hp.num_steps}" + (
-                f", loss {losses[-1]:.4f}" if losses else " (measuring the answers before the edit)"
-            )
-            yield status, gr.skip(), gr.skip(), views.loss_frame(losses)
-        with _edge():
-            info, rival, scores = job.result()
-    finally:
-        if job is not None and not job.done():
-            abandoned.set()
-        pool.shutdown(wait=False)
+        return status, gr.skip(), gr.skip(), views.loss_frame(losses)
+
+    def work(put, abandoned: threading.Event):
+        return train_edit(v, fact, hp, lambda *step: put(step), abandoned, neighbours)
+
+    with _edge():
+        info, rival, scores = yield from stream(work, shown)
     m = info.metrics
     yield (
         views.edit_summary(info, rival, scores),
@@ -229,9 +237,9 @@ def run_edit(*args, **kwargs):
 
 
 # ---- history ---------------------------------------------------------------------------------
-def history():
+def history(request: gr.Request | None = None):
     """(edits table, events table), newest first."""
-    ws = state.workspace()
+    ws = state.workspace(request)
     return views.history_frame(ws.history()), views.events_frame(ws.events())
 
 
@@ -241,11 +249,11 @@ def select_edit(table, evt: gr.SelectData):
     return int(row[0])
 
 
-def export(edit_id):
+def export(edit_id, request: gr.Request | None = None):
     """Write the edit as a ``.safetensors`` edit file and return its path."""
     edit_id = _edit_id(edit_id)
     with _edge():
-        ws = state.workspace()
+        ws = state.workspace(request)
         info = ws.get(edit_id)
         # One folder per store (not one shared by every store and test run), under the
         # system temp dir because Gradio serves downloads only from there (or allowed_paths).
@@ -258,58 +266,58 @@ def export(edit_id):
     return str(path)
 
 
-def details(edit_id):
+def details(edit_id, request: gr.Request | None = None):
     """(details markdown, hparams JSON, loss curve, edit file path) of one edit."""
     edit_id = _edit_id(edit_id)
     with _edge():
-        info = state.workspace().get(edit_id)
+        info = state.workspace(request).get(edit_id)
     return (
         views.details_md(info),
         views.hparams_json(info),
         views.loss_frame(info.losses),
-        export(edit_id),
+        export(edit_id, request),
     )
 
 
-def _status_change(op, edit_id, verb: str):
+def _status_change(op: str, edit_id, verb: str, request):
     edit_id = _edit_id(edit_id)
     with _edge():
-        result = op(edit_id)
+        result = getattr(state.workspace(request), op)(edit_id)
     message = f"Edit #{edit_id} {verb}: now **{result.edit.status}**."
     if result.warning:
         gr.Warning(result.warning)
         message += f"\n\n⚠️ {result.warning}"
-    return (message, *history(), views.details_md(result.edit))
+    return (message, *history(request), views.details_md(result.edit))
 
 
-def revert(edit_id):
+def revert(edit_id, request: gr.Request | None = None):
     """Take an edit off the stack (exact). (message, edits, events, details)"""
-    return _status_change(lambda i: state.workspace().revert(i), edit_id, "reverted")
+    return _status_change("revert", edit_id, "reverted", request)
 
 
-def reapply(edit_id):
+def reapply(edit_id, request: gr.Request | None = None):
     """Put a reverted edit back on the stack. (message, edits, events, details)"""
-    return _status_change(lambda i: state.workspace().reapply(i), edit_id, "re-applied")
+    return _status_change("reapply", edit_id, "re-applied", request)
 
 
-def checkout(version):
+def checkout(version, request: gr.Request | None = None):
     """Make the active set what it was at a version (``v12`` or 12). (message, edits, events)"""
     if not str(version or "").strip():
         raise gr.Error("Type a version from the events table, like v3.")
     with _edge():
-        active = state.workspace().checkout(parse_version(version))
-    return f"Checked out {version}: active edits {active or 'none'}.", *history()
+        active = state.workspace(request).checkout(parse_version(version))
+    return f"Checked out {version}: active edits {active or 'none'}.", *history(request)
 
 
-def verify():
+def verify(request: gr.Request | None = None):
     """Prove the live weights equal the replay of the store."""
     with _edge():
-        return state.workspace().verify().to_dict()
+        return state.workspace(request).verify().to_dict()
 
 
-def compare_choices():
+def compare_choices(request: gr.Request | None = None):
     """Dropdown choices: every edit, and every version (event)."""
-    ws = state.workspace()
+    ws = state.workspace(request)
     edits = [
         (f"edit #{e.id}: {views.fact(e.request)[:60]}", str(e.id)) for e in reversed(ws.history())
     ]
@@ -320,44 +328,44 @@ def compare_choices():
     return edits + versions
 
 
-def compare_options():
+def compare_options(request: gr.Request | None = None):
     """The two Compare dropdowns, with every edit and version as a choice."""
-    choices = compare_choices()
+    choices = compare_choices(request)
     return gr.Dropdown(choices=choices), gr.Dropdown(choices=choices)
 
 
-def refresh():
+def refresh(request: gr.Request | None = None):
     """Everything a page (re)load shows: the two tables and the Compare choices."""
-    return (*history(), *compare_options())
+    return (*history(request), *compare_options(request))
 
 
 # ---- compare / playground / import -----------------------------------------------------------
-def compare(a, b):
+def compare(a, b, request: gr.Request | None = None):
     """Two edits (ids) or two versions (v<event id>): (summary, per-layer norms, behaviour)."""
     if not str(a or "").strip() or not str(b or "").strip():
         raise gr.Error("Pick two edits (e.g. 1 and 2) or two versions (e.g. v1 and v3).")
     with _edge():
-        d = state.workspace().diff(ref(a), ref(b))
+        d = state.workspace(request).diff(ref(a), ref(b))
     return views.compare_md(d), views.norms_frame(d), views.behaviour_frame(d)
 
 
-def generate(prompt, max_new_tokens=20):
+def generate(prompt, max_new_tokens=20, request: gr.Request | None = None):
     """Greedy completion by the base model and by the current stack: (base, stack)."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise gr.Error("Type a prompt to complete, e.g. 'The Eiffel Tower is located in'.")
     with _edge():
         n = 20 if _blank(max_new_tokens) else max_new_tokens
         n = number(n, "Max new tokens", integer=True, lo=1, hi=256)
-        ws = state.workspace()
-        check_prompt_length(ws.tok, prompt)  # the same token limit as an edit's prompt
-        with ws.lock:
+        v = state.workspace(request)
+        check_prompt_length(v.tok, prompt)  # the same token limit as an edit's prompt
+        with v.on_branch() as ws:
             out = ws.generate(prompt, n, base=True), ws.generate(prompt, n)
-    for i, why in sorted((getattr(ws, "broken", None) or {}).items()):
+    for i, why in sorted(v.broken.items()):
         gr.Warning(f"Edit #{i} is damaged and NOT applied to this answer: {why}")
     return out
 
 
-def import_file(file):
+def import_file(file, request: gr.Request | None = None):
     """Validate and add an edit file; a refused file changes nothing. (message, edits, events)"""
     if not file:
         raise gr.Error("Choose an edit file (.safetensors, from History → Download) first.")
@@ -365,26 +373,27 @@ def import_file(file):
     from ftedit.versioning.transfer import duplicate_warning
 
     with _edge():
-        ws = state.workspace()
-        twice = duplicate_warning(ws, path)
-        info = ws.import_(path)
+        v = state.workspace(request)
+        with v.on_branch() as ws:
+            twice = duplicate_warning(ws, path)
+        info = v.import_(path)
     if twice:
         gr.Warning(twice)
-    return f"Imported as edit #{info.id}: {views.fact(info.request)} ({info.status}).", *history()
+    message = f"Imported as edit #{info.id}: {views.fact(info.request)} ({info.status})."
+    return message, *history(request)
 
 
-def publish(edit_id, token):
+def publish(edit_id, token, request: gr.Request | None = None):
     """Make one of your edits global (admin token required). (message, edits, events)"""
     if edit_id is None or str(edit_id).strip() in ("", "nan"):
         raise gr.Error("Select one of your edits in the History table first.")
-    ws = state.workspace()
-    if not isinstance(ws, Visitor):
+    if not shared():
         raise gr.Error(
             "Publishing is for shared deployments (FTEDIT_SHARED=1): here every "
             "edit is already global."
         )
     try:
-        info = ws.publish(parse_edit_id(edit_id), token)
+        info = state.workspace(request).publish(parse_edit_id(edit_id), token)
     except FteditError as e:
         raise gr.Error(str(e)) from e
-    return f"Edit #{info.id} is published: every visitor now has it.", *history()
+    return f"Edit #{info.id} is published: every visitor now has it.", *history(request)

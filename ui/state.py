@@ -10,6 +10,12 @@ import os
 import threading
 import weakref
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+    from ftedit.deploy.visitors import Visitor
 
 _lock = threading.Lock()
 _workspace = None
@@ -38,8 +44,8 @@ def configure(model: str | None = None, dtype: str | None = None) -> None:
         os.environ["FTEDIT_HOME"] = str(data)
 
 
-def workspace():
-    """The shared Workspace, loading the model on the first call."""
+def shared_workspace():
+    """The one Workspace every session shares, loading the model on the first call."""
     global _workspace
     if _workspace is None:
         with _lock:
@@ -49,34 +55,36 @@ def workspace():
                 if _model_spec is None:
                     configure(None)
                 _workspace = Workspace(_model_spec, dtype=_dtype)
-    from ui.session import view, visitor_session
-
-    _watch(visitor_session())
-    return view(_workspace)  # a visitor's branch on a shared deployment (FTEDIT_SHARED=1)
+    return _workspace
 
 
-def _watch(session: str | None) -> None:
-    """Give the edit this request may run a cancel flag that :func:`visitor_left` sets.
+def workspace(request: gr.Request | None = None) -> Visitor:
+    """The Workspace as ``request``'s visitor sees it (ui/session.py): an explicit
+    :class:`~ftedit.deploy.visitors.Visitor`, whose edits stop at their next step once the
+    visitor leaves (:func:`visitor_left`). ``request`` None: the local user (tests, launch)."""
+    from ui.session import session_of, view
 
-    Handlers train in a worker thread under a copy of the request's context and call
-    :func:`workspace` there, so the flag set here is the one Workspace.edit checks after
-    every step (ftedit.versioning.workspace.CANCEL): a visitor who leaves stops their training at the
-    next step, which releases the workspace lock for everyone else.
-    """
+    session = session_of(request)
+    return view(shared_workspace(), session, _watch(session))
+
+
+def _watch(session: str | None) -> threading.Event | None:
+    """A cancel flag for the edits this request may run, set by :func:`visitor_left`: a
+    visitor who leaves stops their training at the next step, which releases the workspace
+    lock for everyone else."""
     if session is None:
-        return
-    from ftedit.versioning.workspace import CANCEL
-
+        return None
     flag = threading.Event()
     with _lock:
         _cancels.setdefault(session, weakref.WeakSet()).add(flag)
-    CANCEL.set(flag)
+    return flag
 
 
-def visitor_left(request=None) -> None:
+def visitor_left(request: gr.Request | None = None) -> None:
     """``demo.unload``: the visitor closed or reloaded the page; cancel their edits."""
-    session = getattr(request, "session_hash", None) or None
-    cancel_session(session)
+    from ui.session import session_of
+
+    cancel_session(session_of(request))
 
 
 def cancel_session(session: str | None) -> None:

@@ -14,6 +14,7 @@ import gradio as gr
 from ftedit.core import chat
 from ftedit.core import neighbours as nb
 from ftedit.core.factfile import table_requests
+from ftedit.deploy.visitors import Visitor
 from ftedit.errors import FteditError
 from ui import handlers, state, views
 
@@ -21,7 +22,7 @@ CHAT_TOKENS = 32
 FACT_COLUMNS = ["prompt", "subject", "target_new", "target_true"]
 
 
-def _ask(ws, question: str) -> str:
+def _ask(ws: Visitor, question: str) -> str:
     try:
         return ws.generate(question, CHAT_TOKENS, chat=True)
     except FteditError as e:
@@ -52,7 +53,8 @@ def edit(
     objective=None,
     neighbours=None,
     question=None,
-    progress=gr.Progress(track_tqdm=True),
+    progress=gr.Progress(),
+    request: gr.Request | None = None,
 ):
     """:func:`ui.handlers.edit`, plus (neighbours headline, neighbours table, chat answer).
 
@@ -60,11 +62,8 @@ def edit(
     keep pool). ``question``: asked through the chat template before and after the edit.
     """
     question = (question or "").strip()
-    ws = state.workspace()
+    ws = state.workspace(request)
     chat_before = _ask(ws, question) if question else None
-    # Workspace.edit reads the listed subjects from this context variable: the first step of
-    # handlers.edit copies the context into its training thread, so set it just around it.
-    token = nb.LISTED.set(nb.parse_subjects(neighbours) and neighbours or None)
     inner = handlers.edit(
         prompt,
         subject,
@@ -76,18 +75,15 @@ def edit(
         num_steps,
         norm_constraint,
         objective,
-        progress=progress,
+        progress,
+        request,
+        neighbours=nb.parse_subjects(neighbours) and neighbours or None,
     )
     skip = (gr.skip(), gr.skip(), gr.skip())
-    try:
-        first = next(inner)
-    finally:
-        nb.LISTED.reset(token)
-    yield (*first, *skip)
-    last = first
+    last = None
     for last in inner:
         yield (*last, *skip)
-    match = re.search(r"Edit #(\d+)", str(last[0]))
+    match = re.search(r"Edit #(\d+)", str(last[0] if last else ""))
     if not match:  # the edit failed (handlers.edit raised) or was refused
         return
     info = ws.get(int(match.group(1)))
@@ -107,17 +103,16 @@ def run_edit(*args, **kwargs):
     return last
 
 
-def generate(prompt, max_new_tokens=24, as_chat=False):
+def generate(prompt, max_new_tokens=24, as_chat=False, request: gr.Request | None = None):
     """Playground: base and edited answers, plain completion or (``as_chat``) the assistant's
     answer to ``prompt`` asked through the chat template."""
     if not as_chat:
-        return handlers.generate(prompt, max_new_tokens)
+        return handlers.generate(prompt, max_new_tokens, request)
     if not (prompt or "").strip():
         raise gr.Error("Type a question, e.g. 'Where is the Eiffel Tower?'.")
     n = int(max_new_tokens or 24)
-    ws = state.workspace()
     try:
-        with ws.lock:
+        with state.workspace(request).on_branch() as ws:
             return (
                 ws.generate(prompt, n, base=True, chat=True),
                 ws.generate(prompt, n, chat=True),
@@ -126,13 +121,19 @@ def generate(prompt, max_new_tokens=24, as_chat=False):
         raise gr.Error(str(e)) from e
 
 
-def edit_facts(table, one_edit=False, preset=handlers.AUTO, progress=gr.Progress(track_tqdm=False)):
+def edit_facts(
+    table,
+    one_edit=False,
+    preset=handlers.AUTO,
+    progress=gr.Progress(track_tqdm=False),
+    request: gr.Request | None = None,
+):
     """Several facts: every row checked first (a bad row is named and nothing is stored),
     then one edit per row or (``one_edit``) one edit holding them all. (summary, edits,
     events)."""
     records = table.to_dict("records") if hasattr(table, "to_dict") else list(table or [])
     records = [{k: r.get(k) for k in FACT_COLUMNS} for r in records]
-    ws = state.workspace()
+    ws = state.workspace(request)
     try:
         requests = table_requests(records, ws.tok)
         hp = handlers.build_hparams(preset)
@@ -148,4 +149,4 @@ def edit_facts(table, one_edit=False, preset=handlers.AUTO, progress=gr.Progress
             done = f" ({len(infos)} edits made before it)" if infos else ""
             raise gr.Error(f"fact {i + 1}: {e}{done}") from e
     progress((len(groups), len(groups)), desc="done")
-    return views.facts_md(infos), *handlers.history()
+    return views.facts_md(infos), *handlers.history(request)
