@@ -11,7 +11,6 @@ the edit, then :func:`compare` after it gives the rows stored in the edit's metr
 
 from __future__ import annotations
 
-import contextvars
 import math
 import re
 from collections.abc import Sequence
@@ -25,11 +24,6 @@ if TYPE_CHECKING:  # torch is imported where weights are read: `ftedit show` sta
 
 DEFAULT_K = 10  # neighbours per edit (split between the requests of a multi-fact edit)
 ANSWER_TOKENS = 6
-# Subjects a caller listed for the edit being made (the app's edit handler does not pass them
-# through Workspace.edit's arguments; a context variable reaches its training thread).
-LISTED: contextvars.ContextVar[Sequence[str] | None] = contextvars.ContextVar(
-    "ftedit_neighbour_subjects", default=None
-)
 
 
 def parse_subjects(text: str | Sequence[str] | None) -> list[tuple[str, str | None]]:

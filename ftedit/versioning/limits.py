@@ -17,7 +17,6 @@ raised before anything changes (the time limit stops training through the step c
 
 from __future__ import annotations
 
-import contextvars
 import os
 import re
 import threading
@@ -203,11 +202,6 @@ class RateLimiter:
 # num_steps ceiling when FTEDIT_MAX_STEPS is unset: the presets use 25, and one request of a
 # million steps would hold the workspace lock for every visitor until a restart.
 DEFAULT_MAX_STEPS = 200
-# A cancel flag for the edit running in this context, set by whoever hosts it (the app sets one
-# per visitor request, ui/state.py) when no ``cancel`` argument is passed to Workspace.edit.
-CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
-    "ftedit_cancel", default=None
-)
 
 
 def check_steps(hp: FTHyperParams, configured: int | None) -> None:

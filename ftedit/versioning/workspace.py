@@ -26,14 +26,14 @@ from ftedit.core.requests import EditRequest
 from ftedit.errors import Cancelled, EditNotFoundError, IntegrityError
 from ftedit.paths import store_location
 from ftedit.versioning import compare, transfer
-from ftedit.versioning.limits import CANCEL, Limits, cancellable, check_steps
+from ftedit.versioning.limits import Limits, cancellable, check_steps
 from ftedit.versioning.records import EditInfo, EventInfo, OpResult, VerifyReport, method_of
 from ftedit.versioning.stored import other_dtype_notice, read_deltas, stored
 from storage import editfile
 from storage.records import StoredEdit
 from storage.store import Branch, Store, crash_point, version_number
 
-__all__ = ["CANCEL", "EditInfo", "EventInfo", "OpResult", "VerifyReport", "Workspace"]
+__all__ = ["EditInfo", "EventInfo", "OpResult", "VerifyReport", "Workspace"]
 log = logging.getLogger(__name__)
 # The key of an edit's deltas between training and its row's commit: above every id, so that
 # it sits on top of the stack exactly where its id will.
@@ -164,7 +164,7 @@ class Workspace:
     ) -> EditInfo:
         """Train an edit on the live stack, store it (blob, then row), and make it live.
 
-        ``cancel`` (default: the context's :data:`CANCEL` flag): once set, training stops after
+        ``cancel``: once set (by the app when the visitor leaves), training stops after
         the current step with :class:`Cancelled`; nothing is stored, the lock is released.
         ``neighbours``: subjects to check for side effects (default: the nearest of the keep
         pool; ftedit/core/neighbours.py); the rows are stored in the metrics under "neighbours"."""
@@ -172,16 +172,14 @@ class Workspace:
         hp = hparams or self.default_hparams()
         check_steps(hp, self.limits.max_steps)
         self.limits.check_edit(requests, self.tok, hp)  # refused before anything changes
-        cancel = cancel if cancel is not None else CANCEL.get()
         callback = cancellable(self.limits.timed(callback), cancel)  # timeout: stops too
         with self.lock:
             if cancel is not None and cancel.is_set():  # given up while waiting for the lock
                 raise Cancelled("the edit was cancelled before it started; nothing was changed")
             self._sync()
             before = [rewrite_report(self.model, self.tok, r) for r in requests]
-            listed = neighbours if neighbours is not None else nb.LISTED.get()
             near = nb.measure(
-                self.model, self.tok, nb.pick(self.model, self.tok, requests, hp, listed)
+                self.model, self.tok, nb.pick(self.model, self.tok, requests, hp, neighbours)
             )
             result = compute_deltas(self.model, self.tok, requests, hp, callback)
             names = sorted(result.deltas)
