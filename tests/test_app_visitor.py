@@ -11,6 +11,7 @@ from ftedit.deploy.visitors import shared
 from tests.appkit import served
 from tests.storekit import open_ws
 from tests.test_chat import TEMPLATE
+from ui import handlers as app
 from ui import state, visitor
 
 # The tiny model's cheap hyperparameters, as the /edit endpoint's advanced fields take them.
@@ -99,3 +100,8 @@ def test_two_space_visitors_are_isolated(monkeypatch, tiny_app):
         with pytest.raises(Exception, match="no edit #1"):
             bob.predict(1, api_name="/revert")  # alice's edit does not exist for bob
         assert alice.predict(api_name="/verify")["ok"] and bob.predict(api_name="/verify")["ok"]
+    # Compare offers a visitor only what they may compare: their own edit, no version (a
+    # version holds every visitor's edits; diff refuses it on a private branch).
+    owner = next(e.owner for e in state.shared_workspace().store.edits() if e.id == 1)
+    alice_request = type("Request", (), {"session_hash": owner})()
+    assert [v for _, v in app.compare_choices(alice_request)] == ["1"]

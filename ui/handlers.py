@@ -316,7 +316,8 @@ def verify(request: gr.Request | None = None):
 
 
 def compare_choices(request: gr.Request | None = None):
-    """Dropdown choices: every edit, and every version (event)."""
+    """Dropdown choices: every edit the visitor sees, and every version (event), except on a
+    private branch, where versions (which hold everyone's edits) are refused by ``diff``."""
     ws = state.workspace(request)
     edits = [
         (f"edit #{e.id}: {views.fact(e.request)[:60]}", str(e.id)) for e in reversed(ws.history())
@@ -324,6 +325,7 @@ def compare_choices(request: gr.Request | None = None):
     versions = [
         (f"version v{e.id} (after {e.kind} #{e.edit_id})", f"v{e.id}")
         for e in reversed(ws.events())
+        if not ws.private
     ]
     return edits + versions
 
