@@ -316,8 +316,7 @@ def verify(request: gr.Request | None = None):
 
 
 def compare_choices(request: gr.Request | None = None):
-    """Dropdown choices: every edit the visitor sees, and every version (event), except on a
-    private branch, where versions (which hold everyone's edits) are refused by ``diff``."""
+    """Dropdown choices: the visitor's edits, and versions (events) unless the branch is private."""
     ws = state.workspace(request)
     edits = [
         (f"edit #{e.id}: {views.fact(e.request)[:60]}", str(e.id)) for e in reversed(ws.history())
