@@ -291,3 +291,20 @@ def test_stores_keep_base_models_apart(tmp_path):
     other = Workspace(home=ws.home, loaded=loaded(1, fingerprint=fp))
     assert other.history() == [] and other.active_ids() == []
     assert FP.name == ws.get(1).base_model
+
+
+def test_duplicate_warning_says_count_twice_only_while_the_first_copy_is_active(tmp_path):
+    from ftedit.versioning.transfer import duplicate_warning
+
+    ws = open_ws(tmp_path / "h")
+    info = ws.edit(REQUESTS[0], HP0)
+    out = ws.export(info.id, tmp_path / "e.safetensors")
+    assert duplicate_warning(ws, out) == (
+        "this file is already edit #1 (active); it was imported again, so its deltas now "
+        "count twice: revert one of the two to undo that"
+    )
+    ws.revert(info.id)
+    assert duplicate_warning(ws, out) == (
+        "this file is already edit #1 (reverted); it was imported again"
+    )
+    assert duplicate_warning(ws, tmp_path / "missing.safetensors") is None

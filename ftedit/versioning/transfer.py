@@ -274,6 +274,8 @@ def duplicate_warning(ws: Workspace, path: str | Path) -> str | None:
         return None  # the import itself says what is wrong with the file
     if e is None:
         return None
+    if e.status != "active":  # only an active copy adds the same deltas a second time
+        return f"this file is already edit #{e.id} ({e.status}); it was imported again"
     return (
         f"this file is already edit #{e.id} ({e.status}); it was imported again, so its "
         "deltas now count twice: revert one of the two to undo that"
