@@ -199,7 +199,12 @@ with gr.Blocks(title="ftedit") as demo:
                 compare_btn = gr.Button("Compare", variant="primary")
             compare_md = gr.Markdown()
             norms_plot = gr.BarPlot(
-                x="layer", y="delta norm", color="side", label="Delta norm per layer", height=260
+                x="bar",
+                y="delta norm",
+                color="side",
+                x_title="layer, side",
+                label="Delta norm per layer",
+                height=320,
             )
             behaviour_df = gr.Dataframe(
                 label="Each involved prompt's probabilities under A and B", interactive=False

@@ -53,6 +53,7 @@ def test_edit_history_revert_restores_the_base_answer(ws):
     summary, norms, behaviour = app.compare("1", "2")
     assert "cosine(A, B) = **1.0000**" in summary
     assert set(norms["layer"]) == {"20", "21"} and len(behaviour) == 2
+    assert list(norms["bar"]) == ["20 A", "20 B", "21 A", "21 B"]  # one bar each, not stacked
     summary, _, _ = app.compare("v1", "v3")
     assert "version v1" in summary
 

@@ -267,15 +267,16 @@ def compare_md(d: dict) -> str:
 
 
 def norms_frame(d: dict) -> pd.DataFrame:
-    """Per-layer delta norms of both sides, in layer order (the chart keeps the row order)."""
+    """Per-layer delta norms of both sides, in layer order (the chart keeps the row order).
+    One bar per layer and side ("20 A", "20 B"): bars sharing an x would be stacked."""
     rows = sorted(
         (int(layer), side.upper(), norm)
         for side in ("a", "b")
         for layer, norm in d["layer_norms"][side].items()
     )
     return pd.DataFrame(
-        [[str(layer), norm, side] for layer, side, norm in rows],
-        columns=["layer", "delta norm", "side"],
+        [[f"{layer} {side}", str(layer), norm, side] for layer, side, norm in rows],
+        columns=["bar", "layer", "delta norm", "side"],
     )
 
 
