@@ -321,11 +321,8 @@ def compare_choices(request: gr.Request | None = None):
     edits = [
         (f"edit #{e.id}: {views.fact(e.request)[:60]}", str(e.id)) for e in reversed(ws.history())
     ]
-    versions = [
-        (f"version v{e.id} (after {e.kind} #{e.edit_id})", f"v{e.id}")
-        for e in reversed(ws.events())
-        if not ws.private
-    ]
+    events = [] if ws.private else reversed(ws.events())  # versions hold everyone's edits
+    versions = [(f"version v{e.id} (after {e.kind} #{e.edit_id})", f"v{e.id}") for e in events]
     return edits + versions
 
 

@@ -109,8 +109,7 @@ def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tenso
         _each_key(model, tok, hp, subs, lambda layer, k: keys[layer].append(k), None, last=True)
     out = {}
     for layer, ks in keys.items():
-        u, sv, _ = torch.linalg.svd(torch.cat(ks).double().T.cpu(), full_matrices=False)
-        out[layer] = u[:, sv > sv.max() * 1e-6].float()
+        out[layer] = _span(torch.cat(ks).double().T.cpu())
     return out
 
 
@@ -141,6 +140,12 @@ def subject_basis(
         if keep is not None:
             Q = keep[layer].double()
             k = k - Q @ (Q.T @ k)
-        u, sv, _ = torch.linalg.svd(k, full_matrices=False)
-        out[layer] = u[:, sv > sv.max() * 1e-6].float()
+        out[layer] = _span(k)
     return out
+
+
+def _span(k: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis [in, r] of the columns of ``k`` (float64), directions with a
+    singular value under 1e-6 of the largest dropped."""
+    u, sv, _ = torch.linalg.svd(k, full_matrices=False)
+    return u[:, sv > sv.max() * 1e-6].float()
