@@ -1,13 +1,19 @@
-"""Sequential editing: stack N CounterFact test edits one after another, each trained on top of
-the ones before (DESIGN.md's invariant: live = base + d_1 + ... + d_k, summed in float32).
+"""Sequential editing: stack N CounterFact test (or zsRE) edits one after another, each trained
+on top of the ones before (DESIGN.md's invariant: live = base + d_1 + ... + d_k, summed in float32).
 
     .venv/bin/python bench/sequential.py --preset default --n 100 --out bench/results/sequential
+    .venv/bin/python bench/sequential.py --dataset zsre --n 1000 --every 100 --out ...
+
+zsRE uses MEMIT's convention (target_new = answers[0]; efficacy = token accuracy of it after the
+question; the probe = token accuracy of loc_ans after ``loc?``).
 
 ``--stop-at HH:MM`` stops stacking at that time and reports the edits made by then.
 
-Every ``--every`` edits it scores the rewrite prompts of all edits so far (efficacy so far) and
-the neighbourhood prompts of all N records (the probe whose unedited score is the baseline);
-at the end, ROME's three scores over all N edits under the full stack.
+Every ``--every`` edits it scores the rewrite prompts of all edits so far (efficacy so far), the
+neighbourhood prompts of all N records (the probe whose unedited score is the baseline) and the
+generation entropy (ROME's n-gram entropy of 40 sampled tokens after the generation prompts of
+``--gen-records`` CounterFact test records, the same prompts at every checkpoint); at the end,
+the dataset's scores over all N edits under the full stack.
 Writes sequential.md / .json / .png under ``--out``.
 """
 
@@ -36,7 +42,14 @@ from ftedit.core.requests import EditRequest
 
 
 def efficacy(model, tok, records) -> float:
-    """Share of records whose rewrite prompt prefers target_new (ROME's efficacy)."""
+    """Share of records whose rewrite prompt prefers target_new (ROME's efficacy); for zsRE
+    records the mean token accuracy of answers[0] after the question."""
+    if records and "src" in records[0]:
+        return 100 * statistics.fmean(
+            ev.token_accuracy(
+                model, tok, [r["src"] for r in records], [" " + r["answers"][0].strip() for r in records]
+            )
+        )
     hits = []
     for r in records:
         rw = r["requested_rewrite"]
@@ -53,7 +66,16 @@ def efficacy(model, tok, records) -> float:
 
 def neighborhood(model, tok, records, per_record: int) -> float:
     """Share of neighbour prompts (the first ``per_record`` of every record) still preferring
-    target_true."""
+    target_true); for zsRE records the mean token accuracy of loc_ans after ``loc?``."""
+    if records and "src" in records[0]:
+        return 100 * statistics.fmean(
+            ev.token_accuracy(
+                model,
+                tok,
+                [r["loc"] + "?" for r in records],
+                [" " + r["loc_ans"].strip() for r in records],
+            )
+        )
     hits = []
     for r in records:
         rw = r["requested_rewrite"]
@@ -75,27 +97,35 @@ def run(
     every: int,
     probe: int = 10,
     deadline: float | None = None,
+    gen_prompts: list[str] | None = None,
 ) -> dict:
     """Stack the records' edits; past ``deadline`` (epoch seconds) stop stacking, score the
     stack as it is, and report over the edits made."""
+    zsre = bool(records) and "src" in records[0]
     names = list(weights_to_edit(model, hp))
     live = LiveWeights(model)
+
+    def entropy() -> float | None:
+        return ev.generation_entropy(model, tok, gen_prompts) if gen_prompts else None
+
     curve = [
         {
             "edits": 0,
             "efficacy_so_far": None,
             "neighborhood": neighborhood(model, tok, records, probe),
+            "entropy": entropy(),
         }
     ]
     per_edit = []
     t0 = time.perf_counter()
     for i, rec in enumerate(records, 1):
-        res = compute_deltas(model, tok, [EditRequest.from_counterfact(rec)], hp)
+        req = EditRequest.from_zsre(rec) if zsre else EditRequest.from_counterfact(rec)
+        res = compute_deltas(model, tok, [req], hp)
         live.deltas[i] = compact(res.deltas, hp.store_as)  # what the workspace would store
         live.set_active(range(1, i + 1), names)  # live = base + every delta so far
         per_edit.append(
             {
-                "case_id": rec["case_id"],
+                "case_id": rec.get("case_id", i - 1),
                 "steps": res.steps,
                 "seconds": res.seconds,
                 "final_loss": res.losses[-1],
@@ -110,13 +140,18 @@ def run(
                     "edits": i,
                     "efficacy_so_far": efficacy(model, tok, records[:i]),
                     "neighborhood": neighborhood(model, tok, records, probe),
+                    "entropy": entropy(),
                 }
             )
             print(f"{i} edits ({time.perf_counter() - t0:.0f} s): {curve[-1]}", flush=True)
         if late:
             break
     edited = records[: len(per_edit)]
-    final = ev.summarize([ev.score_counterfact(model, tok, r, gen_tokens=0) for r in edited])
+    final = (
+        ev.summarize([ev.score_zsre(model, tok, r) for r in edited], ev.ZSRE_METRICS[:3])
+        if zsre
+        else ev.summarize([ev.score_counterfact(model, tok, r, gen_tokens=0) for r in edited])
+    )
     live.set_active([], names)
     stack = [live.deltas[i] for i in sorted(live.deltas)]
     return {
@@ -151,7 +186,21 @@ def plot(result: dict, path: Path, title: str) -> None:
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="lower left")
+    lines, labels = ax.get_legend_handles_labels()
+    if all(p.get("entropy") is not None for p in c):
+        ax2 = ax.twinx()
+        ax2.plot(
+            [p["edits"] for p in c],
+            [p["entropy"] for p in c],
+            "^--",
+            color="tab:green",
+            label="generation entropy (bits, right axis)",
+        )
+        ax2.set_ylabel("n-gram entropy (bits)")
+        ax2.set_ylim(0, 1.1 * max(6.5, *(p["entropy"] for p in c)))
+        more = ax2.get_legend_handles_labels()
+        lines, labels = lines + more[0], labels + more[1]
+    ax.legend(lines, labels, fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -173,7 +222,14 @@ def main(argv=None) -> None:
         default=2,
         help="neighbour prompts per record in the curve's neighbourhood probe",
     )
-    p.add_argument("--data", default=str(ev.DATA_DIR / "counterfact-sample.json"))
+    p.add_argument("--dataset", choices=["counterfact", "zsre"], default="counterfact")
+    p.add_argument("--data", default=None, help="records file (default: the dataset's sample)")
+    p.add_argument(
+        "--gen-records",
+        type=int,
+        default=20,
+        help="CounterFact test records whose first generation prompt measures entropy (0: off)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
         "--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="weights dtype"
@@ -189,10 +245,26 @@ def main(argv=None) -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = ev.load_records(args.data, args.split, args.n)
+    zsre = args.dataset == "zsre"
+    cf_file = ev.DATA_DIR / "counterfact-sample.json"
+    data = args.data or (ev.DATA_DIR / "zsre-sample.json" if zsre else cf_file)
+    records = ev.load_records(data, None if zsre else args.split, args.n)
+    gen = [
+        r["generation_prompts"][0]
+        for r in ev.load_records(cf_file, "test", args.gen_records or None)
+    ][: args.gen_records]
     lm = load_model(dtype=args.dtype)
     hp = load_preset(args.preset)
-    result = run(lm.model, lm.tok, records, hp, args.every, args.probe, ev.stop_time(args.stop_at))
+    result = run(
+        lm.model,
+        lm.tok,
+        records,
+        hp,
+        args.every,
+        args.probe,
+        ev.stop_time(args.stop_at),
+        gen,
+    )
     done = result["final"]["n"]
     count = (
         f"{done}"
@@ -200,22 +272,28 @@ def main(argv=None) -> None:
         else f"{done} (of {len(records)}, stopped at {args.stop_at})"
     )
     title = (
-        f"{count} sequential CounterFact {args.split} edits, preset "
+        f"{count} sequential {'zsRE' if zsre else 'CounterFact ' + args.split} edits, preset "
         f"{args.preset!r}, {lm.fingerprint.name}"
     )
     f, c0 = result["final"], result["curve"][0]
+    probe = "loc? token accuracy" if zsre else f"{args.probe} neighbours per record"
     md = (
         f"{title}\n\n| after | n | Efficacy | Paraphrase | Neighborhood |\n"
         "|---|---|---|---|---|\n"
-        f"| unedited (curve's probe: {args.probe} neighbours per record) | {len(records)} | | | "
+        f"| unedited (curve's probe: {probe}) | {len(records)} | | | "
         f"{c0['neighborhood']:.1f} |\n"
         f"| all {done} edits stacked | {f['n']} | {f['efficacy']:.1f} | "
         f"{f['paraphrase']:.1f} | {f['neighborhood']:.1f} |\n\n"
-        "| edits | efficacy over edits so far | neighborhood |\n|---|---|---|\n"
+        "| edits | efficacy over edits so far | neighborhood | generation entropy |\n"
+        "|---|---|---|---|\n"
         + "".join(
-            f"| {p['edits']} | {_fmt(p['efficacy_so_far'])} | {p['neighborhood']:.1f} |\n"
+            f"| {p['edits']} | {_fmt(p['efficacy_so_far'])} | {p['neighborhood']:.1f} | "
+            f"{'' if p.get('entropy') is None else format(p['entropy'], '.2f')} |\n"
             for p in result["curve"]
         )
+        + f"\nMedian steps {statistics.median(e['steps'] for e in result['per_edit']):.0f}, "
+        f"median seconds per edit {statistics.median(e['seconds'] for e in result['per_edit']):.2f}, "
+        f"stack norm {result['stack_norm']:.1f}.\n"
     )
     (out / "sequential.md").write_text(md)
     (out / "sequential.json").write_text(
