@@ -13,6 +13,9 @@ ways, unedited and after the record's edit (one edit at a time, restored exactly
   restates the sentence before answering, so this is where its answer word usually sits);
 - ``greedy``: the greedy answer (24 tokens) names target_new and not target_true.
 
+``--counterfact`` also scores ROME's efficacy / paraphrase / neighbourhood of the same edit (so
+one run says what a training change does to both), with the edit's steps and seconds.
+
 Writes ``results.md`` and ``rows.jsonl`` under ``--out``. Runs on consecutive records join
 into one report: ``eval_chat.py join --out OUT --title "CounterFact test records 250-349"
 DIR1 DIR2``.
@@ -35,10 +38,12 @@ from ftedit.core import chat
 from ftedit.core import evaluate as ev
 from ftedit.core.ft import compute_deltas
 from ftedit.core.hparams import FTHyperParams, load_preset
+from ftedit.core.metrics import counterfact_scores
 from ftedit.core.models import load_model
 from ftedit.core.requests import EditRequest
 
 METRICS = ("chat", "chat_restated", "greedy")
+CF = ("efficacy", "paraphrase", "neighborhood")
 
 
 def score(model, tok, record: dict) -> dict:
@@ -75,6 +80,11 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True)
     p.add_argument("--stop-at", default=None, help="wall-clock HH:MM (local): stop and report")
+    p.add_argument(
+        "--counterfact",
+        action="store_true",
+        help="also score ROME's efficacy / paraphrase / neighbourhood, before and after",
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     deadline = ev.stop_time(a.stop_at)
@@ -94,9 +104,14 @@ def main(argv=None) -> None:
                 break
             t0 = time.perf_counter()
             before = score(model, tok, rec)
-            deltas = compute_deltas(model, tok, [EditRequest.from_counterfact(rec)], hp).deltas
-            with ev.applied(model, deltas):
+            if a.counterfact:
+                before.update(counterfact_scores(model, tok, rec))
+            res = compute_deltas(model, tok, [EditRequest.from_counterfact(rec)], hp)
+            with ev.applied(model, res.deltas):
                 after = score(model, tok, rec)
+                if a.counterfact:
+                    after.update(counterfact_scores(model, tok, rec))
+            after.update(edit_seconds=res.seconds, steps=res.steps)
             row = {"case_id": rec.get("case_id"), "unedited": before, method: after}
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
@@ -110,19 +125,25 @@ def main(argv=None) -> None:
 
 def write_report(out: Path, rows: list[dict], preset: str, title: str) -> None:
     """results.md: each metric's rate (%) unedited and after the edit, and the command."""
+    cols = METRICS + tuple(k for k in CF if rows and all(k in r["unedited"] for r in rows))
     lines = [
         f"# Chat efficacy, {title} ({len(rows)} edits, preset `{preset}`)",
         "",
-        "| method | " + " | ".join(METRICS) + " |",
-        "|---|" + "---|" * len(METRICS),
+        "| method | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
     ]
     for m in ("unedited", preset):
         vals = [
-            100 * statistics.fmean(r[m][k] for r in rows) if rows else float("nan") for k in METRICS
+            100 * statistics.fmean(r[m][k] for r in rows) if rows else float("nan") for k in cols
         ]
         lines.append(f"| {m} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
     secs = statistics.median(r["seconds"] for r in rows) if rows else float("nan")
     lines += ["", f"median {secs:.1f} s per record (both scorings and the edit)"]
+    if rows and all("edit_seconds" in r[preset] for r in rows):
+        lines.append(
+            f"median edit {statistics.median(r[preset]['edit_seconds'] for r in rows):.1f} s, "
+            f"{statistics.median(r[preset]['steps'] for r in rows):.0f} steps"
+        )
     lines += ["", f"command: `{' '.join(sys.argv)}`"]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
