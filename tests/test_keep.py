@@ -131,3 +131,33 @@ def test_an_edit_keeps_the_pool_cache_valid(pool):
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight.mul_(1.5)
     assert keep._pool_vectors(model, tok, 1) is not cached
+
+
+def test_prefixes_are_generated_once_per_state_of_the_weights(monkeypatch):
+    """One edit asks for the training prefixes twice (training texts, subject keys) and an
+    evaluation loop edits the same weights again and again: same weights, same texts, one
+    generation; any write to a weight generates them anew."""
+    from ftedit.core import prefixes
+
+    model, tok = make_llama(layers=3)
+    prefixes._CACHE.clear()
+    calls = []
+    real = prefixes._generate
+    monkeypatch.setattr(prefixes, "_generate", lambda *a: calls.append(a) or real(*a))
+    first = prefixes.random_prefixes(model, tok, 2, 5, 0)
+    assert prefixes.random_prefixes(model, tok, 2, 5, 0) == first and len(calls) == 1
+    hp = HP.replace(num_prefixes=2, prefix_len=5, layers=(1,))
+    compute_deltas(model, tok, [REQ], hp)  # trains in place, then writes back bit for bit
+    assert len(calls) == 1
+    assert prefixes.random_prefixes(model, tok, 2, 5, 1) != first and len(calls) == 2  # seed
+    w = model.model.layers[2].mlp.up_proj.weight
+    saved = w.detach().clone()
+    with torch.no_grad():
+        w.mul_(1.5)
+    prefixes.random_prefixes(model, tok, 2, 5, 1)
+    assert len(calls) == 3
+    prefixes._CACHE.clear()
+    monkeypatch.setattr(prefixes, "_generate", real)
+    with torch.no_grad():
+        w.copy_(saved)
+    assert prefixes.random_prefixes(model, tok, 2, 5, 0) == first  # uncached: same texts

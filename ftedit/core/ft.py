@@ -44,7 +44,7 @@ from ftedit.core.keep import _pool_key, _rekey_pool, keep_others, kl_texts
 from ftedit.core.models import blocks_of, input_device, module_device, num_layers, offloaded
 from ftedit.core.nullspace import Projector, projector
 from ftedit.core.precision import box_bounds, float32_masters, to_device
-from ftedit.core.prefixes import random_prefixes
+from ftedit.core.prefixes import prefixes_key, random_prefixes, rekey_prefixes
 from ftedit.core.requests import EditRequest
 from ftedit.errors import HParamsError, RequestError
 
@@ -316,6 +316,8 @@ def compute_deltas(
     keep = (hparams.kl_factor > 0 or hparams.keep_nullspace) and hparams.keep_subjects > 0
     top, tmpl = max(hparams.layers), hparams.rewrite_module_tmp
     pool_key = _pool_key(model, tok, top, tmpl) if keep else None
+    pre = (hparams.num_prefixes, hparams.prefix_len, hparams.seed)
+    pre_key = prefixes_key(model, tok, *pre) if hparams.num_prefixes else None
     try:
         model.eval()
         texts, targets = training_texts(model, tok, requests, hparams)
@@ -346,6 +348,8 @@ def compute_deltas(
         model.train(was_training)
         if pool_key is not None:
             _rekey_pool(pool_key, _pool_key(model, tok, top, tmpl))
+        if pre_key is not None:
+            rekey_prefixes(pre_key, prefixes_key(model, tok, *pre))
     if not deltas.is_finite():
         raise HParamsError("training diverged (non-finite deltas); lower lr or num_steps")
     return EditResult(deltas, losses, len(losses), time.perf_counter() - t0, stopped)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ftedit.core.batch import _chunks
 from ftedit.core.hparams import FTHyperParams
+from ftedit.core.memo import WeightsMemo, weights_state
 from ftedit.core.models import blocks_of
 from ftedit.core.requests import EditRequest
 from ftedit.errors import HParamsError
@@ -81,34 +82,31 @@ def subject_vectors(
     return torch.cat(vecs)
 
 
-_POOL_CACHE: dict = {}
+_POOL_CACHE = WeightsMemo()
 
 
 def _pool_key(model, tok, layer: int, template: str = DEFAULT_TEMPLATE) -> tuple:
     """What the pool's vectors depend on: model, tokenizer, layer, pool, and the state of every
-    weight they read (``_version`` counts in-place writes, which is how edits reach weights)."""
+    weight they read (ftedit/core/memo.py)."""
     blocks = _template_blocks(model, template)
     params = [model.get_input_embeddings().weight]
     params += [p for i in range(layer + 1) for p in blocks[i].parameters()]
     key = (id(model), id(tok), layer, template, _subject_pool())
-    return key + (tuple(p._version for p in params), tuple(p.data_ptr() for p in params))
+    return key + weights_state(params)
 
 
 def _pool_vectors(model, tok, layer: int, template: str = DEFAULT_TEMPLATE) -> torch.Tensor:
     """subject_vectors of the whole pool, cached while the weights they read are unchanged."""
-    key = _pool_key(model, tok, layer, template)
-    if _POOL_CACHE.get("key") != key:
-        _POOL_CACHE.clear()
-        vecs = subject_vectors(model, tok, _subject_pool(), layer, template)
-        _POOL_CACHE.update(key=key, vecs=vecs)
-    return _POOL_CACHE["vecs"]
+    return _POOL_CACHE.get(
+        _pool_key(model, tok, layer, template),
+        lambda: subject_vectors(model, tok, _subject_pool(), layer, template),
+    )
 
 
 def _rekey_pool(before: tuple, after: tuple) -> None:
     """compute_deltas wrote the weights back bit for bit: what was cached for ``before`` holds
     for ``after`` (the same bits under new ``_version`` counts)."""
-    if _POOL_CACHE.get("key") == before:
-        _POOL_CACHE["key"] = after
+    _POOL_CACHE.rekey(before, after)
 
 
 def nearest_subjects(
