@@ -161,3 +161,25 @@ def test_prefixes_are_generated_once_per_state_of_the_weights(monkeypatch):
     with torch.no_grad():
         w.copy_(saved)
     assert prefixes.random_prefixes(model, tok, 2, 5, 0) == first  # uncached: same texts
+
+
+def test_a_warmed_workspace_edits_without_recomputing_prefixes_or_pool(pool, monkeypatch, tmp_path):
+    """Workspace.warm (the app runs it after loading) computes what the next default edit
+    reads, for the live weights it will read them from."""
+    from ftedit.core import prefixes
+    from tests.storekit import REQUESTS, open_ws
+
+    ws = open_ws(tmp_path / "home")
+    prefixes._CACHE.clear()
+    ws.warm()
+    generated, pooled = [], []
+    monkeypatch.setattr(prefixes, "_generate", lambda *a: generated.append(a) or ["x."])
+    real = keep.subject_vectors
+    monkeypatch.setattr(
+        keep, "subject_vectors", lambda m, t, s, *a: pooled.append(len(s)) or real(m, t, s, *a)
+    )
+    info = ws.edit(REQUESTS[0], ws.default_hparams())
+    assert generated == [] and len(POOL) not in pooled and pooled  # only the edited subject
+    assert info.metrics["neighbours"]  # the pool was used, from the cache
+    ws.warm()  # the edit changed the live weights: both are computed anew for the next edit
+    assert len(generated) == 1 and pooled[-1] == len(POOL)

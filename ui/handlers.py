@@ -206,6 +206,7 @@ def edit(
     # thread at its next step, and so does the visitor leaving (their cancel flag, ui/state.py):
     # no abandoned thread keeps training under the workspace lock.
     losses: list[float] = []
+    sent: list[bool] = []
 
     def shown(steps: list[tuple[int, int, float]]):
         for k, n, loss in steps:
@@ -214,7 +215,9 @@ def edit(
         status = f"Training… step {len(losses)}/{hp.num_steps}" + (
             f", loss {losses[-1]:.4f}" if losses else " (measuring the answers before the edit)"
         )
-        return status, gr.skip(), gr.skip(), views.loss_frame(losses)
+        fresh = steps or not sent  # the first update clears the last edit's curve
+        sent.append(True)
+        return status, gr.skip(), gr.skip(), views.loss_frame(losses) if fresh else gr.skip()
 
     def work(put, abandoned: threading.Event):
         return train_edit(v, fact, hp, lambda *step: put(step), abandoned, neighbours)

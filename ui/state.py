@@ -44,6 +44,13 @@ def configure(model: str | None = None, dtype: str | None = None) -> None:
         os.environ["FTEDIT_HOME"] = str(data)
 
 
+def check_model() -> None:
+    """Raise the clear error a model spec that does not resolve would give, without loading."""
+    from ftedit.core.models import resolve
+
+    resolve(_model_spec)
+
+
 def shared_workspace():
     """The one Workspace every session shares, loading the model on the first call."""
     global _workspace

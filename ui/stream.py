@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
@@ -23,9 +24,10 @@ def stream(
     show: Callable[[list], Any],
     poll: float = 0.5,
 ) -> Generator[Any, None, T]:
-    """Run ``work(put, abandoned)`` in a thread; every ``poll`` seconds (sooner when items
-    arrive) yield ``show(items put since the last yield)``; return what ``work`` returned or
-    raise what it raised. Use with ``result = yield from stream(...)``."""
+    """Run ``work(put, abandoned)`` in a thread; every ``poll`` seconds yield ``show(items put
+    since the last yield)``; return what ``work`` returned or raise what it raised. Use with
+    ``result = yield from stream(...)``. Once per ``poll``, not once per item: each yield costs
+    the server a render of every output, under the same interpreter lock as the training."""
     updates: queue.Queue = queue.Queue()
     abandoned = threading.Event()
     outcome: list[tuple[bool, Any]] = []
@@ -42,11 +44,10 @@ def stream(
     try:
         while True:
             batch: list = []
+            due = time.monotonic() + poll
             try:
-                item = updates.get(timeout=poll)
-                while item is not _END:
+                while (item := updates.get(timeout=max(0.0, due - time.monotonic()))) is not _END:
                     batch.append(item)
-                    item = updates.get_nowait()
                 break  # the call ended
             except queue.Empty:
                 pass

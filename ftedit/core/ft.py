@@ -40,7 +40,7 @@ from ftedit.core.batch import (  # noqa: F401  (batch_loss, encode, target_logpr
 from ftedit.core.chat import TRAIN_ASK, chat_prompt, has_template
 from ftedit.core.deltas import Deltas
 from ftedit.core.hparams import FTHyperParams
-from ftedit.core.keep import _pool_key, _rekey_pool, keep_others, kl_texts
+from ftedit.core.keep import _pool_key, _pool_vectors, _rekey_pool, keep_others, kl_texts
 from ftedit.core.models import blocks_of, input_device, module_device, num_layers, offloaded
 from ftedit.core.nullspace import Projector, projector
 from ftedit.core.precision import box_bounds, float32_masters, to_device
@@ -292,6 +292,17 @@ def _train(
             break
     deltas = {k: masters[k].detach() - base[k] for k in masters}
     return losses, bool(losses) and losses[-1] < hp.early_stop_loss, deltas
+
+
+def warm_caches(model, tok, hparams: FTHyperParams) -> None:
+    """Compute ahead what an edit with ``hparams`` reads from the live weights and caches per
+    state of them (ftedit/core/memo.py): the training prefixes and the keep pool's vectors
+    (the keep projection's and the neighbours table's). The app does this while a visitor reads the
+    page, so their first edit does not wait for it."""
+    if hparams.num_prefixes:
+        random_prefixes(model, tok, hparams.num_prefixes, hparams.prefix_len, hparams.seed)
+    if blocks_of(model, hparams.rewrite_module_tmp) is not None:
+        _pool_vectors(model, tok, max(hparams.layers), hparams.rewrite_module_tmp)
 
 
 def compute_deltas(

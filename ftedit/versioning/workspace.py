@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ftedit.core import neighbours as nb
 from ftedit.core.deltas import Deltas
-from ftedit.core.ft import compute_deltas
+from ftedit.core.ft import compute_deltas, warm_caches
 from ftedit.core.hparams import FTHyperParams
 from ftedit.core.live import LiveWeights
 from ftedit.core.metrics import complete, rewrite_report
@@ -153,6 +153,13 @@ class Workspace:
     def default_hparams(self) -> FTHyperParams:
         """The preset for this model's architecture (:func:`ftedit.core.models.default_hparams`)."""
         return default_hparams(self.model)
+
+    def warm(self) -> None:
+        """Compute what the next edit with the default preset reads from the live weights
+        (:func:`ftedit.core.ft.warm_caches`), under the lock: an edit asked meanwhile waits."""
+        with self.lock:
+            self._sync()
+            warm_caches(self.model, self.tok, self.default_hparams())
 
     def edit(
         self,
