@@ -118,3 +118,26 @@ def test_chat_texts_trains_the_request_asked_through_the_template(chatty):
     tok.chat_template = None
     with pytest.raises(HParamsError, match="chat template"):
         training_texts(model, tok, [req], hp.replace(chat_texts=True))
+
+
+def test_subject_keys_only_with_chat_texts_spans_the_chat_turns_subject_key(chatty):
+    """subject_keys_only localises the edit on the subject's keys in every context it trains
+    on; with chat_texts that includes the chat turn, cut after the subject."""
+    from ftedit.core.edit_keys import _each_key, subject_basis
+    from ftedit.core.hparams import FTHyperParams
+    from ftedit.core.requests import EditRequest
+
+    model, tok = chatty
+    req = EditRequest("{} is located in", "Eiffel Tower", "Rome", "Paris")
+    hp = FTHyperParams(layers=(1,), norm_constraint=None, keep_nullspace=True, num_prefixes=0)
+    got: list[torch.Tensor] = []
+    turn = "the Finish this sentence: Eiffel Tower"  # the template's turn, up to the subject
+    _each_key(model, tok, hp, [turn], lambda layer, k: got.append(k), None, last=True)
+    k = got[0][0].double()
+
+    def off_span(h: FTHyperParams) -> float:
+        S = subject_basis(model, tok, h, [req], None)[1].double()
+        return float((k - S @ (S.T @ k)).norm() / k.norm())
+
+    assert off_span(hp.replace(chat_texts=True)) < 1e-6
+    assert off_span(hp) > 1e-3

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ftedit.core.batch import _chunks
+from ftedit.core.chat import TRAIN_ASK, chat_prompt
 from ftedit.core.hparams import FTHyperParams
 from ftedit.core.keep import keep_others, kl_texts, nearest_subjects
 from ftedit.core.prefixes import random_prefixes
@@ -117,8 +118,8 @@ def subject_basis(
     model, tok, hp: FTHyperParams, requests, keep: dict[int, torch.Tensor] | None
 ) -> dict[int, torch.Tensor]:
     """Per edited layer, an orthonormal basis S [in, r] of the edited subjects' last-token
-    inputs (the prompt up to the subject, alone and behind each training prefix; the subject
-    alone and after a space), made orthogonal to the keep basis ``keep``: ROME's localisation
+    inputs (the prompt up to the subject, alone and behind each training prefix and, with
+    ``chat_texts``, in the chat turn; the subject alone and after a space), made orthogonal to the keep basis ``keep``: ROME's localisation
     (the edit acts on the subject's key only) without its closed form, so neighbours' template
     tokens are left alone too."""
     pre = [""]
@@ -130,6 +131,10 @@ def subject_basis(
     for r in requests:
         head = r.prompt[: r.prompt.index("{}")] + r.subject
         texts += [p + head for p in pre] + [r.subject, " " + r.subject]
+        if hp.chat_texts:  # the chat turn it is also trained as (ft.training_texts), cut there
+            ask = TRAIN_ASK.format(r.text)
+            turn = chat_prompt(tok, ask)
+            texts.append(turn[: turn.index(ask) + len(TRAIN_ASK.format(head))])
     keys: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
     _each_key(
         model, tok, hp, list(dict.fromkeys(texts)), lambda i, k: keys[i].append(k), None, True
