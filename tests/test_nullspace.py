@@ -226,6 +226,38 @@ def test_subject_keys_only_keeps_the_delta_on_the_subject_keys(arch, monkeypatch
     assert off[False] > 0.5
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_box_rows_keeps_the_box_and_the_subject_span(arch, monkeypatch):
+    """box_rows: the box holds (|delta| <= eps everywhere) and, unlike the element-wise clamp,
+    the delta stays in the subject's span and off the keep keys; the prompt still moves."""
+    from ftedit.core import keep
+
+    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
+    keep._POOL_CACHE.clear()
+    model, tok = MAKERS[arch]()
+    eps = 2e-3  # tight enough that the element-wise clamp binds
+    base = dict(norm_constraint=eps, keep_nullspace=True, keep_subjects=1, subject_keys_only=True)
+    keys = ns.keep_basis(model, tok, hp(arch, **base), [REQ])
+    Q = keys[1].double()
+    S = ns.subject_basis(model, tok, hp(arch, **base), [REQ], keys)[1].double()
+    off, peak = {}, {}
+    for rows in (False, True):
+        D = _weight_delta(compute_deltas(model, tok, [REQ], hp(arch, box_rows=rows, **base)), arch)
+        assert D.norm() > 1e-4
+        off[rows] = float((D - D @ S @ S.T).norm() / D.norm())
+        peak[rows] = float(D.abs().max())
+        if rows:
+            assert float((D @ Q).norm() / D.norm()) < 1e-4
+    assert peak[True] <= eps * (1 + 1e-6) and peak[False] <= eps * (1 + 1e-6)
+    assert off[True] < 1e-4
+    assert off[False] > 1e-2  # the clamp bound and moved entries off the span
+
+
+def test_box_rows_needs_a_box():
+    with pytest.raises(HParamsError, match="box_rows needs a norm_constraint"):
+        FTHyperParams(box_rows=True, norm_constraint=None)
+
+
 def test_subject_keys_only_needs_keep_nullspace():
     with pytest.raises(HParamsError, match="subject_keys_only needs keep_nullspace"):
         FTHyperParams(subject_keys_only=True)

@@ -259,6 +259,9 @@ def _train(
         if eps is not None
         else {}
     )
+    # box_rows: the dim to take a row's peak over (GPT-2's Conv1D stores weights [in, out])
+    mods = dict(model.named_modules())
+    outs = {k: 0 if hasattr(mods.get(k.rpartition(".")[0]), "nf") else 1 for k in masters}
     losses: list[float] = []
     for step in tqdm(range(hp.num_steps), desc="FT edit", leave=False):
         total, count = 0.0, 0
@@ -282,7 +285,11 @@ def _train(
                 # anything that reshapes the update, e.g. a projection of masters - base) ->
                 # clamp the masters to the box -> write the masters into the model's weights.
                 for k, (lo, hi) in box.items():
-                    masters[k].clamp_(min=lo, max=hi)
+                    if hp.box_rows:  # each output row scaled into the box: stays in its span
+                        d = masters[k] - base[k]
+                        peak = d.abs().amax(dim=outs[k], keepdim=True).clamp(min=1e-30)
+                        masters[k].copy_(base[k] + d * (eps / peak).clamp(max=1.0))
+                    masters[k].clamp_(min=lo, max=hi)  # (after box_rows: rounding only)
                 for k in shadowed:
                     weights[k].copy_(masters[k])  # the one cast to the model's dtype
         losses.append(total / count)

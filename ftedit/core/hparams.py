@@ -75,6 +75,11 @@ class FTHyperParams:
     # Keep every step's change only on the edited subject's last-token inputs (orthogonal to the
     # keep prompts' with keep_nullspace): ROME's localisation on the subject's key.
     subject_keys_only: bool = False
+    # Keep the box by scaling each output row of the delta (W - W0) down to the box instead of
+    # clamping each weight: a row scaled stays in the span the projections above chose (an
+    # element-wise clamp moves the clamped entries out of it: measured on dev, half the
+    # delta's norm ended outside the subject's keys). Needs norm_constraint.
+    box_rows: bool = False
     # How the edit is stored, as the last step of making it: "dense" (float32, edit file
     # format 1), "lowrank:R" (rank-R truncated SVD, bfloat16 factors) or "sign" (1 bit per
     # weight + a per-row scale); format 2. The applied delta is the stored form's exact
@@ -129,6 +134,8 @@ class FTHyperParams:
             raise HParamsError(f"keep_subject_keys must be >= 0, got {self.keep_subject_keys}")
         if self.subject_keys_only and not self.keep_nullspace:
             raise HParamsError("subject_keys_only needs keep_nullspace true (set both or neither)")
+        if self.box_rows and self.norm_constraint is None:
+            raise HParamsError("box_rows needs a norm_constraint (the box it keeps)")
         if not isinstance(self.keep_nullspace, bool):
             raise HParamsError(f"keep_nullspace must be true or false, got {self.keep_nullspace!r}")
         if not isinstance(self.store_as, str) or not _STORE_AS.fullmatch(self.store_as):
