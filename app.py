@@ -95,6 +95,12 @@ with gr.Blocks(title="ftedit") as demo:
                         "the city of",
                         elem_id="question",
                     )
+                    chat_form = gr.Checkbox(
+                        label="Also train it as a chat answer (shows when the model is asked; "
+                        "about 3x slower)",
+                        value=False,
+                        elem_id="chat-form",
+                    )
                     neighbour_subjects = gr.Textbox(
                         label="Neighbours to check (optional)",
                         placeholder="The Louvre: Paris, Big Ben (blank: the 10 most similar "
@@ -249,7 +255,7 @@ with gr.Blocks(title="ftedit") as demo:
     run_btn.click(
         visitor.edit,
         [prompt, subject, target_new, target_true, preset, layers, lr, num_steps, norm, objective]
-        + [neighbour_subjects, question],
+        + [neighbour_subjects, question, chat_form],
         [summary, before_after, scores, loss_plot, neighbours_md, neighbours_df, chat_md],
         api_name="edit",
         **MODEL_QUEUE,

@@ -43,6 +43,12 @@ from ftedit.cli_common import (
 )
 @click.option("--batch", is_flag=True, help="with --file: one edit holding every fact")
 @click.option(
+    "--chat-texts",
+    is_flag=True,
+    help="also train each fact asked in the chat template, so the edit shows in chat answers "
+    "(slower: more steps, longer texts)",
+)
+@click.option(
     "--neighbours",
     default=None,
     help="subjects to check for side effects, e.g. 'Louvre: Paris, Big Ben' "
@@ -62,6 +68,7 @@ def edit(
     as_json,
     facts,
     batch,
+    chat_texts,
     neighbours,
 ) -> None:
     """Rewrite one fact (or every fact of --file), store the edit, show before and after."""
@@ -74,17 +81,21 @@ def edit(
         raise click.UsageError("give --prompt, --subject and --target (or --file FACTS.jsonl)")
     if batch and not facts:
         raise click.UsageError("--batch goes with --file")
+    def chosen(ws):
+        hp = _hparams(ws, preset, hparams_file)
+        return hp.replace(chat_texts=True) if chat_texts else hp
+
     if facts:
         ws = c.workspace(model, dtype)
-        edit_file(ws, facts, batch, _hparams(ws, preset, hparams_file), as_json, neighbours)
+        edit_file(ws, facts, batch, chosen(ws), as_json, neighbours)
         return
     request = EditRequest(prompt, subject, target, target_true)
     if preset and hparams_file:
         raise click.UsageError("give --preset or --hparams, not both")
     # A bad hparams file is refused before the model loads; lengths before any scoring.
-    hp = _hparams(None, preset, hparams_file) if preset or hparams_file else None
+    hp = chosen(None) if preset or hparams_file else None
     ws = c.workspace(model, dtype)
-    info = ws.edit([request], hp or _hparams(ws, None, None), neighbours=neighbours)
+    info = ws.edit([request], hp or chosen(ws), neighbours=neighbours)
     before, after = info.metrics["before"][0], info.metrics["after"][0]
     if as_json:
         _json(

@@ -3,6 +3,7 @@ facts from a table, and per-visitor branches by default on a Hugging Face Space.
 
 from __future__ import annotations
 
+import gradio as gr
 import pandas as pd
 import pytest
 from gradio_client import Client
@@ -46,6 +47,20 @@ def test_an_edit_shows_its_neighbours_and_the_chat_answer(tiny_app):
     # The History and the Edit tab give the same efficacy figure for the edit.
     edits, _ = visitor.handlers.history()
     assert f"efficacy **{edits.iloc[0]['efficacy']}**" in summary
+
+
+def test_the_chat_form_box_trains_the_chat_turn_too(tiny_app):
+    """"Also train it as a chat answer" adds chat_texts to whatever the fields chose; unticked
+    (or anything but a real True from an API client) the preset is left alone."""
+    visitor.run_edit(*FACT, *TINY, None, "", True)
+    visitor.run_edit(*FACT, *TINY, None, "", "yes")
+    first, second = tiny_app.get(1).hparams, tiny_app.get(2).hparams
+    assert first.chat_texts is True and second.chat_texts is False
+    assert first.num_steps == second.num_steps == 2  # the advanced fields still apply
+    tiny_app.tok.chat_template = None
+    with pytest.raises(gr.Error, match="chat template"):
+        visitor.run_edit(*FACT, *TINY, None, "", True)
+    assert len(tiny_app.history()) == 2  # refused: nothing stored
 
 
 def test_playground_chat_mode_uses_the_template(tiny_app):

@@ -141,3 +141,34 @@ def test_subject_keys_only_with_chat_texts_spans_the_chat_turns_subject_key(chat
 
     assert off_span(hp.replace(chat_texts=True)) < 1e-6
     assert off_span(hp) > 1e-3
+
+
+def test_cli_edit_chat_texts_flag(tmp_path):
+    """`ftedit edit --chat-texts` trains the chat turn too (stored in the edit's hparams); on a
+    model without a template it is a one-line error and nothing is stored."""
+    from ftedit.cli import cli
+
+    ws = open_ws(tmp_path / "h")
+    ws.tok.chat_template = TEMPLATE
+    with_template, without = tmp_path / "tiny", tmp_path / "plain"
+    for folder in (with_template, without):
+        ws.model.save_pretrained(folder)
+        ws.tok.save_pretrained(folder)
+        ws.tok.chat_template = None
+    fact = ["--prompt", "{} is located in", "--subject", "Eiffel Tower", "--target", "Rome"]
+
+    def run(folder, home):
+        return CliRunner().invoke(
+            cli,
+            ["--home", str(tmp_path / home), "--model", str(folder), "edit", *fact]
+            + ["--chat-texts", "--json"],
+        )
+
+    res = run(with_template, "a")
+    assert res.exit_code == 0, res.output
+    shown = CliRunner().invoke(cli, ["--home", str(tmp_path / "a"), "show", "1", "--json"])
+    assert json.loads(shown.stdout.strip().splitlines()[-1])["hparams"]["chat_texts"] is True
+    res = run(without, "b")
+    assert res.exit_code != 0 and "chat template" in res.output
+    log = CliRunner().invoke(cli, ["--home", str(tmp_path / "b"), "log", "--json"])
+    assert json.loads(log.stdout.strip().splitlines()[-1]) == []

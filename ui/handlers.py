@@ -69,7 +69,9 @@ def _blank(value) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def _preset(preset: str | None) -> FTHyperParams:
+def _preset(preset: str | FTHyperParams | None) -> FTHyperParams:
+    if isinstance(preset, FTHyperParams):  # chosen already (ui/visitor.py: the chat form)
+        return preset
     if not preset or preset == AUTO:  # the architecture's default: the same for every visitor
         return state.shared_workspace().default_hparams()
     return load_preset(preset)

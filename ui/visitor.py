@@ -53,6 +53,7 @@ def edit(
     objective=None,
     neighbours=None,
     question=None,
+    chat_form=False,
     progress=gr.Progress(),
     request: gr.Request | None = None,
 ):
@@ -60,8 +61,15 @@ def edit(
 
     ``neighbours``: subjects to check ("Louvre: Paris, Big Ben"; blank: the nearest of the
     keep pool). ``question``: asked through the chat template before and after the edit.
+    ``chat_form``: also train the fact asked through the chat template (hparams.chat_texts),
+    so the edit shows in chat answers (bench/README.md §5: slower, more steps).
     """
     question = (question or "").strip()
+    if chat_form is True:  # a checkbox: anything but a real True leaves the preset alone
+        try:
+            preset = handlers.build_hparams(preset).replace(chat_texts=True)
+        except FteditError as e:
+            raise gr.Error(str(e)) from e
     ws = state.workspace(request)
     chat_before = _ask(ws, question) if question else None
     inner = handlers.edit(
