@@ -4,7 +4,10 @@ falls on every preset alike (eval_counterfact runs one method after another).
     .venv/bin/python bench/time_presets.py --split test --n 10 --preset default --preset fast \
         --preset smollm2-ft-l --out bench/results/time-presets
 
-Only ``compute_deltas`` is timed (no scoring). Prints and writes ``times.md`` / ``times.json``:
+Only ``compute_deltas`` is timed (no scoring). What an edit reads from the weights and caches
+per state of them (training prefixes, the keep pool's vectors: ftedit/core/memo.py) stays cached
+from record to record here, since every record is edited from the same weights; ``--cold``
+clears it before each edit, as an edit made after another one (new weights) pays it. Prints and writes ``times.md`` / ``times.json``:
 median seconds and steps per preset, and each preset's median ratio to the first one's on the
 same record.
 """
@@ -24,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
 from ftedit.core import evaluate as ev
+from ftedit.core import keep, prefixes
 from ftedit.core.ft import compute_deltas
 from ftedit.core.hparams import FTHyperParams, load_preset
 from ftedit.core.models import load_model
@@ -41,6 +45,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--stop-at", default=None, help="HH:MM: stop before a record after it")
     p.add_argument("--out", required=True)
+    p.add_argument("--cold", action="store_true", help="no cached prefixes / pool per edit")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -58,6 +63,9 @@ def main(argv=None) -> None:
             break
         req = EditRequest.from_counterfact(rec)
         for name, hp in todo.items():
+            if args.cold:
+                keep._POOL_CACHE.clear()
+                prefixes._CACHE.clear()
             res = compute_deltas(lm.model, lm.tok, [req], hp)
             rows[name].append({"case_id": rec["case_id"], "s": res.seconds, "steps": res.steps})
         print({n: round(r[-1]["s"], 2) for n, r in rows.items()}, flush=True)
@@ -66,6 +74,7 @@ def main(argv=None) -> None:
         (
             f"compute_deltas seconds, interleaved per record, {len(rows[first])} {args.split} "
             f"records from {args.start}, {args.threads} thread(s)"
+            + (", cold caches (prefixes, keep pool) per edit" if args.cold else "")
         ),
         "",
         f"| preset | median s / edit | median steps | median ratio to {first} |",
