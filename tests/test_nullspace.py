@@ -240,22 +240,23 @@ def test_box_rows_keeps_the_box_and_the_subject_span(arch, monkeypatch):
     keys = ns.keep_basis(model, tok, hp(arch, **base), [REQ])
     Q = keys[1].double()
     S = ns.subject_basis(model, tok, hp(arch, **base), [REQ], keys)[1].double()
-    off, peak = {}, {}
-    for rows in (False, True):
-        D = _weight_delta(compute_deltas(model, tok, [REQ], hp(arch, box_rows=rows, **base)), arch)
-        assert D.norm() > 1e-4
-        off[rows] = float((D - D @ S @ S.T).norm() / D.norm())
-        peak[rows] = float(D.abs().max())
+    off = {}
+    for rows, iters in ((False, 0), (True, 0), (True, 3)):  # box_iters: clamp <-> project first
+        h = hp(arch, box_rows=rows, box_iters=iters, **base)
+        D = _weight_delta(compute_deltas(model, tok, [REQ], h), arch)
+        assert D.norm() > 1e-4 and float(D.abs().max()) <= eps * (1 + 1e-6)
+        off[rows, iters] = float((D - D @ S @ S.T).norm() / D.norm())
         if rows:
             assert float((D @ Q).norm() / D.norm()) < 1e-4
-    assert peak[True] <= eps * (1 + 1e-6) and peak[False] <= eps * (1 + 1e-6)
-    assert off[True] < 1e-4
-    assert off[False] > 1e-2  # the clamp bound and moved entries off the span
+    assert off[True, 0] < 1e-4 and off[True, 3] < 1e-4
+    assert off[False, 0] > 1e-2  # the clamp bound and moved entries off the span
 
 
 def test_box_rows_needs_a_box():
     with pytest.raises(HParamsError, match="box_rows needs a norm_constraint"):
         FTHyperParams(box_rows=True, norm_constraint=None)
+    with pytest.raises(HParamsError, match="box_iters must be >= 0"):
+        FTHyperParams(box_iters=-1)
 
 
 def test_subject_keys_only_needs_keep_nullspace():

@@ -80,6 +80,10 @@ class FTHyperParams:
     # element-wise clamp moves the clamped entries out of it: measured on dev, half the
     # delta's norm ended outside the subject's keys). Needs norm_constraint.
     box_rows: bool = False
+    # With box_rows and a projection: first alternate this many times between the clamp and
+    # the projection of the whole delta (both convex sets: it approaches their intersection),
+    # so the final row scaling shrinks the delta less.
+    box_iters: int = 0
     # How the edit is stored, as the last step of making it: "dense" (float32, edit file
     # format 1), "lowrank:R" (rank-R truncated SVD, bfloat16 factors) or "sign" (1 bit per
     # weight + a per-row scale); format 2. The applied delta is the stored form's exact
@@ -134,6 +138,8 @@ class FTHyperParams:
             raise HParamsError(f"keep_subject_keys must be >= 0, got {self.keep_subject_keys}")
         if self.subject_keys_only and not self.keep_nullspace:
             raise HParamsError("subject_keys_only needs keep_nullspace true (set both or neither)")
+        if self.box_iters < 0:
+            raise HParamsError(f"box_iters must be >= 0, got {self.box_iters}")
         if self.box_rows and self.norm_constraint is None:
             raise HParamsError("box_rows needs a norm_constraint (the box it keeps)")
         if not isinstance(self.keep_nullspace, bool):
