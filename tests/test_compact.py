@@ -208,3 +208,18 @@ def test_import_refuses_a_compact_shape_the_model_lacks_before_rebuilding(tmp_pa
             other.import_(path)
         assert other.history() == []
         assert_same(params(other), base)
+
+
+def test_a_compact_edit_that_passes_its_box_after_truncation_imports(tmp_path):
+    """A low-rank stored form applies the truncation of a boxed delta, which may pass the box
+    (a default edit of the real model did, by 1.22x): export -> import must still work."""
+    eps = 2e-3
+    hp = HP0.replace(num_steps=6, lr=5e-2, norm_constraint=eps, store_as="lowrank:1")
+    ws = open_ws(tmp_path / "a")
+    info = ws.edit(REQUESTS[0], hp)
+    (name,) = info.tensor_names
+    applied = ws.live.deltas[info.id][name]
+    assert float(applied.abs().max()) > eps * 1.01  # the case: the truncation passed the box
+    other = open_ws(tmp_path / "b")
+    other.import_(ws.export(1, tmp_path / "e.safetensors"))
+    assert_same(params(other), params(ws))
