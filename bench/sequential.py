@@ -47,7 +47,10 @@ def efficacy(model, tok, records) -> float:
     if records and "src" in records[0]:
         return 100 * statistics.fmean(
             ev.token_accuracy(
-                model, tok, [r["src"] for r in records], [" " + r["answers"][0].strip() for r in records]
+                model,
+                tok,
+                [r["src"] for r in records],
+                [" " + r["answers"][0].strip() for r in records],
             )
         )
     hits = []

@@ -81,6 +81,7 @@ def edit(
         raise click.UsageError("give --prompt, --subject and --target (or --file FACTS.jsonl)")
     if batch and not facts:
         raise click.UsageError("--batch goes with --file")
+
     def chosen(ws):
         hp = _hparams(ws, preset, hparams_file)
         return hp.replace(chat_texts=True) if chat_texts else hp

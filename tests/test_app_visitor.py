@@ -50,7 +50,7 @@ def test_an_edit_shows_its_neighbours_and_the_chat_answer(tiny_app):
 
 
 def test_the_chat_form_box_trains_the_chat_turn_too(tiny_app):
-    """"Also train it as a chat answer" adds chat_texts to whatever the fields chose; unticked
+    """ "Also train it as a chat answer" adds chat_texts to whatever the fields chose; unticked
     (or anything but a real True from an API client) the preset is left alone."""
     visitor.run_edit(*FACT, *TINY, None, "", True)
     visitor.run_edit(*FACT, *TINY, None, "", "yes")

@@ -119,9 +119,9 @@ def subject_basis(
 ) -> dict[int, torch.Tensor]:
     """Per edited layer, an orthonormal basis S [in, r] of the edited subjects' last-token
     inputs (the prompt up to the subject, alone and behind each training prefix and, with
-    ``chat_texts``, in the chat turn; the subject alone and after a space), made orthogonal to the keep basis ``keep``: ROME's localisation
-    (the edit acts on the subject's key only) without its closed form, so neighbours' template
-    tokens are left alone too."""
+    ``chat_texts``, in the chat turn; the subject alone and after a space), made orthogonal to
+    the keep basis ``keep``: ROME's localisation (the edit acts on the subject's key only)
+    without its closed form, so neighbours' template tokens are left alone too."""
     pre = [""]
     if hp.num_prefixes:
         pre += [

@@ -307,8 +307,8 @@ def _train(
 def warm_caches(model, tok, hparams: FTHyperParams) -> None:
     """Compute ahead what an edit with ``hparams`` reads from the live weights and caches per
     state of them (ftedit/core/memo.py): the training prefixes and the keep pool's vectors
-    (the keep projection's and the neighbours table's). The app does this while a visitor reads the
-    page, so their first edit does not wait for it."""
+    (the keep projection's and the neighbours table's). The app does this while a visitor
+    reads the page, so their first edit does not wait for it."""
     if hparams.num_prefixes:
         random_prefixes(model, tok, hparams.num_prefixes, hparams.prefix_len, hparams.seed)
     if blocks_of(model, hparams.rewrite_module_tmp) is not None:
