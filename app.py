@@ -20,8 +20,8 @@ from ftedit.core.hparams import OBJECTIVES, list_presets
 from ftedit.deploy.visitors import shared
 from ftedit.errors import FteditError
 from ui import state, views, visitor
+from ui.fields import AUTO
 from ui.handlers import (  # noqa: F401  (re-exported: the app's handlers, testable directly)
-    AUTO,
     checkout,
     compare,
     compare_options,

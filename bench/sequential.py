@@ -41,18 +41,17 @@ from ftedit.core.models import load_model
 from ftedit.core.requests import EditRequest
 
 
+def _zsre_accuracy(model, tok, records, metric: str) -> float:
+    """Mean token accuracy (%) of one of evaluate.zsre_probes over the records, one batch."""
+    prompts, targets = zip(*(ev.zsre_probes(r)[metric] for r in records), strict=True)
+    return 100 * statistics.fmean(ev.token_accuracy(model, tok, prompts, targets))
+
+
 def efficacy(model, tok, records) -> float:
     """Share of records whose rewrite prompt prefers target_new (ROME's efficacy); for zsRE
     records the mean token accuracy of answers[0] after the question."""
     if records and "src" in records[0]:
-        return 100 * statistics.fmean(
-            ev.token_accuracy(
-                model,
-                tok,
-                [r["src"] for r in records],
-                [" " + r["answers"][0].strip() for r in records],
-            )
-        )
+        return _zsre_accuracy(model, tok, records, "efficacy")
     hits = []
     for r in records:
         rw = r["requested_rewrite"]
@@ -71,14 +70,7 @@ def neighborhood(model, tok, records, per_record: int) -> float:
     """Share of neighbour prompts (the first ``per_record`` of every record) still preferring
     target_true); for zsRE records the mean token accuracy of loc_ans after ``loc?``."""
     if records and "src" in records[0]:
-        return 100 * statistics.fmean(
-            ev.token_accuracy(
-                model,
-                tok,
-                [r["loc"] + "?" for r in records],
-                [" " + r["loc_ans"].strip() for r in records],
-            )
-        )
+        return _zsre_accuracy(model, tok, records, "neighborhood")
     hits = []
     for r in records:
         rw = r["requested_rewrite"]

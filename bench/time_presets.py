@@ -7,9 +7,9 @@ falls on every preset alike (eval_counterfact runs one method after another).
 Only ``compute_deltas`` is timed (no scoring). What an edit reads from the weights and caches
 per state of them (training prefixes, the keep pool's vectors: ftedit/core/memo.py) stays cached
 from record to record here, since every record is edited from the same weights; ``--cold``
-clears it before each edit, as an edit made after another one (new weights) pays it. Prints and writes ``times.md`` / ``times.json``:
-median seconds and steps per preset, and each preset's median ratio to the first one's on the
-same record.
+clears it before each edit, as an edit made after another one (new weights) pays it. Prints
+and writes ``times.md`` / ``times.json``: median seconds and steps per preset, and each
+preset's median ratio to the first one's on the same record.
 """
 
 from __future__ import annotations

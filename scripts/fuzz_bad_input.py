@@ -268,7 +268,7 @@ def cli_case(rng: random.Random, world: dict, tmp: Path):
 
 
 def handler_case(rng: random.Random, world: dict, tmp: Path):
-    from ui import handlers
+    from ui import fields, handlers
 
     def value():
         return rng.choice(
@@ -312,7 +312,7 @@ def handler_case(rng: random.Random, world: dict, tmp: Path):
         # blank ('' / None) means "keep the preset's value", so only values that are bad
         bad = rng.choice(["abc", "inf", "nan", "0x10", "1e300", *UNICODE_DIGITS])
         kw = {field: rng.choice([bad, float("inf"), float("nan"), 1e300, [1, 2], {"a": 1}, 2**70])}
-        args = ["{} is located in", "Eiffel Tower", "Rome", None, handlers.AUTO]
+        args = ["{} is located in", "Eiffel Tower", "Rome", None, fields.AUTO]
         return f"app edit {field}", lambda: handlers.run_edit(*args, **kw), False
     if kind == 6:
         args = [rng.choice(["", "{} is in", "no braces", "{} {}"]), rand_text(rng), rand_text(rng)]

@@ -80,15 +80,15 @@ def test_several_facts_from_a_table(tiny_app):
         visitor.edit_facts(bad, False, "auto")
     assert tiny_app.history() == []  # nothing stored for a table with a bad row
     hp = {"layers": (0,), "num_steps": 2, "keep_subjects": 0}
-    orig = visitor.handlers.build_hparams
-    visitor.handlers.build_hparams = lambda preset: orig(preset).replace(**hp)
+    orig = visitor.fields.build_hparams
+    visitor.fields.build_hparams = lambda preset: orig(preset).replace(**hp)
     try:
         md, edits, _ = visitor.edit_facts(rows, False, "auto")
         assert "| #1 | 1 |" in md and "| #2 | 1 |" in md and len(edits) == 2
         md, edits, _ = visitor.edit_facts(rows, True, "auto")
         assert "| #3 | 2 |" in md and len(tiny_app.get(3).requests) == 2
     finally:
-        visitor.handlers.build_hparams = orig
+        visitor.fields.build_hparams = orig
 
 
 def test_branches_are_on_by_default_on_a_space_only(monkeypatch):

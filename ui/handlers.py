@@ -18,18 +18,18 @@ from pathlib import Path
 
 import gradio as gr
 
-from ftedit.core.hparams import FTHyperParams, load_preset
+from ftedit.core.hparams import FTHyperParams
 from ftedit.core.metrics import target_nll
 from ftedit.core.requests import EditRequest, check_prompt_length
 from ftedit.deploy.visitors import Visitor, shared
-from ftedit.errors import Cancelled, FteditError, HParamsError
+from ftedit.errors import Cancelled, FteditError
 from ftedit.parse import InputError, number, ref
 from ftedit.parse import edit_id as parse_edit_id
 from ftedit.parse import version as parse_version
 from ui import state, views
+from ui.fields import AUTO, blank, build_hparams, preset_hparams
 from ui.stream import stream
 
-AUTO = "auto"  # the preset choice meaning Workspace.default_hparams()
 # Short fixed contexts in front of the rewritten prompt: a cheap paraphrase check.
 PARAPHRASE_PREFIXES = ("Fun fact: ", "Here is what I know. ", "Quiz time! ")
 
@@ -51,59 +51,11 @@ def _edit_id(edit_id) -> int:
         raise gr.Error(f"{str(e)[0].upper()}{str(e)[1:]}.") from None
 
 
-# ---- hyperparameters ----------------------------------------------------------------------
-MAX_LAYER = 10_000  # no model has more blocks; bigger numbers are typos
-
-
-def _parse_layers(text) -> tuple[int, ...]:
-    items = text if isinstance(text, (list, tuple)) else str(text).replace(",", " ").split()
-    try:
-        return tuple(number(x, "a layer", integer=True, hi=MAX_LAYER) for x in items)
-    except InputError:
-        raise HParamsError(
-            f"layers are block numbers separated by commas, like '4, 5', got {text!r}"
-        ) from None
-
-
-def _blank(value) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _preset(preset: str | FTHyperParams | None) -> FTHyperParams:
-    if isinstance(preset, FTHyperParams):  # chosen already (ui/visitor.py: the chat form)
-        return preset
-    if not preset or preset == AUTO:  # the architecture's default: the same for every visitor
-        return state.shared_workspace().default_hparams()
-    return load_preset(preset)
-
-
-def build_hparams(
-    preset=AUTO, layers=None, lr=None, num_steps=None, norm_constraint=None, objective=None
-) -> FTHyperParams:
-    """The preset with the advanced fields laid over it; blank fields keep the preset's value.
-    ``norm_constraint`` 0 means unconstrained FT (no box)."""
-    changes = {}
-    if layers not in (None, "") and str(layers).strip():
-        changes["layers"] = _parse_layers(layers)
-    # Number fields arrive as whatever the client sent (strings, lists, inf, 1e300): each is
-    # parsed strictly, named, and bounded before it reaches the hyperparameters.
-    if not _blank(lr):
-        # negatives reach FTHyperParams, which says "lr must be > 0"
-        changes["lr"] = number(lr, "Learning rate (lr)", lo=-1e6, hi=10.0)
-    if not _blank(num_steps):
-        changes["num_steps"] = number(num_steps, "Max steps", integer=True, lo=1, hi=100_000)
-    if not _blank(norm_constraint):
-        box = number(norm_constraint, "Norm constraint", hi=1e3)
-        changes["norm_constraint"] = box or None
-    if objective:
-        changes["objective"] = objective
-    return _preset(preset).replace(**changes)
-
-
+# ---- hyperparameters (ui/fields.py parses the Advanced fields) ---------------------------
 def preset_fields(preset=AUTO):
     """Fill the advanced fields from a preset: layers, lr, steps, norm constraint, objective."""
     with _edge():
-        hp = _preset(preset)
+        hp = preset_hparams(preset)
     return (
         ", ".join(map(str, hp.layers)),
         hp.lr,
@@ -193,6 +145,7 @@ def edit(
     request: gr.Request | None = None,
     *,
     neighbours: str | None = None,
+    chat_texts: bool = False,
 ):
     """Rewrite one fact. Yields the live loss curve while training, then the results:
     (summary markdown, before/after table, efficacy table, loss curve). ``neighbours``:
@@ -200,7 +153,7 @@ def edit(
     v = state.workspace(request)
     with _edge():
         fact = EditRequest(prompt or "", subject or "", target_new or "", target_true or None)
-        hp = build_hparams(preset, layers, lr, num_steps, norm_constraint, objective)
+        hp = build_hparams(preset, layers, lr, num_steps, norm_constraint, objective, chat_texts)
         fact.check_length(v.tok)  # before the worker and any scoring
     # Training runs in a plain thread whose step callback feeds a queue that this generator
     # drains (ui/stream.py), streaming the loss curve and the progress bar in the request's own
@@ -357,7 +310,7 @@ def generate(prompt, max_new_tokens=20, request: gr.Request | None = None):
     if not isinstance(prompt, str) or not prompt.strip():
         raise gr.Error("Type a prompt to complete, e.g. 'The Eiffel Tower is located in'.")
     with _edge():
-        n = 20 if _blank(max_new_tokens) else max_new_tokens
+        n = 20 if blank(max_new_tokens) else max_new_tokens
         n = number(n, "Max new tokens", integer=True, lo=1, hi=256)
         v = state.workspace(request)
         check_prompt_length(v.tok, prompt)  # the same token limit as an edit's prompt

@@ -16,7 +16,7 @@ from ftedit.core import neighbours as nb
 from ftedit.core.factfile import table_requests
 from ftedit.deploy.visitors import Visitor
 from ftedit.errors import FteditError
-from ui import handlers, state, views
+from ui import fields, handlers, state, views
 
 CHAT_TOKENS = 32
 FACT_COLUMNS = ["prompt", "subject", "target_new", "target_true"]
@@ -45,7 +45,7 @@ def edit(
     subject,
     target_new,
     target_true=None,
-    preset=handlers.AUTO,
+    preset=fields.AUTO,
     layers=None,
     lr=None,
     num_steps=None,
@@ -65,11 +65,6 @@ def edit(
     so the edit shows in chat answers (bench/README.md §5: slower, more steps).
     """
     question = (question or "").strip()
-    if chat_form is True:  # a checkbox: anything but a real True leaves the preset alone
-        try:
-            preset = handlers.build_hparams(preset).replace(chat_texts=True)
-        except FteditError as e:
-            raise gr.Error(str(e)) from e
     ws = state.workspace(request)
     chat_before = _ask(ws, question) if question else None
     inner = handlers.edit(
@@ -86,6 +81,7 @@ def edit(
         progress,
         request,
         neighbours=nb.parse_subjects(neighbours) and neighbours or None,
+        chat_texts=chat_form,
     )
     skip = (gr.skip(), gr.skip(), gr.skip())
     last = None
@@ -132,7 +128,7 @@ def generate(prompt, max_new_tokens=24, as_chat=False, request: gr.Request | Non
 def edit_facts(
     table,
     one_edit=False,
-    preset=handlers.AUTO,
+    preset=fields.AUTO,
     progress=gr.Progress(track_tqdm=False),
     request: gr.Request | None = None,
 ):
@@ -144,7 +140,7 @@ def edit_facts(
     ws = state.workspace(request)
     try:
         requests = table_requests(records, ws.tok)
-        hp = handlers.build_hparams(preset)
+        hp = fields.build_hparams(preset)
     except FteditError as e:
         raise gr.Error(str(e)) from e
     groups = [requests] if one_edit else [[r] for r in requests]

@@ -159,16 +159,22 @@ def token_accuracy(
     return out
 
 
-def score_zsre(model, tok, record: dict) -> dict:
-    """MEMIT's zsRE scores: token accuracy of answers[0] on src / rephrase, loc_ans on loc?."""
+def zsre_probes(record: dict) -> dict[str, tuple[str, str]]:
+    """MEMIT's zsRE probes of a record, metric -> (prompt, target): answers[0] after src and
+    after rephrase, loc_ans after ``loc?``."""
     ans = " " + record["answers"][0].strip()
-    acc = token_accuracy(
-        model,
-        tok,
-        [record["src"], record["rephrase"], record["loc"] + "?"],
-        [ans, ans, " " + record["loc_ans"].strip()],
-    )
-    return {"efficacy": acc[0], "paraphrase": acc[1], "neighborhood": acc[2]}
+    return {
+        "efficacy": (record["src"], ans),
+        "paraphrase": (record["rephrase"], ans),
+        "neighborhood": (record["loc"] + "?", " " + record["loc_ans"].strip()),
+    }
+
+
+def score_zsre(model, tok, record: dict) -> dict:
+    """MEMIT's zsRE scores: token accuracy of each of :func:`zsre_probes`."""
+    probes = zsre_probes(record)
+    acc = token_accuracy(model, tok, *zip(*probes.values(), strict=True))
+    return dict(zip(probes, acc, strict=True))
 
 
 # ---- running a method over records ---------------------------------------------------------

@@ -260,8 +260,10 @@ def _train(
         else {}
     )
     # box_rows: the dim to take a row's peak over (GPT-2's Conv1D stores weights [in, out])
-    mods = dict(model.named_modules())
-    outs = {k: 0 if hasattr(mods.get(k.rpartition(".")[0]), "nf") else 1 for k in masters}
+    outs = {}
+    if hp.box_rows:
+        mods = dict(model.named_modules())
+        outs = {k: 0 if hasattr(mods.get(k.rpartition(".")[0]), "nf") else 1 for k in masters}
     losses: list[float] = []
     for step in tqdm(range(hp.num_steps), desc="FT edit", leave=False):
         total, count = 0.0, 0
