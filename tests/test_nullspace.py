@@ -241,7 +241,7 @@ def test_box_rows_keeps_the_box_and_the_subject_span(arch, monkeypatch):
     Q = keys[1].double()
     S = ns.subject_basis(model, tok, hp(arch, **base), [REQ], keys)[1].double()
     off = {}
-    for rows, iters in ((False, 0), (True, 0), (True, 3)):  # box_iters: clamp <-> project first
+    for rows, iters in ((False, 0), (False, 10), (True, 0), (True, 3)):  # box_iters: clamp <->
         h = hp(arch, box_rows=rows, box_iters=iters, **base)
         D = _weight_delta(compute_deltas(model, tok, [REQ], h), arch)
         assert D.norm() > 1e-4 and float(D.abs().max()) <= eps * (1 + 1e-6)
@@ -250,6 +250,7 @@ def test_box_rows_keeps_the_box_and_the_subject_span(arch, monkeypatch):
             assert float((D @ Q).norm() / D.norm()) < 1e-4
     assert off[True, 0] < 1e-4 and off[True, 3] < 1e-4
     assert off[False, 0] > 1e-2  # the clamp bound and moved entries off the span
+    assert off[False, 10] < off[False, 0] / 2  # alternating first: the final clamp leaks less
 
 
 def test_box_rows_needs_a_box():
@@ -257,6 +258,32 @@ def test_box_rows_needs_a_box():
         FTHyperParams(box_rows=True, norm_constraint=None)
     with pytest.raises(HParamsError, match="box_iters must be >= 0"):
         FTHyperParams(box_iters=-1)
+    with pytest.raises(HParamsError, match="box_iters alternates the box and a projection"):
+        FTHyperParams(box_iters=3)  # no projection to alternate with
+    with pytest.raises(HParamsError, match="box_iters alternates the box and a projection"):
+        FTHyperParams(box_iters=3, keep_nullspace=True, norm_constraint=None)
+
+
+def test_subject_contexts_widen_the_subject_span(arch, monkeypatch):
+    """subject_contexts: the subject's key behind each generic context joins the span (the
+    rank grows, the plain span stays inside it); more contexts than the file holds, or
+    contexts without subject_keys_only, are refused."""
+    from ftedit.core import edit_keys, keep
+
+    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
+    keep._POOL_CACHE.clear()
+    model, tok = MAKERS[arch]()
+    base = dict(keep_nullspace=True, keep_subjects=1, subject_keys_only=True)
+    Q = ns.keep_basis(model, tok, hp(arch, **base), [REQ])
+    S0 = ns.subject_basis(model, tok, hp(arch, **base), [REQ], Q)[1].double()
+    S4 = ns.subject_basis(model, tok, hp(arch, subject_contexts=4, **base), [REQ], Q)[1].double()
+    assert S4.shape[1] > S0.shape[1]
+    assert float((S0 - S4 @ (S4.T @ S0)).norm()) < 1e-4  # the plain keys are still spanned
+    too_many = len(edit_keys.subject_contexts()) + 1
+    with pytest.raises(HParamsError, match="contexts: set at most"):
+        ns.subject_basis(model, tok, hp(arch, subject_contexts=too_many, **base), [REQ], Q)
+    with pytest.raises(HParamsError, match="subject_contexts must be >= 0 and needs"):
+        FTHyperParams(subject_contexts=2)
 
 
 def test_subject_keys_only_needs_keep_nullspace():

@@ -8,6 +8,9 @@ what it may act on (ftedit/core/nullspace.py projects each step with them).
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import torch
 from tqdm.auto import tqdm
 
@@ -17,6 +20,8 @@ from ftedit.core.hparams import FTHyperParams
 from ftedit.core.keep import keep_others, kl_texts, nearest_subjects
 from ftedit.core.prefixes import random_prefixes
 from ftedit.errors import HParamsError
+
+CONTEXTS_FILE = Path(__file__).parent / "data" / "contexts.txt"
 
 
 def _modules(model, hp: FTHyperParams) -> dict[int, torch.nn.Module]:
@@ -118,8 +123,9 @@ def subject_basis(
     model, tok, hp: FTHyperParams, requests, keep: dict[int, torch.Tensor] | None
 ) -> dict[int, torch.Tensor]:
     """Per edited layer, an orthonormal basis S [in, r] of the edited subjects' last-token
-    inputs (the prompt up to the subject, alone and behind each training prefix and, with
-    ``chat_texts``, in the chat turn; the subject alone and after a space), made orthogonal to
+    inputs (the prompt up to the subject, alone and behind each training prefix and each of the
+    ``subject_contexts`` generic contexts and, with ``chat_texts``, in the chat turn; the
+    subject alone and after a space), made orthogonal to
     the keep basis ``keep``: ROME's localisation (the edit acts on the subject's key only)
     without its closed form, so neighbours' template tokens are left alone too."""
     pre = [""]
@@ -127,6 +133,12 @@ def subject_basis(
         pre += [
             p + " " for p in random_prefixes(model, tok, hp.num_prefixes, hp.prefix_len, hp.seed)
         ]
+    if hp.subject_contexts > len(subject_contexts()):
+        raise HParamsError(
+            f"subject_contexts is {hp.subject_contexts}, but {CONTEXTS_FILE.name} holds "
+            f"{len(subject_contexts())} contexts: set at most that many"
+        )
+    pre += [c + " " for c in subject_contexts()[: hp.subject_contexts]]
     texts = []
     for r in requests:
         head = r.prompt[: r.prompt.index("{}")] + r.subject
@@ -147,6 +159,13 @@ def subject_basis(
             k = k - Q @ (Q.T @ k)
         out[layer] = _span(k)
     return out
+
+
+@functools.cache
+def subject_contexts() -> tuple[str, ...]:
+    """The generic contexts of ``hparams.subject_contexts``, in file order."""
+    lines = CONTEXTS_FILE.read_text(encoding="utf-8").splitlines()
+    return tuple(x for x in lines if x.strip() and not x.startswith("#"))
 
 
 def _span(k: torch.Tensor) -> torch.Tensor:

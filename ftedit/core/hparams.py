@@ -80,10 +80,14 @@ class FTHyperParams:
     # element-wise clamp moves the clamped entries out of it: measured on dev, half the
     # delta's norm ended outside the subject's keys). Needs norm_constraint.
     box_rows: bool = False
-    # With box_rows and a projection: first alternate this many times between the clamp and
-    # the projection of the whole delta (both convex sets: it approaches their intersection),
-    # so the final row scaling shrinks the delta less.
+    # With a projection and a box: first alternate this many times between the clamp and the
+    # projection of the whole delta (both convex sets: it approaches their intersection), so
+    # the final clamp moves less of the delta out of the span (box_rows: the rows shrink less).
     box_iters: int = 0
+    # With subject_keys_only: also span the subject's key behind this many fixed generic
+    # contexts (ftedit/core/data/contexts.txt; no training on them, one forward pass each), the
+    # keys a paraphrase that puts other words before the subject gives the edited matrices.
+    subject_contexts: int = 0
     # How the edit is stored, as the last step of making it: "dense" (float32, edit file
     # format 1), "lowrank:R" (rank-R truncated SVD, bfloat16 factors) or "sign" (1 bit per
     # weight + a per-row scale); format 2. The applied delta is the stored form's exact
@@ -140,6 +144,18 @@ class FTHyperParams:
             raise HParamsError("subject_keys_only needs keep_nullspace true (set both or neither)")
         if self.box_iters < 0:
             raise HParamsError(f"box_iters must be >= 0, got {self.box_iters}")
+        if self.box_iters and (
+            self.norm_constraint is None or not (self.keep_nullspace or self.nullspace)
+        ):
+            raise HParamsError(
+                "box_iters alternates the box and a projection: it needs a norm_constraint and "
+                "keep_nullspace or nullspace > 0 (or set box_iters 0)"
+            )
+        if self.subject_contexts < 0 or (self.subject_contexts and not self.subject_keys_only):
+            raise HParamsError(
+                f"subject_contexts must be >= 0 and needs subject_keys_only, got "
+                f"{self.subject_contexts}"
+            )
         if self.box_rows and self.norm_constraint is None:
             raise HParamsError("box_rows needs a norm_constraint (the box it keeps)")
         if not isinstance(self.keep_nullspace, bool):
