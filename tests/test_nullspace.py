@@ -289,3 +289,27 @@ def test_subject_contexts_widen_the_subject_span(arch, monkeypatch):
 def test_subject_keys_only_needs_keep_nullspace():
     with pytest.raises(HParamsError, match="subject_keys_only needs keep_nullspace"):
         FTHyperParams(subject_keys_only=True)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_alternations_in_factored_form_match_clamp_then_project(transposed):
+    """Projector.alternate_ (the delta kept as d = A S^T between clamp and projection, in
+    place) gives what clamping the weights and projecting the delta n times gives."""
+    g = torch.Generator().manual_seed(0)
+    n_in, n_out = 48, 16
+    Q, _ = torch.linalg.qr(torch.randn(n_in, 6, generator=g))
+    S = torch.randn(n_in, 3, generator=g)
+    S, _ = torch.linalg.qr(S - Q @ (Q.T @ S))
+    shape = (n_in, n_out) if transposed else (n_out, n_in)
+    old = torch.randn(shape, generator=g)
+    p = old + 0.05 * torch.randn(shape, generator=g)
+    lo, hi = old - 0.02, old + 0.02
+    proj = ns.Projector({"w": (None, Q, transposed)}, {"w": S})
+    want = p.clone()
+    for _ in range(5):
+        want.clamp_(min=lo, max=hi)
+        proj.project_("w", want, old)
+    got = p.clone()
+    proj.alternate_("w", got, old, lo, hi, 5)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert not torch.allclose(got, p)  # it did move

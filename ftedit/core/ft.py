@@ -287,9 +287,9 @@ def _train(
                 # anything that reshapes the update, e.g. a projection of masters - base) ->
                 # clamp the masters to the box -> write the masters into the model's weights.
                 for k, (lo, hi) in box.items():
-                    for _ in range(hp.box_iters):  # alternating projections onto the box and
-                        masters[k].clamp_(min=lo, max=hi)  # the span: the clamp below leaks
-                        proj.project_(k, masters[k], base[k])  # less, the rows scale less
+                    if hp.box_iters:  # alternating projections onto the box and the span: the
+                        # clamp below leaks less, the rows scale less
+                        proj.alternate_(k, masters[k], base[k], lo, hi, hp.box_iters)
                     if hp.box_rows:  # each output row scaled into the box: stays in its span
                         d = masters[k] - base[k]
                         peak = d.abs().amax(dim=outs[k], keepdim=True).clamp(min=1e-30)

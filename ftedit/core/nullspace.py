@@ -254,6 +254,40 @@ class Projector:
             d = (d @ S) @ S.T if S is not None else d
         p.copy_(old + d.to(p.dtype))
 
+    @torch.no_grad()
+    def alternate_(
+        self,
+        name: str,
+        p: torch.Tensor,
+        old: torch.Tensor,
+        lo: torch.Tensor,
+        hi: torch.Tensor,
+        n: int,
+    ) -> None:
+        """``n`` times: clamp p to [lo, hi], then project p - old (hparams.box_iters). With the
+        subject span the delta stays in its factored form d = A S^T between the two, in place:
+        the alternations cost two thin products each, not a pass of copies over the matrix."""
+        S = self.onto.get(name)
+        if (
+            S is None
+            or name not in self.mats
+            or self.mats[name][0] is not None
+            or p.dtype != S.dtype
+        ):
+            for _ in range(n):
+                p.clamp_(min=lo, max=hi)
+                self.project_(name, p, old)
+            return
+        transposed = self.mats[name][2]
+        d, lo_d, hi_d = p - old, lo - old, hi - old
+        for _ in range(n):
+            d.clamp_(min=lo_d, max=hi_d)
+            if transposed:  # Conv1D: [in, out]
+                torch.mm(S, S.T @ d, out=d)
+            else:
+                torch.mm(d @ S, S.T, out=d)
+        torch.add(old, d, out=p)
+
 
 def projector(model, tok, hp: FTHyperParams, names: list[str], requests=()) -> Projector:
     """The projector for the tensors ``names`` (ft.weights_to_edit's): the soft one of the
