@@ -313,3 +313,31 @@ def test_alternations_in_factored_form_match_clamp_then_project(transposed):
     proj.alternate_("w", got, old, lo, hi, 5)
     assert torch.allclose(got, want, atol=1e-6)
     assert not torch.allclose(got, p)  # it did move
+
+
+def test_keep_subject_parts_keeps_the_subjects_first_word(arch, monkeypatch):
+    """keep_subject_parts: the keys of the subject's proper word prefixes ("Eiffel" of "Eiffel
+    Tower") join the keep basis, so the delta leaves a prompt that reads only "Eiffel" (another
+    subject starting the same way) exactly as it was; without it the delta moves that key."""
+    from ftedit.core import keep
+    from ftedit.core.edit_keys import _each_key, subject_parts
+
+    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
+    keep._POOL_CACHE.clear()
+    assert subject_parts([REQ]) == ["Eiffel", " Eiffel", "the Eiffel"]
+    assert subject_parts([EditRequest("{} is in", "Paris", "Rome", "France")]) == []
+    model, tok = MAKERS[arch]()
+    base = dict(norm_constraint=None, keep_nullspace=True, keep_subjects=1, subject_keys_only=True)
+    keys: list[torch.Tensor] = []
+    _each_key(model, tok, hp(arch), ["the Eiffel"], lambda i, k: keys.append(k), None, True)
+    k = keys[0].double().T  # [in, 1]: what "the Eiffel" gives the edited matrix at "Eiffel"
+    moved = {}
+    for parts in (False, True):
+        h = hp(arch, keep_subject_parts=parts, **base)
+        D = _weight_delta(compute_deltas(model, tok, [REQ], h), arch)
+        assert D.norm() > 1e-3
+        moved[parts] = float((D @ k).norm() / (D.norm() * k.norm()))
+    assert moved[True] < 1e-4
+    assert moved[False] > 1e-3
+    with pytest.raises(HParamsError, match="keep_subject_parts needs keep_nullspace"):
+        FTHyperParams(keep_subject_parts=True)

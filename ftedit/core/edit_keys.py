@@ -101,7 +101,9 @@ def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tenso
     edited layer's outputs on them are unchanged, so the next one's inputs are too, and so on.
     ``keep_subject_keys`` > 0 adds the last-token input of that many nearest pool subjects, each
     read alone: the key a prompt that starts with the subject has there, whatever its template
-    (one key per subject, so many subjects cost little rank)."""
+    (one key per subject, so many subjects cost little rank). ``keep_subject_parts`` adds the
+    last-token input of the subject's proper word prefixes (:func:`subject_parts`), which other
+    subjects that start the same way give word for word."""
     texts = [t for t, guard in kl_texts(requests, keep_others(model, tok, requests, hp)) if guard]
     keys: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
     _each_key(model, tok, hp, texts, lambda layer, k: keys[layer].append(k), None)
@@ -113,10 +115,26 @@ def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tenso
         ]
         subs = sorted({s for n in near for s in n})
         _each_key(model, tok, hp, subs, lambda layer, k: keys[layer].append(k), None, last=True)
+    if hp.keep_subject_parts:
+        parts = subject_parts(requests)
+        if parts:
+            _each_key(model, tok, hp, parts, lambda layer, k: keys[layer].append(k), None, True)
     out = {}
     for layer, ks in keys.items():
         out[layer] = _span(torch.cat(ks).double().T.cpu())
     return out
+
+
+def subject_parts(requests) -> list[str]:
+    """Each proper word prefix of each request's subject, read alone, after a space and at its
+    place in the prompt: "Mercury", " Mercury" for "{} is made by" with "Mercury Comet"."""
+    out = []
+    for r in requests:
+        words, head = r.subject.split(), r.prompt[: r.prompt.index("{}")]
+        for i in range(1, len(words)):
+            part = r.subject[: r.subject.index(words[i - 1]) + len(words[i - 1])]
+            out += [part, " " + part, head + part]
+    return list(dict.fromkeys(out))
 
 
 def subject_basis(

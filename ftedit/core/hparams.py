@@ -72,6 +72,10 @@ class FTHyperParams:
     # With keep_nullspace: also keep the last-token input of this many nearest pool subjects
     # read alone (the key any prompt starting with that subject has there), one key each.
     keep_subject_keys: int = 0
+    # With keep_nullspace: also keep the last-token input of each of the subject's proper word
+    # prefixes ("Mercury" of "Mercury Comet"), alone and in the prompt: other subjects that start
+    # the same way ("Mercury Milan", a CounterFact neighbour) read those keys word for word.
+    keep_subject_parts: bool = False
     # Keep every step's change only on the edited subject's last-token inputs (orthogonal to the
     # keep prompts' with keep_nullspace): ROME's localisation on the subject's key.
     subject_keys_only: bool = False
@@ -140,6 +144,8 @@ class FTHyperParams:
             raise HParamsError(f"nullspace must be a finite number >= 0, got {self.nullspace}")
         if self.keep_subject_keys < 0:
             raise HParamsError(f"keep_subject_keys must be >= 0, got {self.keep_subject_keys}")
+        if self.keep_subject_parts and not self.keep_nullspace:
+            raise HParamsError("keep_subject_parts needs keep_nullspace true (set both or neither)")
         if self.subject_keys_only and not self.keep_nullspace:
             raise HParamsError("subject_keys_only needs keep_nullspace true (set both or neither)")
         if self.box_iters < 0:
