@@ -316,7 +316,7 @@ def test_alternations_in_factored_form_match_clamp_then_project(transposed):
 
 
 def test_keep_subject_parts_keeps_the_subjects_first_word(arch, monkeypatch):
-    """keep_subject_parts: the keys of the subject's proper word prefixes ("Eiffel" of "Eiffel
+    """keep_subject_parts: the keys at the subject's tokens before its last ("Eiffel" of "Eiffel
     Tower") join the keep basis, so the delta leaves a prompt that reads only "Eiffel" (another
     subject starting the same way) exactly as it was; without it the delta moves that key."""
     from ftedit.core import keep
@@ -324,7 +324,7 @@ def test_keep_subject_parts_keeps_the_subjects_first_word(arch, monkeypatch):
 
     monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
     keep._POOL_CACHE.clear()
-    assert subject_parts([REQ]) == ["Eiffel", " Eiffel", "the Eiffel"]
+    assert subject_parts([REQ]) == ["Eiffel Tower", " Eiffel Tower", "the Eiffel Tower"]
     assert subject_parts([EditRequest("{} is in", "Paris", "Rome", "France")]) == []
     model, tok = MAKERS[arch]()
     base = dict(norm_constraint=None, keep_nullspace=True, keep_subjects=1, subject_keys_only=True)

@@ -49,11 +49,19 @@ class _Stop(Exception):
 
 @torch.no_grad()
 def _each_key(
-    model, tok, hp: FTHyperParams, texts: list[str], sink, desc: str | None, last: bool = False
+    model,
+    tok,
+    hp: FTHyperParams,
+    texts: list[str],
+    sink,
+    desc: str | None,
+    last: bool = False,
+    but_last: bool = False,
 ) -> int:
     """Run ``texts`` through the blocks up to the top edited one (a hook stops the forward
     there) and call ``sink(layer, keys [tokens, in])`` with each edited module's inputs at the
-    non-pad tokens (``last``: at each text's last token only). Returns the number of tokens."""
+    non-pad tokens (``last``: at each text's last token only; ``but_last``: at all but it).
+    Returns the number of tokens."""
     mods = _modules(model, hp)
     dev = model.get_input_embeddings().weight.device
     count = 0
@@ -78,9 +86,12 @@ def _each_key(
             ids = torch.tensor([x + [pad] * (L - len(x)) for x in enc], device=dev)
             att = torch.tensor([[1] * len(x) + [0] * (L - len(x)) for x in enc], device=dev)
             sel = att.bool()
-            if last:  # right padding: a row's last real token is at its length - 1
+            ends = (torch.arange(len(enc)), att.sum(1) - 1)  # right padding: last real token
+            if last:
                 sel = torch.zeros_like(sel)
-                sel[torch.arange(len(enc)), att.sum(1) - 1] = True
+                sel[ends] = True
+            elif but_last:
+                sel[ends] = False
             mask[:] = [sel]
             count += int(att.sum())
             try:
@@ -102,8 +113,8 @@ def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tenso
     ``keep_subject_keys`` > 0 adds the last-token input of that many nearest pool subjects, each
     read alone: the key a prompt that starts with the subject has there, whatever its template
     (one key per subject, so many subjects cost little rank). ``keep_subject_parts`` adds the
-    last-token input of the subject's proper word prefixes (:func:`subject_parts`), which other
-    subjects that start the same way give word for word."""
+    inputs at the subject's tokens before its last (:func:`subject_parts`), which other
+    subjects that start the same way give token for token."""
     texts = [t for t, guard in kl_texts(requests, keep_others(model, tok, requests, hp)) if guard]
     keys: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
     _each_key(model, tok, hp, texts, lambda layer, k: keys[layer].append(k), None)
@@ -118,7 +129,8 @@ def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tenso
     if hp.keep_subject_parts:
         parts = subject_parts(requests)
         if parts:
-            _each_key(model, tok, hp, parts, lambda layer, k: keys[layer].append(k), None, True)
+            sink = lambda layer, k: keys[layer].append(k)  # noqa: E731
+            _each_key(model, tok, hp, parts, sink, None, but_last=True)
     out = {}
     for layer, ks in keys.items():
         out[layer] = _span(torch.cat(ks).double().T.cpu())
@@ -126,14 +138,14 @@ def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tenso
 
 
 def subject_parts(requests) -> list[str]:
-    """Each proper word prefix of each request's subject, read alone, after a space and at its
-    place in the prompt: "Mercury", " Mercury" for "{} is made by" with "Mercury Comet"."""
+    """The texts whose tokens before the last give the keys of the subject's proper token
+    prefixes (keep_subject_parts): each multi-word subject alone, after a space and at its place
+    in the prompt ("Airbus A350": what "Airbus", "Airbus A", "Airbus A3" ... give; a causal
+    model reads a prefix the same inside the whole). Single words give no text."""
     out = []
     for r in requests:
-        words, head = r.subject.split(), r.prompt[: r.prompt.index("{}")]
-        for i in range(1, len(words)):
-            part = r.subject[: r.subject.index(words[i - 1]) + len(words[i - 1])]
-            out += [part, " " + part, head + part]
+        if len(r.subject.split()) > 1:
+            out += [r.subject, " " + r.subject, r.prompt[: r.prompt.index("{}")] + r.subject]
     return list(dict.fromkeys(out))
 
 

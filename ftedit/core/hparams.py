@@ -72,9 +72,9 @@ class FTHyperParams:
     # With keep_nullspace: also keep the last-token input of this many nearest pool subjects
     # read alone (the key any prompt starting with that subject has there), one key each.
     keep_subject_keys: int = 0
-    # With keep_nullspace: also keep the last-token input of each of the subject's proper word
-    # prefixes ("Mercury" of "Mercury Comet"), alone and in the prompt: other subjects that start
-    # the same way ("Mercury Milan", a CounterFact neighbour) read those keys word for word.
+    # With keep_nullspace: also keep the inputs at a multi-word subject's tokens before its last
+    # ("Airbus", "Airbus A", "Airbus A3" of "Airbus A350"), alone and in the prompt: other
+    # subjects that start the same way ("Airbus A380", a CounterFact neighbour) give those keys.
     keep_subject_parts: bool = False
     # Keep every step's change only on the edited subject's last-token inputs (orthogonal to the
     # keep prompts' with keep_nullspace): ROME's localisation on the subject's key.
