@@ -129,8 +129,8 @@ def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tenso
     if hp.keep_subject_parts:
         parts = subject_parts(requests)
         if parts:
-            sink = lambda layer, k: keys[layer].append(k)  # noqa: E731
-            _each_key(model, tok, hp, parts, sink, None, but_last=True)
+            add = keys.__getitem__
+            _each_key(model, tok, hp, parts, lambda i, k: add(i).append(k), None, but_last=True)
     out = {}
     for layer, ks in keys.items():
         out[layer] = _span(torch.cat(ks).double().T.cpu())
@@ -155,9 +155,9 @@ def subject_basis(
     """Per edited layer, an orthonormal basis S [in, r] of the edited subjects' last-token
     inputs (the prompt up to the subject, alone and behind each training prefix and each of the
     ``subject_contexts`` generic contexts and, with ``chat_texts``, in the chat turn; the
-    subject alone and after a space), made orthogonal to
-    the keep basis ``keep``: ROME's localisation (the edit acts on the subject's key only)
-    without its closed form, so neighbours' template tokens are left alone too."""
+    subject alone and after a space), made orthogonal to the keep basis ``keep``: ROME's
+    localisation (the edit acts on the subject's key only) without its closed form, so
+    neighbours' template tokens are left alone too."""
     pre = [""]
     if hp.num_prefixes:
         pre += [

@@ -242,8 +242,8 @@ class Projector:
         P, Q, transposed = self.mats[name]
         d = (p - old).float()
         S = self.onto.get(name)
-        if S is not None:  # S is orthogonal to Q: projecting onto it also takes d off Q, and Q
-            Q = None  # is the wider one (every keep token): the most time of each alternation
+        if S is not None:  # S is orthogonal to Q: projecting onto S also takes d off Q, and Q
+            Q = None  # is the wide one (every keep token): 6x the time of the S step
         if transposed:  # Conv1D: [in, out], the input side is the left one
             d = P @ d if P is not None else d
             d = d - Q @ (Q.T @ d) if Q is not None else d
