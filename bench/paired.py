@@ -1,9 +1,11 @@
 """Compare eval_counterfact runs record by record (case_id): each method against a baseline run
 on exactly the records both scored, e.g. a new preset against the default's 200-record run.
 
-    python bench/paired.py --base results/counterfact-test-newdefault-200 default \
-        --base results/counterfact-test-unedited unedited \
-        --run results/counterfact-test-tparts-250 --run results/counterfact-test-tparts-350
+    python bench/paired.py --run results/counterfact-test-local-250 \
+        --run results/counterfact-test-local-300 --run results/counterfact-test-local-350 \
+        --base results/counterfact-test-tparts-250 default-tparts \
+        --base results/counterfact-test-tparts-350 default-tparts \
+        --base results/counterfact-test-unedited unedited
 """
 
 from __future__ import annotations
@@ -31,14 +33,16 @@ def main() -> None:
         action="append",
         default=[],
         metavar=("FOLDER", "METHOD"),
-        help="a baseline: results folder and method name (repeatable)",
+        help="a baseline: results folder and method name (repeatable; one method's folders join)",
     )
     args = ap.parse_args()
     runs: dict[str, dict[int, dict]] = {}
     for f in args.run:
         for m, rs in rows(f).items():
             runs.setdefault(m, {}).update(rs)
-    bases = {f"{m} ({Path(f).name})": rows(f)[m] for f, m in args.base}
+    bases: dict[str, dict[int, dict]] = {}  # the same method in several folders: joined
+    for f, m in args.base:
+        bases.setdefault(m, {}).update(rows(f)[m])
     print("| method | n | Efficacy | Paraphrase | Neighborhood |")
     print("|---|---|---|---|---|")
     for m, rs in runs.items():
