@@ -310,7 +310,7 @@ def test_alternations_in_factored_form_match_clamp_then_project(transposed):
         want.clamp_(min=lo, max=hi)
         proj.project_("w", want, old)
     got = p.clone()
-    proj.alternate_("w", got, old, lo, hi, 5)
+    proj.alternate_("w", got, old, lo - old, hi - old, 5)
     assert torch.allclose(got, want, atol=1e-6)
     assert not torch.allclose(got, p)  # it did move
 

@@ -117,7 +117,11 @@ def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tenso
     subjects that start the same way give token for token."""
     texts = [t for t, guard in kl_texts(requests, keep_others(model, tok, requests, hp)) if guard]
     keys: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
-    _each_key(model, tok, hp, texts, lambda layer, k: keys[layer].append(k), None)
+
+    def sink(layer: int, k: torch.Tensor) -> None:
+        keys[layer].append(k)
+
+    _each_key(model, tok, hp, texts, sink, None)
     if hp.keep_subject_keys:
         top, tmpl = max(hp.layers), hp.rewrite_module_tmp
         near = [
@@ -125,12 +129,11 @@ def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tenso
             for r in requests
         ]
         subs = sorted({s for n in near for s in n})
-        _each_key(model, tok, hp, subs, lambda layer, k: keys[layer].append(k), None, last=True)
+        _each_key(model, tok, hp, subs, sink, None, last=True)
     if hp.keep_subject_parts:
         parts = subject_parts(requests)
         if parts:
-            add = keys.__getitem__
-            _each_key(model, tok, hp, parts, lambda i, k: add(i).append(k), None, but_last=True)
+            _each_key(model, tok, hp, parts, sink, None, but_last=True)
     out = {}
     for layer, ks in keys.items():
         out[layer] = _span(torch.cat(ks).double().T.cpu())

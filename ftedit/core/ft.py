@@ -259,6 +259,8 @@ def _train(
         if eps is not None
         else {}
     )
+    # box_iters: the same box as bounds on the change (masters - base), for the alternations
+    dbox = {k: (lo - base[k], hi - base[k]) for k, (lo, hi) in box.items()} if hp.box_iters else {}
     # box_rows: the dim to take a row's peak over (GPT-2's Conv1D stores weights [in, out])
     outs = {}
     if hp.box_rows:
@@ -289,7 +291,7 @@ def _train(
                 for k, (lo, hi) in box.items():
                     if hp.box_iters:  # alternating projections onto the box and the span: the
                         # clamp below leaks less, the rows scale less
-                        proj.alternate_(k, masters[k], base[k], lo, hi, hp.box_iters)
+                        proj.alternate_(k, masters[k], base[k], *dbox[k], hp.box_iters)
                     if hp.box_rows:  # each output row scaled into the box: stays in its span
                         d = masters[k] - base[k]
                         peak = d.abs().amax(dim=outs[k], keepdim=True).clamp(min=1e-30)

@@ -236,11 +236,13 @@ class Projector:
     @torch.no_grad()
     def project_(self, name: str, p: torch.Tensor, old: torch.Tensor) -> None:
         """p <- old + (p - old) projected; a tensor without a matrix (a bias) keeps ``old``."""
+        p.copy_(old + self._projected(name, (p - old).float()).to(p.dtype))
+
+    def _projected(self, name: str, d: torch.Tensor) -> torch.Tensor:
+        """The change ``d`` projected on its input side (zero for a tensor without a matrix)."""
         if name not in self.mats:
-            p.copy_(old)
-            return
+            return torch.zeros_like(d)
         P, Q, transposed = self.mats[name]
-        d = (p - old).float()
         S = self.onto.get(name)
         if S is not None:  # S is orthogonal to Q: projecting onto S also takes d off Q, and Q
             Q = None  # is the wide one (every keep token): 6x the time of the S step
@@ -252,7 +254,7 @@ class Projector:
             d = d @ P if P is not None else d
             d = d - (d @ Q) @ Q.T if Q is not None else d
             d = (d @ S) @ S.T if S is not None else d
-        p.copy_(old + d.to(p.dtype))
+        return d
 
     @torch.no_grad()
     def alternate_(
@@ -260,29 +262,22 @@ class Projector:
         name: str,
         p: torch.Tensor,
         old: torch.Tensor,
-        lo: torch.Tensor,
-        hi: torch.Tensor,
+        lo_d: torch.Tensor,
+        hi_d: torch.Tensor,
         n: int,
     ) -> None:
-        """``n`` times: clamp p to [lo, hi], then project p - old (hparams.box_iters). With the
-        subject span the delta stays in its factored form d = A S^T between the two, in place:
-        the alternations cost two thin products each, not a pass of copies over the matrix."""
+        """``n`` times: clamp p - old to [lo_d, hi_d] (the box around ``old``, as bounds on the
+        change: computed once per edit), then project it (hparams.box_iters). With the subject
+        span alone the change stays in place between the two: two thin products each."""
+        d = p - old
         S = self.onto.get(name)
-        if (
-            S is None
-            or name not in self.mats
-            or self.mats[name][0] is not None
-            or p.dtype != S.dtype
-        ):
-            for _ in range(n):
-                p.clamp_(min=lo, max=hi)
-                self.project_(name, p, old)
-            return
-        transposed = self.mats[name][2]
-        d, lo_d, hi_d = p - old, lo - old, hi - old
+        inplace = S is not None and name in self.mats and self.mats[name][0] is None
+        inplace = inplace and d.dtype == S.dtype
         for _ in range(n):
             d.clamp_(min=lo_d, max=hi_d)
-            if transposed:  # Conv1D: [in, out]
+            if not inplace:
+                d = self._projected(name, d.float()).to(p.dtype)
+            elif self.mats[name][2]:  # Conv1D: [in, out]
                 torch.mm(S, S.T @ d, out=d)
             else:
                 torch.mm(d @ S, S.T, out=d)
