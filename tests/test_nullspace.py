@@ -341,3 +341,40 @@ def test_keep_subject_parts_keeps_the_subjects_first_word(arch, monkeypatch):
     assert moved[False] > 1e-3
     with pytest.raises(HParamsError, match="keep_subject_parts needs keep_nullspace"):
         FTHyperParams(keep_subject_parts=True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_keep_subject_siblings_keeps_a_subject_that_ends_otherwise(arch, monkeypatch):
+    """keep_subject_siblings: the subject with its last token swapped for the model's likeliest
+    others ("Eiffel" + something else) joins the keep basis at its last token, so the delta
+    leaves those keys exactly as they were; without the field it moves them. One-token
+    subjects give no sibling, and the field is validated."""
+    from ftedit.core import keep
+    from ftedit.core.edit_keys import _each_key, subject_siblings
+
+    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
+    keep._POOL_CACHE.clear()
+    model, tok = MAKERS[arch]()
+    sibs = subject_siblings(model, tok, [REQ], 2)
+    assert 2 <= len(sibs) <= 6 and len(set(sibs)) == len(sibs)
+    assert not any(s.endswith("Eiffel Tower") for s in sibs)
+    assert all(("Eiffel" in s) for s in sibs)  # the subject's first tokens, then another one
+    paris = EditRequest("{} is in", "Paris", "Rome", "X")  # one token in the tiny vocabulary
+    assert subject_siblings(model, tok, [paris], 2) == []
+    keys: list[torch.Tensor] = []
+    _each_key(model, tok, hp(arch), sibs, lambda i, k: keys.append(k), None, True)
+    K = torch.cat(keys).double().T  # [in, siblings]: the siblings' last-token keys
+    base = dict(norm_constraint=None, keep_nullspace=True, keep_subjects=1, subject_keys_only=True)
+    moved = {}
+    for n in (0, 2):
+        D = _weight_delta(
+            compute_deltas(model, tok, [REQ], hp(arch, keep_subject_siblings=n, **base)), arch
+        )
+        assert D.norm() > 1e-3
+        moved[n] = float((D @ K).norm() / (D.norm() * K.norm()))
+    assert moved[2] < 1e-4
+    assert moved[0] > 1e-3
+    with pytest.raises(HParamsError, match="keep_subject_siblings must be >= 0 and needs"):
+        FTHyperParams(keep_subject_siblings=2)
+    with pytest.raises(HParamsError, match="keep_subject_siblings must be >= 0 and needs"):
+        FTHyperParams(keep_subject_siblings=-1, keep_nullspace=True)

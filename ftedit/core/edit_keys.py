@@ -114,7 +114,8 @@ def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tenso
     read alone: the key a prompt that starts with the subject has there, whatever its template
     (one key per subject, so many subjects cost little rank). ``keep_subject_parts`` adds the
     inputs at the subject's tokens before its last (:func:`subject_parts`), which other
-    subjects that start the same way give token for token."""
+    subjects that start the same way give token for token. ``keep_subject_siblings`` adds the
+    last-token inputs of :func:`subject_siblings`."""
     texts = [t for t, guard in kl_texts(requests, keep_others(model, tok, requests, hp)) if guard]
     keys: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
 
@@ -134,6 +135,10 @@ def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tenso
         parts = subject_parts(requests)
         if parts:
             _each_key(model, tok, hp, parts, sink, None, but_last=True)
+    if hp.keep_subject_siblings:
+        sibs = subject_siblings(model, tok, requests, hp.keep_subject_siblings)
+        if sibs:
+            _each_key(model, tok, hp, sibs, sink, None, last=True)
     out = {}
     for layer, ks in keys.items():
         out[layer] = _span(torch.cat(ks).double().T.cpu())
@@ -149,6 +154,34 @@ def subject_parts(requests) -> list[str]:
     for r in requests:
         if len(r.subject.split()) > 1:
             out += [r.subject, " " + r.subject, r.prompt[: r.prompt.index("{}")] + r.subject]
+    return list(dict.fromkeys(out))
+
+
+@torch.no_grad()
+def subject_siblings(model, tok, requests, n: int) -> list[str]:
+    """Texts that end in a sibling of each multi-token subject: the subject with its last
+    token replaced by one of the ``n`` tokens the model finds likeliest after the rest, other
+    than the real one ("Airbus A380" for "Airbus A350"), alone, after a space and at its place
+    in the prompt (keep_subject_siblings). Such a subject's last-token key is close to the
+    edited one's, so an edit on the edited key alone moves it (a CounterFact neighbour can be
+    "Airbus A380"); keeping it makes the step act on what tells them apart. Subjects of one
+    token give none."""
+    dev = model.get_input_embeddings().weight.device
+    skip = set(tok.all_special_ids)
+    out = []
+    for r in requests:
+        for head in ("", " ", r.prompt[: r.prompt.index("{}")]):
+            ids = tok(head + r.subject, add_special_tokens=False)["input_ids"][:64]
+            if len(ids) - len(tok(head.strip(), add_special_tokens=False)["input_ids"]) < 2:
+                continue  # the subject is one token here: it has no first tokens to share
+            logits = model(input_ids=torch.tensor([ids[:-1]], device=dev), use_cache=False).logits
+            top = logits[0, -1].topk(n + 16).indices.tolist()
+            word = [  # a token with a letter or digit: "80", not "," or an end of text
+                t
+                for t in top
+                if t != ids[-1] and t not in skip and any(c.isalnum() for c in tok.decode([t]))
+            ]
+            out += [tok.decode(ids[:-1] + [t]) for t in word[:n]]
     return list(dict.fromkeys(out))
 
 

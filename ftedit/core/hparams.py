@@ -76,6 +76,11 @@ class FTHyperParams:
     # ("Airbus", "Airbus A", "Airbus A3" of "Airbus A350"), alone and in the prompt: other
     # subjects that start the same way ("Airbus A380", a CounterFact neighbour) give those keys.
     keep_subject_parts: bool = False
+    # With keep_nullspace: also keep the last-token input of this many sibling subjects, a
+    # multi-token subject with its last token swapped for the model's likeliest others after
+    # the rest ("Airbus A3" + "80" for "Airbus A350"), alone and in the prompt: the key of a
+    # subject that differs only at its end is close to the edited one's.
+    keep_subject_siblings: int = 0
     # Keep every step's change only on the edited subject's last-token inputs (orthogonal to the
     # keep prompts' with keep_nullspace): ROME's localisation on the subject's key.
     subject_keys_only: bool = False
@@ -146,6 +151,13 @@ class FTHyperParams:
             raise HParamsError(f"keep_subject_keys must be >= 0, got {self.keep_subject_keys}")
         if self.keep_subject_parts and not self.keep_nullspace:
             raise HParamsError("keep_subject_parts needs keep_nullspace true (set both or neither)")
+        if self.keep_subject_siblings < 0 or (
+            self.keep_subject_siblings and not self.keep_nullspace
+        ):
+            raise HParamsError(
+                "keep_subject_siblings must be >= 0 and needs keep_nullspace true, got "
+                f"{self.keep_subject_siblings}"
+            )
         if self.subject_keys_only and not self.keep_nullspace:
             raise HParamsError("subject_keys_only needs keep_nullspace true (set both or neither)")
         if self.box_iters < 0:
