@@ -28,15 +28,24 @@ def pool(monkeypatch):
     return POOL
 
 
-def test_shipped_pool_is_the_dev_split_subjects(data_dir):
+def test_shipped_pool_comes_from_dev_and_names_nothing_the_test_split_scores(data_dir):
+    """The pool (bench/make_keep_subjects.py): dev records' subjects and the subjects of their
+    neighbourhood and attribute prompts; no name that any test record's text holds, so the
+    keep prompts never protect what the test split scores."""
     names = keep._subject_pool()
-    assert len(names) >= 200 and len(set(names)) == len(names)
+    assert len(names) >= 1000 and len(set(names)) == len(names)
     assert all(n and not n.startswith("#") and n == n.strip() for n in names)
     records = json.loads((data_dir / "counterfact-sample.json").read_text())
-    dev = {r["requested_rewrite"]["subject"].strip() for r in records[:250]}
-    test = {r["requested_rewrite"]["subject"].strip() for r in records[250:]}
-    assert set(names) == dev
-    assert not (set(names) & test) - dev  # nothing from the test split that dev lacks
+    dev_text = "\n".join(
+        "\n".join([r["requested_rewrite"]["subject"], *r["neighborhood_prompts"]])
+        + "\n".join(r["attribute_prompts"])
+        for r in records[:250]
+    )
+    assert all(n in dev_text for n in names)
+    test_text = json.dumps(records[250:], ensure_ascii=False).lower()
+    assert not [n for n in names if n.lower() in test_text]
+    dev = [r["requested_rewrite"]["subject"].strip() for r in records[:250]]
+    assert {s for s in dev if s.lower() not in test_text} <= set(names)
 
 
 def test_nearest_subjects_excludes_the_subject_and_is_deterministic(pool):
@@ -123,7 +132,7 @@ def test_an_edit_keeps_the_pool_cache_valid(pool):
     """compute_deltas writes the trained weights back bit for bit, so the next edit must not
     pay for the pool again; a real change to those weights still invalidates it."""
     model, tok = make_llama(layers=3)
-    hp = HP.replace(kl_factor=1.0, keep_subjects=2, layers=(1,))
+    hp = HP.replace(kl_factor=1.0, keep_subjects=2, layers=(1,), keep_rank_layer=1)
     compute_deltas(model, tok, [REQ], hp)
     cached = keep._pool_vectors(model, tok, 1)
     compute_deltas(model, tok, [REQ], hp)
@@ -183,3 +192,36 @@ def test_a_warmed_workspace_edits_without_recomputing_prefixes_or_pool(pool, mon
     assert info.metrics["neighbours"]  # the pool was used, from the cache
     ws.warm()  # the edit changed the live weights: both are computed anew for the next edit
     assert len(generated) == 1 and pooled[-1] == len(POOL)
+
+
+def test_ranking_below_the_edited_blocks_outlives_an_applied_edit(pool, monkeypatch):
+    """By default the nearest subjects are chosen after the block under the lowest edited one,
+    on vectors no edit of those blocks can change, so the pool is read once per model, not
+    again after every applied edit (the app's and a sequential run's case); ranked after an
+    edited block (keep_rank_layer), the pool must be read again. A block the model lacks, or a negative one, is refused."""
+    model, tok = make_llama(layers=3)
+    hp = HP.replace(keep_nullspace=True, keep_subjects=2, layers=(1, 2))  # ranked after block 0
+    assert keep.keep_others(model, tok, [REQ], hp) == [
+        nearest_subjects(model, tok, REQ.subject, 2, layer=0)
+    ]
+    res = compute_deltas(model, tok, [REQ], hp)
+    below = keep._pool_vectors(model, tok, 0)
+    calls = []
+    real = keep.subject_vectors
+
+    def counted(model, tok, subjects, layer, *rest):
+        if tuple(subjects) == POOL:  # the pool's vectors, not the request's own
+            calls.append(layer)
+        return real(model, tok, subjects, layer, *rest)
+
+    monkeypatch.setattr(keep, "subject_vectors", counted)
+    with ev.applied(model, res.deltas):  # the edit now in the weights, as the app holds it
+        compute_deltas(model, tok, [REQ], hp)  # the next edit
+        assert calls == [] and keep._pool_vectors(model, tok, 0) is below
+        compute_deltas(model, tok, [REQ], hp.replace(keep_rank_layer=2))  # an edited block
+        assert calls == [2]
+    with pytest.raises(HParamsError, match="keep_rank_layer 3: this model has blocks 0-2"):
+        compute_deltas(model, tok, [REQ], hp.replace(keep_rank_layer=3))
+    with pytest.raises(HParamsError, match="keep_rank_layer must be a block number >= 0"):
+        HP.replace(keep_rank_layer=-1)
+    assert HP.replace(keep_rank_layer=2.0).keep_rank_layer == 2

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ftedit.core.batch import _chunks
 from ftedit.core.chat import TRAIN_ASK, chat_prompt
 from ftedit.core.hparams import FTHyperParams
-from ftedit.core.keep import keep_others, kl_texts, nearest_subjects
+from ftedit.core.keep import keep_others, kl_texts, nearest_subjects, rank_layer
 from ftedit.core.prefixes import random_prefixes
 from ftedit.errors import HParamsError
 
@@ -124,9 +124,9 @@ def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tenso
 
     _each_key(model, tok, hp, texts, sink, None)
     if hp.keep_subject_keys:
-        top, tmpl = max(hp.layers), hp.rewrite_module_tmp
+        at, tmpl = rank_layer(hp), hp.rewrite_module_tmp
         near = [
-            nearest_subjects(model, tok, r.subject, hp.keep_subject_keys, top, tmpl)
+            nearest_subjects(model, tok, r.subject, hp.keep_subject_keys, at, tmpl)
             for r in requests
         ]
         subs = sorted({s for n in near for s in n})

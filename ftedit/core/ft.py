@@ -40,7 +40,14 @@ from ftedit.core.batch import (  # noqa: F401  (batch_loss, encode, target_logpr
 from ftedit.core.chat import TRAIN_ASK, chat_prompt, has_template
 from ftedit.core.deltas import Deltas
 from ftedit.core.hparams import FTHyperParams
-from ftedit.core.keep import _pool_key, _pool_vectors, _rekey_pool, keep_others, kl_texts
+from ftedit.core.keep import (
+    _pool_key,
+    _pool_vectors,
+    _rekey_pool,
+    keep_others,
+    kl_texts,
+    rank_layer,
+)
 from ftedit.core.models import blocks_of, input_device, module_device, num_layers, offloaded
 from ftedit.core.nullspace import Projector, projector
 from ftedit.core.precision import box_bounds, float32_masters, to_device
@@ -316,7 +323,7 @@ def warm_caches(model, tok, hparams: FTHyperParams) -> None:
     if hparams.num_prefixes:
         random_prefixes(model, tok, hparams.num_prefixes, hparams.prefix_len, hparams.seed)
     if blocks_of(model, hparams.rewrite_module_tmp) is not None:
-        _pool_vectors(model, tok, max(hparams.layers), hparams.rewrite_module_tmp)
+        _pool_vectors(model, tok, rank_layer(hparams), hparams.rewrite_module_tmp)
 
 
 def compute_deltas(
@@ -339,8 +346,8 @@ def compute_deltas(
     was_training = model.training
     dev = input_device(model)
     keep = (hparams.kl_factor > 0 or hparams.keep_nullspace) and hparams.keep_subjects > 0
-    top, tmpl = max(hparams.layers), hparams.rewrite_module_tmp
-    pool_key = _pool_key(model, tok, top, tmpl) if keep else None
+    at, tmpl = rank_layer(hparams), hparams.rewrite_module_tmp
+    pool_key = _pool_key(model, tok, at, tmpl) if keep else None
     pre = (hparams.num_prefixes, hparams.prefix_len, hparams.seed)
     pre_key = prefixes_key(model, tok, *pre) if hparams.num_prefixes else None
     try:
@@ -372,7 +379,7 @@ def compute_deltas(
             p.requires_grad_(flags[n])
         model.train(was_training)
         if pool_key is not None:
-            _rekey_pool(pool_key, _pool_key(model, tok, top, tmpl))
+            _rekey_pool(pool_key, _pool_key(model, tok, at, tmpl))
         if pre_key is not None:
             rekey_prefixes(pre_key, prefixes_key(model, tok, *pre))
     if not deltas.is_finite():

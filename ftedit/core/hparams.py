@@ -54,6 +54,13 @@ class FTHyperParams:
     # penalty; 0 = the stand-ins "it", "this one", "the other one". Used if kl_factor > 0
     # or keep_nullspace.
     keep_subjects: int = 0
+    # The block after which the pool's subjects are compared with the request's to choose the
+    # nearest (keep_subjects, keep_subject_keys, the neighbour probes); None = the one under
+    # the lowest edited block: no edit of the edited layers changes a weight the pool's vectors
+    # read there, so they are computed once per model, not again after every applied edit
+    # (1,880 subjects: ~15 s on one CPU thread). Ranking after block 3 or 7 chose the same on
+    # dev (bench/results/dev-tuning.md, ninth round).
+    keep_rank_layer: int | None = None
     # Seed for anything random (prefix sampling); equal seeds give bit-identical deltas.
     seed: int = 0
     # Free-form note shown in the UI (e.g. where a preset's numbers come from).
@@ -110,7 +117,7 @@ class FTHyperParams:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check_type(f.name, f.type, getattr(self, f.name))
-            if f.type == "int" and isinstance(getattr(self, f.name), float):
+            if f.type in ("int", "int | None") and isinstance(getattr(self, f.name), float):
                 object.__setattr__(self, f.name, int(getattr(self, f.name)))
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
         if not self.layers:
@@ -147,6 +154,10 @@ class FTHyperParams:
             raise HParamsError(f"keep_subjects must be >= 0, got {self.keep_subjects}")
         if not 0 <= self.nullspace < float("inf"):
             raise HParamsError(f"nullspace must be a finite number >= 0, got {self.nullspace}")
+        if self.keep_rank_layer is not None and self.keep_rank_layer < 0:
+            raise HParamsError(
+                f"keep_rank_layer must be a block number >= 0 or null, got {self.keep_rank_layer}"
+            )
         if self.keep_subject_keys < 0:
             raise HParamsError(f"keep_subject_keys must be >= 0, got {self.keep_subject_keys}")
         if self.keep_subject_parts and not self.keep_nullspace:
@@ -254,6 +265,7 @@ _TYPE_CHECKS = {
     "int": (_is_int, "a whole number"),
     "float": (_is_number, "a number"),
     "float | None": (lambda v: v is None or _is_number(v), "a number or null"),
+    "int | None": (lambda v: v is None or _is_int(v), "a whole number or null"),
     "str": (lambda v: isinstance(v, str), "a string"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "tuple[int, ...]": (

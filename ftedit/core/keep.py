@@ -40,10 +40,14 @@ class _Stop(Exception):
     pass
 
 
-def _template_blocks(model, template: str) -> torch.nn.ModuleList:
+def _template_blocks(model, template: str, layer: int | None = None) -> torch.nn.ModuleList:
     blocks = blocks_of(model, template)
     if blocks is None:
         raise HParamsError(f"keep_subjects: {template!r} does not index a list of blocks")
+    if layer is not None and layer >= len(blocks):
+        raise HParamsError(
+            f"keep_rank_layer {layer}: this model has blocks 0-{len(blocks) - 1}; choose one of them"
+        )
     return blocks
 
 
@@ -53,7 +57,7 @@ def subject_vectors(
 ) -> torch.Tensor:
     """Unit vectors [N, d]: each subject's last-token hidden state after block ``layer`` of the
     blocks ``template`` indexes, the subject read alone (the blocks above are not run)."""
-    blocks = _template_blocks(model, template)
+    blocks = _template_blocks(model, template, layer)
     got: list[torch.Tensor] = []
 
     def grab(module, args, out):
@@ -88,7 +92,7 @@ _POOL_CACHE = WeightsMemo()
 def _pool_key(model, tok, layer: int, template: str = DEFAULT_TEMPLATE) -> tuple:
     """What the pool's vectors depend on: model, tokenizer, layer, pool, and the state of every
     weight they read (ftedit/core/memo.py)."""
-    blocks = _template_blocks(model, template)
+    blocks = _template_blocks(model, template, layer)
     params = [model.get_input_embeddings().weight]
     params += [p for i in range(layer + 1) for p in blocks[i].parameters()]
     key = (id(model), id(tok), layer, template, _subject_pool())
@@ -142,9 +146,18 @@ def kl_texts(
     return list(dict.fromkeys(out))
 
 
+def rank_layer(hp: FTHyperParams) -> int:
+    """The block whose outputs choose the nearest pool subjects (hparams.keep_rank_layer; by
+    default the one under the lowest edited block, whose outputs no edit of these layers
+    changes, so the pool's vectors are computed once per model)."""
+    if hp.keep_rank_layer is not None:
+        return hp.keep_rank_layer
+    return max(min(hp.layers) - 1, 0)
+
+
 def keep_others(model, tok, requests, hp: FTHyperParams) -> list[list[str]] | None:
     """The other subjects each request's keep prompts use (None: the stand-ins)."""
     if not hp.keep_subjects:
         return None
-    top, tmpl = max(hp.layers), hp.rewrite_module_tmp
-    return [nearest_subjects(model, tok, r.subject, hp.keep_subjects, top, tmpl) for r in requests]
+    at, tmpl = rank_layer(hp), hp.rewrite_module_tmp
+    return [nearest_subjects(model, tok, r.subject, hp.keep_subjects, at, tmpl) for r in requests]

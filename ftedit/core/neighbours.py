@@ -79,7 +79,7 @@ def pick(
 ) -> list[dict]:
     """The neighbour probes of an edit: {prompt, subject, reference, target_new} for the listed
     subjects, else each request's nearest keep-pool subjects (k split between requests)."""
-    from ftedit.core.keep import nearest_subjects
+    from ftedit.core.keep import nearest_subjects, rank_layer
 
     listed = parse_subjects(subjects)
     probes = []
@@ -90,7 +90,7 @@ def pick(
         else:
             try:
                 near = nearest_subjects(
-                    model, tok, r.subject, per, max(hp.layers), hp.rewrite_module_tmp
+                    model, tok, r.subject, per, rank_layer(hp), hp.rewrite_module_tmp
                 )
             except HParamsError:  # a template that indexes no block list: no pool to read
                 near = []
