@@ -130,12 +130,17 @@ def _logp(model, tok, prompt, target):
 
 def test_an_edit_keeps_the_pool_cache_valid(pool):
     """compute_deltas writes the trained weights back bit for bit, so the next edit must not
-    pay for the pool again; a real change to those weights still invalidates it."""
+    pay for the pool again, whatever the edit in between trained; a real change to those
+    weights still invalidates it."""
     model, tok = make_llama(layers=3)
     hp = HP.replace(kl_factor=1.0, keep_subjects=2, layers=(1,), keep_rank_layer=1)
     compute_deltas(model, tok, [REQ], hp)
     cached = keep._pool_vectors(model, tok, 1)
     compute_deltas(model, tok, [REQ], hp)
+    assert keep._pool_vectors(model, tok, 1) is cached
+    # An edit that reads no pool (FT-L-like, block 0, under the pool's layer) between two
+    # that do: its write-back also leaves the pool valid.
+    compute_deltas(model, tok, [REQ], HP.replace(layers=(0,), num_steps=3))
     assert keep._pool_vectors(model, tok, 1) is cached
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight.mul_(1.5)

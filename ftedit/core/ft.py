@@ -40,18 +40,11 @@ from ftedit.core.batch import (  # noqa: F401  (batch_loss, encode, target_logpr
 from ftedit.core.chat import TRAIN_ASK, chat_prompt, has_template
 from ftedit.core.deltas import Deltas
 from ftedit.core.hparams import FTHyperParams
-from ftedit.core.keep import (
-    _pool_key,
-    _pool_vectors,
-    _rekey_pool,
-    keep_others,
-    kl_texts,
-    rank_layer,
-)
+from ftedit.core.keep import _pool_vectors, keep_others, kl_texts, pool_written_back, rank_layer
 from ftedit.core.models import blocks_of, input_device, module_device, num_layers, offloaded
 from ftedit.core.nullspace import Projector, projector
 from ftedit.core.precision import box_bounds, float32_masters, to_device
-from ftedit.core.prefixes import prefixes_key, random_prefixes, rekey_prefixes
+from ftedit.core.prefixes import prefixes_written_back, random_prefixes
 from ftedit.core.requests import EditRequest
 from ftedit.errors import HParamsError, RequestError
 
@@ -345,11 +338,7 @@ def compute_deltas(
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
     dev = input_device(model)
-    keep = (hparams.kl_factor > 0 or hparams.keep_nullspace) and hparams.keep_subjects > 0
-    at, tmpl = rank_layer(hparams), hparams.rewrite_module_tmp
-    pool_key = _pool_key(model, tok, at, tmpl) if keep else None
-    pre = (hparams.num_prefixes, hparams.prefix_len, hparams.seed)
-    pre_key = prefixes_key(model, tok, *pre) if hparams.num_prefixes else None
+    versions = {v.data_ptr(): v._version for v in weights.values()}
     try:
         model.eval()
         texts, targets = training_texts(model, tok, requests, hparams)
@@ -378,10 +367,10 @@ def compute_deltas(
         for n, p in model.named_parameters():
             p.requires_grad_(flags[n])
         model.train(was_training)
-        if pool_key is not None:
-            _rekey_pool(pool_key, _pool_key(model, tok, at, tmpl))
-        if pre_key is not None:
-            rekey_prefixes(pre_key, prefixes_key(model, tok, *pre))
+        # The same bits again under new _version counts: what was cached from them holds.
+        after = {v.data_ptr(): v._version for v in weights.values()}
+        pool_written_back(versions, after)
+        prefixes_written_back(versions, after)
     if not deltas.is_finite():
         raise HParamsError("training diverged (non-finite deltas); lower lr or num_steps")
     return EditResult(deltas, losses, len(losses), time.perf_counter() - t0, stopped)

@@ -107,17 +107,17 @@ def _pool_vectors(model, tok, layer: int, template: str = DEFAULT_TEMPLATE) -> t
     )
 
 
-def _rekey_pool(before: tuple, after: tuple) -> None:
-    """compute_deltas wrote the weights back bit for bit: what was cached for ``before`` holds
-    for ``after`` (the same bits under new ``_version`` counts)."""
-    _POOL_CACHE.rekey(before, after)
+def pool_written_back(before: dict[int, int], after: dict[int, int]) -> None:
+    """compute_deltas wrote the weights back bit for bit: the pool's vectors still hold
+    (memo.WeightsMemo.written_back)."""
+    _POOL_CACHE.written_back(before, after)
 
 
 def nearest_subjects(
     model, tok, subject: str, k: int, layer: int, template: str = DEFAULT_TEMPLATE
 ) -> list[str]:
     """The ``k`` subjects of the keep pool nearest to ``subject``: cosine of their last-token
-    hidden states after block ``layer`` (the top edited block), so a city gets cities and a
+    hidden states after block ``layer`` (hparams.keep_rank_layer), so a city gets cities and a
     person people, the subjects whose answers an edit of this one is most likely to drag
     along. Deterministic for given weights; never the subject itself or a name containing it
     or contained in it."""

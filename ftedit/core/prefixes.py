@@ -22,9 +22,9 @@ def prefixes_key(model, tok, n: int, length: int, seed: int) -> tuple:
     return (id(model), id(tok), n, length, seed) + weights_state(model.parameters())
 
 
-def rekey_prefixes(before: tuple, after: tuple) -> None:
+def prefixes_written_back(before: dict[int, int], after: dict[int, int]) -> None:
     """The weights were written back bit for bit (compute_deltas): the prefixes still hold."""
-    _CACHE.rekey(before, after)
+    _CACHE.written_back(before, after)
 
 
 def random_prefixes(model, tok, n: int, length: int, seed: int) -> list[str]:
