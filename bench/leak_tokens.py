@@ -21,13 +21,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ftedit import paths
 from ftedit.core.evaluate import load_records
 from ftedit.core.ft import compute_deltas
 from ftedit.core.hparams import FTHyperParams, load_preset
 from ftedit.core.models import load_model
 from ftedit.core.requests import EditRequest
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact-sample.json"
+DATA = paths.data_dir() / "counterfact-sample.json"
 
 
 @torch.no_grad()
