@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
 from ftedit.core import evaluate as ev
+from ftedit.core import keep
 from ftedit.core.hparams import FTHyperParams, load_preset
 from ftedit.core.models import load_model
 
@@ -55,6 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="generation entropy on the first N records only (default: all)",
     )
+    p.add_argument(
+        "--keep-pool",
+        default=None,
+        help="keep pool file instead of ftedit/core/data/keep_subjects.txt (a dev experiment's "
+        "pool without the scored records: bench/make_keep_subjects.py --exclude)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (shared CPUs: keep 1)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
@@ -83,6 +90,11 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
+    if args.keep_pool:
+        if not Path(args.keep_pool).is_file():
+            sys.exit(f"--keep-pool: no such file {args.keep_pool}")
+        keep.KEEP_SUBJECTS_FILE = Path(args.keep_pool)
+        keep._subject_pool.cache_clear()
     zsre = args.dataset == "zsre"
     data = args.data or ev.DATA_DIR / f"{args.dataset}-sample.json"
     try:
@@ -157,6 +169,7 @@ def write(
                 "gen_prompts": args.gen_prompts,
                 "gen_tokens": args.gen_tokens,
                 "gen_records": args.gen_records,
+                "keep_pool": args.keep_pool,
                 "hparams": {k: (v.to_dict() if v else None) for k, v in todo.items()},
                 "summaries": summaries,
                 "rows": all_rows,
