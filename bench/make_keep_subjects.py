@@ -63,12 +63,24 @@ def pool(records: list[dict], prompts: bool, excluded: list[dict]) -> list[str]:
                 if m:
                     found.append(m.group(1).strip())
                     break
+    found = [_clean(s, set(found)) for s in found]
     seen = "\n".join(_texts(r) for r in excluded)
     out = []
     for s in dict.fromkeys(found):
         if s and s.lower() not in seen:
             out.append(s)
     return out
+
+
+def _clean(name: str, names: set[str]) -> str:
+    """A name read back through a template that lacked a word of the prompt: "Henry Cow,
+    that" ("{} was founded by" on "Henry Cow, that was founded by") loses the clause word, and
+    "Chicago's" its possessive where "Chicago" is a name too (not "McDonald's")."""
+    name = re.sub(r",\s*(that|which|who|whose)$", "", name).strip()
+    for s in ("'s", "\u2019s"):
+        if name.endswith(s) and name[: -len(s)] in names:
+            return name[: -len(s)]
+    return name
 
 
 def main() -> None:

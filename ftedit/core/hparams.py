@@ -58,7 +58,7 @@ class FTHyperParams:
     # nearest (keep_subjects, keep_subject_keys, the neighbour probes); None = the one under
     # the lowest edited block: no edit of the edited layers changes a weight the pool's vectors
     # read there, so they are computed once per model, not again after every applied edit
-    # (1,880 subjects: ~15 s on one CPU thread). Ranking after block 3 or 7 chose the same on
+    # (1,858 subjects: ~15 s on one CPU thread). Ranking after block 3 or 7 chose the same on
     # dev (bench/results/dev-tuning.md, ninth round).
     keep_rank_layer: int | None = None
     # Seed for anything random (prefix sampling); equal seeds give bit-identical deltas.
