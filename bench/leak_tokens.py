@@ -13,7 +13,6 @@ subject usually sits) and the others. Diagnostic only: dev records, no result fi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -50,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     hp = (
-        FTHyperParams(**json.loads(Path(args.hparams).read_text()))
+        FTHyperParams.from_json(args.hparams)
         if args.hparams
         else load_preset(args.preset or "default")
     )
