@@ -112,10 +112,12 @@ def run(
         }
     ]
     per_edit = []
+    done: list[EditRequest] = []  # the edits the model carries (hparams.keep_prior_edits)
     t0 = time.perf_counter()
     for i, rec in enumerate(records, 1):
         req = EditRequest.from_zsre(rec) if zsre else EditRequest.from_counterfact(rec)
-        res = compute_deltas(model, tok, [req], hp)
+        res = compute_deltas(model, tok, [req], hp, prior=done)
+        done.append(req)
         live.deltas[i] = compact(res.deltas, hp.store_as)  # what the workspace would store
         live.set_active(range(1, i + 1), names)  # live = base + every delta so far
         per_edit.append(
@@ -208,6 +210,7 @@ def _fmt(x: float | None) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="default")
+    p.add_argument("--hparams", default=None, help="hparams JSON file (instead of --preset)")
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--split", choices=sorted(ev.SPLITS), default="test")
     p.add_argument("--every", type=int, default=20, help="score the stack every K edits")
@@ -249,7 +252,8 @@ def main(argv=None) -> None:
         for r in ev.load_records(cf_file, "test", args.gen_records or None)
     ][: args.gen_records]
     lm = load_model(dtype=args.dtype)
-    hp = load_preset(args.preset)
+    hp = FTHyperParams.from_json(args.hparams) if args.hparams else load_preset(args.preset)
+    name = Path(args.hparams).stem if args.hparams else args.preset
     result = run(
         lm.model,
         lm.tok,
@@ -268,7 +272,7 @@ def main(argv=None) -> None:
     )
     title = (
         f"{count} sequential {'zsRE' if zsre else 'CounterFact ' + args.split} edits, preset "
-        f"{args.preset!r}, {lm.fingerprint.name}"
+        f"{name!r}, {lm.fingerprint.name}"
     )
     f, c0 = result["final"], result["curve"][0]
     probe = "loc? token accuracy" if zsre else f"{args.probe} neighbours per record"

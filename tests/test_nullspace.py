@@ -378,3 +378,41 @@ def test_keep_subject_siblings_keeps_a_subject_that_ends_otherwise(arch, monkeyp
         FTHyperParams(keep_subject_siblings=2)
     with pytest.raises(HParamsError, match="keep_subject_siblings must be >= 0 and needs"):
         FTHyperParams(keep_subject_siblings=-1, keep_nullspace=True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_keep_prior_edits_leaves_an_earlier_edits_subject_key_alone(arch, monkeypatch):
+    """keep_prior_edits: an edit stacked on earlier ones (compute_deltas' ``prior``) keeps the
+    nearest earlier edits' subject keys, each in its own prompt, so the delta leaves them exactly
+    as they were; without the field it moves them. An earlier edit of the same subject is not
+    kept (the new fact must move that key), and the field is validated."""
+    from ftedit.core import keep
+    from ftedit.core.edit_keys import _each_key, prior_heads
+
+    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
+    keep._POOL_CACHE.clear()
+    model, tok = MAKERS[arch]()
+    prior = [
+        EditRequest("the {} is located in", "Eiffel Tower", "Berlin", "Paris"),  # same subject
+        EditRequest("the {} is located in", "Louvre", "Rome", "Paris"),
+        EditRequest("who plays {} ?", "jazz", "Rome", "Paris"),
+    ]
+    base = dict(norm_constraint=None, keep_nullspace=True, keep_subjects=1, subject_keys_only=True)
+    heads = prior_heads(model, tok, hp(arch, keep_prior_edits=5, **base), [REQ], prior)
+    assert sorted(heads) == ["the Louvre", "who plays jazz"]
+    (one,) = prior_heads(model, tok, hp(arch, keep_prior_edits=1, **base), [REQ], prior)
+    assert one in heads
+    keys: list[torch.Tensor] = []
+    _each_key(model, tok, hp(arch), [one], lambda i, k: keys.append(k), None, True)
+    k = keys[0].double().T  # [in, 1]: the kept earlier edit's subject key
+    moved = {}
+    for n in (0, 1):
+        h = hp(arch, keep_prior_edits=n, **base)
+        D = _weight_delta(compute_deltas(model, tok, [REQ], h, prior=prior), arch)
+        assert D.norm() > 1e-3
+        moved[n] = float((D @ k).norm() / (D.norm() * k.norm()))
+    assert moved[1] < 1e-4
+    assert moved[0] > 1e-3
+    for bad in (dict(keep_prior_edits=3), dict(keep_prior_edits=-1, keep_nullspace=True)):
+        with pytest.raises(HParamsError, match="keep_prior_edits must be >= 0 and needs"):
+            FTHyperParams(**bad)

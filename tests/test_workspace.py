@@ -308,3 +308,38 @@ def test_duplicate_warning_says_count_twice_only_while_the_first_copy_is_active(
         "this file is already edit #1 (reverted); it was imported again"
     )
     assert duplicate_warning(ws, tmp_path / "missing.safetensors") is None
+
+
+def test_keep_prior_edits_keeps_the_live_edits_subject_keys(monkeypatch):
+    """With keep_prior_edits the workspace passes the branch's live edits to the training: a new
+    edit leaves the subject key of a live earlier one as it was; a reverted one is not kept."""
+    from ftedit.core import keep
+    from ftedit.core.edit_keys import _each_key
+
+    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
+    keep._POOL_CACHE.clear()
+    ws = open_ws()
+    hp = HP1.replace(
+        num_steps=4,
+        keep_nullspace=True,
+        keep_subjects=1,
+        subject_keys_only=True,
+        keep_prior_edits=2,
+    )
+    name = "model.layers.1.mlp.down_proj.weight"
+
+    def moved(edit_id: int, head: str) -> float:
+        keys: list[torch.Tensor] = []
+        _each_key(ws.model, ws.tok, hp, [head], lambda i, k: keys.append(k), None, True)
+        k = keys[0].double().T  # the key under the stack the edit was trained on
+        D = ws.deltas_of(ws.store.get(edit_id))[name].double()
+        return float((D @ k).norm() / (D.norm() * k.norm()))
+
+    ws.edit(REQUESTS[1], hp)  # "The capital of France"
+    ws.revert(1)
+    ws.edit(REQUESTS[2], hp)  # trained with nothing live: may move France's key
+    assert moved(2, "The capital of France") > 1e-3
+    ws.reapply(1)
+    ws.revert(2)  # live: edit 1 only, so edit 3 is trained on base + edit 1
+    ws.edit(REQUESTS[0], hp)
+    assert moved(3, "The capital of France") < 1e-4

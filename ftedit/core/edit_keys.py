@@ -17,7 +17,13 @@ from tqdm.auto import tqdm
 from ftedit.core.batch import _chunks
 from ftedit.core.chat import TRAIN_ASK, chat_prompt
 from ftedit.core.hparams import FTHyperParams
-from ftedit.core.keep import keep_others, kl_texts, nearest_subjects, rank_layer
+from ftedit.core.keep import (
+    keep_others,
+    kl_texts,
+    nearest_subjects,
+    rank_layer,
+    subject_vectors,
+)
 from ftedit.core.prefixes import random_prefixes
 from ftedit.errors import HParamsError
 
@@ -104,7 +110,7 @@ def _each_key(
     return count
 
 
-def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tensor]:
+def keep_basis(model, tok, hp: FTHyperParams, requests, prior=()) -> dict[int, torch.Tensor]:
     """Per edited layer, an orthonormal basis Q [in, r] of the inputs the edited module sees on
     the keep prompts (the relation prompt with the ``keep_subjects`` nearest other subjects,
     keep.kl_texts without the essence prompt, which names the edited subject itself), at every
@@ -115,7 +121,8 @@ def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tenso
     (one key per subject, so many subjects cost little rank). ``keep_subject_parts`` adds the
     inputs at the subject's tokens before its last (:func:`subject_parts`), which other
     subjects that start the same way give token for token. ``keep_subject_siblings`` adds the
-    last-token inputs of :func:`subject_siblings`."""
+    last-token inputs of :func:`subject_siblings`, ``keep_prior_edits`` those of
+    :func:`prior_heads` (earlier edits ``prior`` the edit is stacked on)."""
     texts = [t for t, guard in kl_texts(requests, keep_others(model, tok, requests, hp)) if guard]
     keys: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
 
@@ -139,6 +146,10 @@ def keep_basis(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tenso
         sibs = subject_siblings(model, tok, requests, hp.keep_subject_siblings)
         if sibs:
             _each_key(model, tok, hp, sibs, sink, None, last=True)
+    if hp.keep_prior_edits:
+        heads = prior_heads(model, tok, hp, requests, prior)
+        if heads:
+            _each_key(model, tok, hp, heads, sink, None, last=True)
     out = {}
     for layer, ks in keys.items():
         out[layer] = _span(torch.cat(ks).double().T.cpu())
@@ -183,6 +194,28 @@ def subject_siblings(model, tok, requests, n: int) -> list[str]:
             ]
             out += [tok.decode(ids[:-1] + [t]) for t in word[:n]]
     return list(dict.fromkeys(out))
+
+
+def prior_heads(model, tok, hp: FTHyperParams, requests, prior) -> list[str]:
+    """The prompts, cut after their subject, of the ``keep_prior_edits`` earlier edits
+    (``prior``, requests) whose subjects are nearest the edited ones: cosine of the subjects'
+    last-token hidden states after keep_rank_layer, as the keep pool is ranked
+    (keep.nearest_subjects), highest over the edited subjects. An earlier edit of an edited
+    subject is left out: a new fact for the same subject must move that key."""
+    mine = {r.subject.strip().lower() for r in requests}
+    cands = {}  # head -> subject, first occurrence order
+    for r in prior:
+        if r.subject.strip().lower() not in mine:
+            cands.setdefault(r.prompt[: r.prompt.index("{}")] + r.subject, r.subject)
+    if not cands or hp.keep_prior_edits <= 0:
+        return []
+    heads = list(cands)
+    at, tmpl = rank_layer(hp), hp.rewrite_module_tmp
+    vecs = subject_vectors(model, tok, [cands[h] for h in heads], at, tmpl)
+    own = subject_vectors(model, tok, [r.subject for r in requests], at, tmpl)
+    sims = (vecs @ own.T).max(dim=1).values
+    order = sorted(range(len(heads)), key=lambda i: (-round(float(sims[i]), 6), i))
+    return [heads[i] for i in order[: hp.keep_prior_edits]]
 
 
 def subject_basis(

@@ -325,9 +325,12 @@ def compute_deltas(
     requests: Sequence[EditRequest],
     hparams: FTHyperParams,
     callback: Callback | None = None,
+    prior: Sequence[EditRequest] = (),
 ) -> EditResult:
     """Train the edit and return its deltas. Pure: the model is bit-identical afterwards,
-    also when this raises or is interrupted (weights and ``requires_grad`` restored in finally)."""
+    also when this raises or is interrupted (weights and ``requires_grad`` restored in finally).
+    ``prior``: the requests of the edits the model already carries (hparams.keep_prior_edits
+    keeps the nearest of them)."""
     if not requests:
         raise RequestError("no requests given: pass at least one EditRequest")
     for r in requests:
@@ -354,7 +357,7 @@ def compute_deltas(
             kl = _kl_reference(model, tok, requests, dev, others)
         proj = None  # null-space projection of each step (ftedit/core/nullspace.py)
         if hparams.nullspace or hparams.keep_nullspace:
-            proj = projector(model, tok, hparams, list(weights), requests)
+            proj = projector(model, tok, hparams, list(weights), requests, prior)
         losses, stopped, trained = _train(
             model, weights, copy, batches, hparams, callback, kl, proj
         )

@@ -88,6 +88,11 @@ class FTHyperParams:
     # the rest ("Airbus A3" + "80" for "Airbus A350"), alone and in the prompt: the key of a
     # subject that differs only at its end is close to the edited one's.
     keep_subject_siblings: int = 0
+    # With keep_nullspace, for an edit stacked on earlier ones (compute_deltas' ``prior``): also
+    # keep the last-token input of this many earlier edits' subjects, each in its own prompt,
+    # those nearest the edited subject (at keep_rank_layer), so a new edit leaves the keys the
+    # earlier ones act on alone. Earlier edits of the edited subject itself are not kept.
+    keep_prior_edits: int = 0
     # Keep every step's change only on the edited subject's last-token inputs (orthogonal to the
     # keep prompts' with keep_nullspace): ROME's localisation on the subject's key.
     subject_keys_only: bool = False
@@ -168,6 +173,11 @@ class FTHyperParams:
             raise HParamsError(
                 "keep_subject_siblings must be >= 0 and needs keep_nullspace true, got "
                 f"{self.keep_subject_siblings}"
+            )
+        if self.keep_prior_edits < 0 or (self.keep_prior_edits and not self.keep_nullspace):
+            raise HParamsError(
+                "keep_prior_edits must be >= 0 and needs keep_nullspace true, got "
+                f"{self.keep_prior_edits}"
             )
         if self.subject_keys_only and not self.keep_nullspace:
             raise HParamsError("subject_keys_only needs keep_nullspace true (set both or neither)")

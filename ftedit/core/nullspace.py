@@ -284,12 +284,13 @@ class Projector:
         torch.add(old, d, out=p)
 
 
-def projector(model, tok, hp: FTHyperParams, names: list[str], requests=()) -> Projector:
+def projector(model, tok, hp: FTHyperParams, names: list[str], requests=(), prior=()) -> Projector:
     """The projector for the tensors ``names`` (ft.weights_to_edit's): the soft one of the
     generic statistics at ``hp.nullspace`` (if > 0), then the exact one of the keep prompts'
-    inputs for ``requests`` (if ``hp.keep_nullspace``)."""
+    inputs for ``requests`` (if ``hp.keep_nullspace``; with ``prior``, the earlier edits the
+    model carries, for keep_prior_edits)."""
     stats = eigen_stats(model, tok, hp) if hp.nullspace else None
-    basis = keep_basis(model, tok, hp, requests) if hp.keep_nullspace else None
+    basis = keep_basis(model, tok, hp, requests, prior) if hp.keep_nullspace else None
     onto = subject_basis(model, tok, hp, requests, basis) if hp.subject_keys_only else None
     params = dict(model.named_parameters())
     mats, ontos = {}, {}

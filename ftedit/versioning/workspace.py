@@ -188,7 +188,8 @@ class Workspace:
             near = nb.measure(
                 self.model, self.tok, nb.pick(self.model, self.tok, requests, hp, neighbours)
             )
-            result = compute_deltas(self.model, self.tok, requests, hp, callback)
+            prior = self._live_requests() if hp.keep_prior_edits else ()
+            result = compute_deltas(self.model, self.tok, requests, hp, callback, prior)
             names = sorted(result.deltas)
             meta = self._metadata(requests, hp, names)
             deltas, data = stored(result.deltas, hp.store_as, meta)  # compact: applied = stored
@@ -311,6 +312,11 @@ class Workspace:
             if changes:
                 self._commit_status(changes, note=f"checkout v{version}")
             return list(self._db_active)
+
+    def _live_requests(self) -> list[EditRequest]:
+        """The requests of the edits live on this branch (hparams.keep_prior_edits)."""
+        live = set(self._db_active)
+        return [r for e in self.history() if e.id in live for r in e.requests]
 
     # ---- queries ---------------------------------------------------------------------------
     def history(self) -> list[EditInfo]:
