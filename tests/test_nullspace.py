@@ -55,6 +55,15 @@ def _leak(D: torch.Tensor, C: torch.Tensor) -> float:
     return float((D @ C).norm() / (D.norm() * C.norm()))
 
 
+def _last_keys(model, tok, h: FTHyperParams, texts: list[str]) -> torch.Tensor:
+    """[in, texts]: what each text gives the edited matrix at its last token."""
+    from ftedit.core.edit_keys import _each_key
+
+    keys: list[torch.Tensor] = []
+    _each_key(model, tok, h, texts, lambda i, k: keys.append(k), None, True)
+    return torch.cat(keys).double().T
+
+
 def test_projection_keeps_outputs_on_preserved_keys(arch):
     model, tok = MAKERS[arch]()
     C = _key_moment(model, tok, hp(arch))
@@ -313,106 +322,3 @@ def test_alternations_in_factored_form_match_clamp_then_project(transposed):
     proj.alternate_("w", got, old, lo - old, hi - old, 5)
     assert torch.allclose(got, want, atol=1e-6)
     assert not torch.allclose(got, p)  # it did move
-
-
-def test_keep_subject_parts_keeps_the_subjects_first_word(arch, monkeypatch):
-    """keep_subject_parts: the keys at the subject's tokens before its last ("Eiffel" of "Eiffel
-    Tower") join the keep basis, so the delta leaves a prompt that reads only "Eiffel" (another
-    subject starting the same way) exactly as it was; without it the delta moves that key."""
-    from ftedit.core import keep
-    from ftedit.core.edit_keys import _each_key, subject_parts
-
-    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
-    keep._POOL_CACHE.clear()
-    assert subject_parts([REQ]) == ["Eiffel Tower", " Eiffel Tower", "the Eiffel Tower"]
-    assert subject_parts([EditRequest("{} is in", "Paris", "Rome", "France")]) == []
-    model, tok = MAKERS[arch]()
-    base = dict(norm_constraint=None, keep_nullspace=True, keep_subjects=1, subject_keys_only=True)
-    keys: list[torch.Tensor] = []
-    _each_key(model, tok, hp(arch), ["the Eiffel"], lambda i, k: keys.append(k), None, True)
-    k = keys[0].double().T  # [in, 1]: what "the Eiffel" gives the edited matrix at "Eiffel"
-    moved = {}
-    for parts in (False, True):
-        h = hp(arch, keep_subject_parts=parts, **base)
-        D = _weight_delta(compute_deltas(model, tok, [REQ], h), arch)
-        assert D.norm() > 1e-3
-        moved[parts] = float((D @ k).norm() / (D.norm() * k.norm()))
-    assert moved[True] < 1e-4
-    assert moved[False] > 1e-3
-    with pytest.raises(HParamsError, match="keep_subject_parts needs keep_nullspace"):
-        FTHyperParams(keep_subject_parts=True)
-
-
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_keep_subject_siblings_keeps_a_subject_that_ends_otherwise(arch, monkeypatch):
-    """keep_subject_siblings: the subject with its last token swapped for the model's likeliest
-    others ("Eiffel" + something else) joins the keep basis at its last token, so the delta
-    leaves those keys exactly as they were; without the field it moves them. One-token
-    subjects give no sibling, and the field is validated."""
-    from ftedit.core import keep
-    from ftedit.core.edit_keys import _each_key, subject_siblings
-
-    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
-    keep._POOL_CACHE.clear()
-    model, tok = MAKERS[arch]()
-    sibs = subject_siblings(model, tok, [REQ], 2)
-    assert 2 <= len(sibs) <= 6 and len(set(sibs)) == len(sibs)
-    assert not any(s.endswith("Eiffel Tower") for s in sibs)
-    assert all(("Eiffel" in s) for s in sibs)  # the subject's first tokens, then another one
-    paris = EditRequest("{} is in", "Paris", "Rome", "X")  # one token in the tiny vocabulary
-    assert subject_siblings(model, tok, [paris], 2) == []
-    keys: list[torch.Tensor] = []
-    _each_key(model, tok, hp(arch), sibs, lambda i, k: keys.append(k), None, True)
-    K = torch.cat(keys).double().T  # [in, siblings]: the siblings' last-token keys
-    base = dict(norm_constraint=None, keep_nullspace=True, keep_subjects=1, subject_keys_only=True)
-    moved = {}
-    for n in (0, 2):
-        D = _weight_delta(
-            compute_deltas(model, tok, [REQ], hp(arch, keep_subject_siblings=n, **base)), arch
-        )
-        assert D.norm() > 1e-3
-        moved[n] = float((D @ K).norm() / (D.norm() * K.norm()))
-    assert moved[2] < 1e-4
-    assert moved[0] > 1e-3
-    with pytest.raises(HParamsError, match="keep_subject_siblings must be >= 0 and needs"):
-        FTHyperParams(keep_subject_siblings=2)
-    with pytest.raises(HParamsError, match="keep_subject_siblings must be >= 0 and needs"):
-        FTHyperParams(keep_subject_siblings=-1, keep_nullspace=True)
-
-
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_keep_prior_edits_leaves_an_earlier_edits_subject_key_alone(arch, monkeypatch):
-    """keep_prior_edits: an edit stacked on earlier ones (compute_deltas' ``prior``) keeps the
-    nearest earlier edits' subject keys, each in its own prompt, so the delta leaves them exactly
-    as they were; without the field it moves them. An earlier edit of the same subject is not
-    kept (the new fact must move that key), and the field is validated."""
-    from ftedit.core import keep
-    from ftedit.core.edit_keys import _each_key, prior_heads
-
-    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
-    keep._POOL_CACHE.clear()
-    model, tok = MAKERS[arch]()
-    prior = [
-        EditRequest("the {} is located in", "Eiffel Tower", "Berlin", "Paris"),  # same subject
-        EditRequest("the {} is located in", "Louvre", "Rome", "Paris"),
-        EditRequest("who plays {} ?", "jazz", "Rome", "Paris"),
-    ]
-    base = dict(norm_constraint=None, keep_nullspace=True, keep_subjects=1, subject_keys_only=True)
-    heads = prior_heads(model, tok, hp(arch, keep_prior_edits=5, **base), [REQ], prior)
-    assert sorted(heads) == ["the Louvre", "who plays jazz"]
-    (one,) = prior_heads(model, tok, hp(arch, keep_prior_edits=1, **base), [REQ], prior)
-    assert one in heads
-    keys: list[torch.Tensor] = []
-    _each_key(model, tok, hp(arch), [one], lambda i, k: keys.append(k), None, True)
-    k = keys[0].double().T  # [in, 1]: the kept earlier edit's subject key
-    moved = {}
-    for n in (0, 1):
-        h = hp(arch, keep_prior_edits=n, **base)
-        D = _weight_delta(compute_deltas(model, tok, [REQ], h, prior=prior), arch)
-        assert D.norm() > 1e-3
-        moved[n] = float((D @ k).norm() / (D.norm() * k.norm()))
-    assert moved[1] < 1e-4
-    assert moved[0] > 1e-3
-    for bad in (dict(keep_prior_edits=3), dict(keep_prior_edits=-1, keep_nullspace=True)):
-        with pytest.raises(HParamsError, match="keep_prior_edits must be >= 0 and needs"):
-            FTHyperParams(**bad)

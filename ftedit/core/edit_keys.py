@@ -164,7 +164,7 @@ def subject_parts(requests) -> list[str]:
     out = []
     for r in requests:
         if len(r.subject.split()) > 1:
-            out += [r.subject, " " + r.subject, r.prompt[: r.prompt.index("{}")] + r.subject]
+            out += [r.subject, " " + r.subject, r.head]
     return list(dict.fromkeys(out))
 
 
@@ -206,8 +206,8 @@ def prior_heads(model, tok, hp: FTHyperParams, requests, prior) -> list[str]:
     cands = {}  # head -> subject, first occurrence order
     for r in prior:
         if r.subject.strip().lower() not in mine:
-            cands.setdefault(r.prompt[: r.prompt.index("{}")] + r.subject, r.subject)
-    if not cands or hp.keep_prior_edits <= 0:
+            cands.setdefault(r.head, r.subject)
+    if not cands:
         return []
     heads = list(cands)
     at, tmpl = rank_layer(hp), hp.rewrite_module_tmp
@@ -240,7 +240,7 @@ def subject_basis(
     pre += [c + " " for c in subject_contexts()[: hp.subject_contexts]]
     texts = []
     for r in requests:
-        head = r.prompt[: r.prompt.index("{}")] + r.subject
+        head = r.head
         texts += [p + head for p in pre] + [r.subject, " " + r.subject]
         if hp.chat_texts:  # the chat turn it is also trained as (ft.training_texts), cut there
             ask = TRAIN_ASK.format(r.text)

@@ -57,6 +57,11 @@ class EditRequest:
         """The prompt with the subject filled in."""
         return self.prompt.format(self.subject)
 
+    @property
+    def head(self) -> str:
+        """The prompt up to and with its subject ("The Eiffel Tower" of "The {} is in")."""
+        return self.prompt[: self.prompt.index("{}")] + self.subject
+
     def check_length(self, tok, max_tokens: int = MAX_TOKENS) -> None:
         """Raise if prompt + target would not fit ``max_tokens`` tokens."""
         chars = len(self.text) + len(self.target_new)

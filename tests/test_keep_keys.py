@@ -1,0 +1,115 @@
+"""The keep basis's extra keys (hparams.keep_subject_parts, keep_subject_siblings,
+keep_prior_edits): each added key is left exactly as it was by the delta, and moved without it."""
+
+from __future__ import annotations
+
+import pytest
+
+from ftedit.core.ft import compute_deltas
+from ftedit.core.hparams import FTHyperParams
+from ftedit.core.requests import EditRequest
+from ftedit.errors import HParamsError
+from tests.test_nullspace import MAKERS, REQ, _last_keys, _leak, _weight_delta, hp
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTEDIT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_keep_subject_parts_keeps_the_subjects_first_word(arch, monkeypatch):
+    """keep_subject_parts: the keys at the subject's tokens before its last ("Eiffel" of "Eiffel
+    Tower") join the keep basis, so the delta leaves a prompt that reads only "Eiffel" (another
+    subject starting the same way) exactly as it was; without it the delta moves that key."""
+    from ftedit.core import keep
+    from ftedit.core.edit_keys import subject_parts
+
+    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
+    keep._POOL_CACHE.clear()
+    assert subject_parts([REQ]) == ["Eiffel Tower", " Eiffel Tower", "the Eiffel Tower"]
+    assert subject_parts([EditRequest("{} is in", "Paris", "Rome", "France")]) == []
+    model, tok = MAKERS[arch]()
+    base = dict(norm_constraint=None, keep_nullspace=True, keep_subjects=1, subject_keys_only=True)
+    k = _last_keys(model, tok, hp(arch), ["the Eiffel"])  # [in, 1]: at "Eiffel"
+    moved = {}
+    for parts in (False, True):
+        h = hp(arch, keep_subject_parts=parts, **base)
+        D = _weight_delta(compute_deltas(model, tok, [REQ], h), arch)
+        assert D.norm() > 1e-3
+        moved[parts] = _leak(D, k)
+    assert moved[True] < 1e-4
+    assert moved[False] > 1e-3
+    with pytest.raises(HParamsError, match="keep_subject_parts needs keep_nullspace"):
+        FTHyperParams(keep_subject_parts=True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_keep_subject_siblings_keeps_a_subject_that_ends_otherwise(arch, monkeypatch):
+    """keep_subject_siblings: the subject with its last token swapped for the model's likeliest
+    others ("Eiffel" + something else) joins the keep basis at its last token, so the delta
+    leaves those keys exactly as they were; without the field it moves them. One-token
+    subjects give no sibling, and the field is validated."""
+    from ftedit.core import keep
+    from ftedit.core.edit_keys import subject_siblings
+
+    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
+    keep._POOL_CACHE.clear()
+    model, tok = MAKERS[arch]()
+    sibs = subject_siblings(model, tok, [REQ], 2)
+    assert 2 <= len(sibs) <= 6 and len(set(sibs)) == len(sibs)
+    assert not any(s.endswith("Eiffel Tower") for s in sibs)
+    assert all(("Eiffel" in s) for s in sibs)  # the subject's first tokens, then another one
+    paris = EditRequest("{} is in", "Paris", "Rome", "X")  # one token in the tiny vocabulary
+    assert subject_siblings(model, tok, [paris], 2) == []
+    K = _last_keys(model, tok, hp(arch), sibs)  # [in, siblings]: the siblings' last-token keys
+    base = dict(norm_constraint=None, keep_nullspace=True, keep_subjects=1, subject_keys_only=True)
+    moved = {}
+    for n in (0, 2):
+        D = _weight_delta(
+            compute_deltas(model, tok, [REQ], hp(arch, keep_subject_siblings=n, **base)), arch
+        )
+        assert D.norm() > 1e-3
+        moved[n] = _leak(D, K)
+    assert moved[2] < 1e-4
+    assert moved[0] > 1e-3
+    with pytest.raises(HParamsError, match="keep_subject_siblings must be >= 0 and needs"):
+        FTHyperParams(keep_subject_siblings=2)
+    with pytest.raises(HParamsError, match="keep_subject_siblings must be >= 0 and needs"):
+        FTHyperParams(keep_subject_siblings=-1, keep_nullspace=True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_keep_prior_edits_leaves_an_earlier_edits_subject_key_alone(arch, monkeypatch):
+    """keep_prior_edits: an edit stacked on earlier ones (compute_deltas' ``prior``) keeps the
+    nearest earlier edits' subject keys, each in its own prompt, so the delta leaves them exactly
+    as they were; without the field it moves them. An earlier edit of the same subject is not
+    kept (the new fact must move that key), and the field is validated."""
+    from ftedit.core import keep
+    from ftedit.core.edit_keys import prior_heads
+
+    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
+    keep._POOL_CACHE.clear()
+    model, tok = MAKERS[arch]()
+    prior = [
+        EditRequest("the {} is located in", "Eiffel Tower", "Berlin", "Paris"),  # same subject
+        EditRequest("the {} is located in", "Louvre", "Rome", "Paris"),
+        EditRequest("who plays {} ?", "jazz", "Rome", "Paris"),
+    ]
+    base = dict(norm_constraint=None, keep_nullspace=True, keep_subjects=1, subject_keys_only=True)
+    heads = prior_heads(model, tok, hp(arch, keep_prior_edits=5, **base), [REQ], prior)
+    assert sorted(heads) == ["the Louvre", "who plays jazz"]
+    (one,) = prior_heads(model, tok, hp(arch, keep_prior_edits=1, **base), [REQ], prior)
+    assert one in heads
+    k = _last_keys(model, tok, hp(arch), [one])  # [in, 1]: the kept earlier edit's subject key
+    moved = {}
+    for n in (0, 1):
+        h = hp(arch, keep_prior_edits=n, **base)
+        D = _weight_delta(compute_deltas(model, tok, [REQ], h, prior=prior), arch)
+        assert D.norm() > 1e-3
+        moved[n] = _leak(D, k)
+    assert moved[1] < 1e-4
+    assert moved[0] > 1e-3
+    for bad in (dict(keep_prior_edits=3), dict(keep_prior_edits=-1, keep_nullspace=True)):
+        with pytest.raises(HParamsError, match="keep_prior_edits must be >= 0 and needs"):
+            FTHyperParams(**bad)
