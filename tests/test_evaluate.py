@@ -115,6 +115,18 @@ def test_splits(tmp_path):
         ev.load_records(path, "train")
 
 
+def test_stop_time_is_the_next_such_clock_time():
+    import time
+
+    evening = time.mktime((2026, 12, 3, 22, 20, 0, 0, 0, -1))
+    tonight = ev.stop_time("23:45", now=evening)
+    assert tonight - evening == 85 * 60
+    after_midnight = ev.stop_time("00:30", now=evening)  # passed today: tomorrow's, not at once
+    assert after_midnight - evening == 130 * 60
+    assert time.localtime(after_midnight)[:5] == (2026, 12, 4, 0, 30)
+    assert ev.stop_time(None) is None
+
+
 def test_records_from_a_start_within_the_split(tmp_path):
     path = tmp_path / "cf.json"
     path.write_text(json.dumps([{"case_id": i} for i in range(500)]))

@@ -210,6 +210,8 @@ def prior_heads(model, tok, hp: FTHyperParams, requests, prior) -> list[str]:
     if not cands:
         return []
     heads = list(cands)
+    if len(heads) <= hp.keep_prior_edits:
+        return heads  # all are kept: no ranking to do
     at, tmpl = rank_layer(hp), hp.rewrite_module_tmp
     vecs = subject_vectors(model, tok, [cands[h] for h in heads], at, tmpl)
     own = subject_vectors(model, tok, [r.subject for r in requests], at, tmpl)

@@ -67,13 +67,20 @@ def load_records(
     return records[:n] if n is not None else records
 
 
-def stop_time(hhmm: str | None) -> float | None:
-    """A wall-clock "HH:MM" today (local) as a ``time.time()`` deadline; None for None."""
+def stop_time(hhmm: str | None, now: float | None = None) -> float | None:
+    """The next wall-clock "HH:MM" (local) after ``now`` (default: the present) as a
+    ``time.time()`` deadline: today's, or tomorrow's once today's has passed (00:30 given at
+    22:20 means in two hours and ten minutes, not at once); None for None."""
     if not hhmm:
         return None
     h, m = map(int, hhmm.split(":"))
-    now = time.localtime()
-    return time.mktime((now.tm_year, now.tm_mon, now.tm_mday, h, m, 0, 0, 0, -1))
+    now = time.time() if now is None else now
+    day = time.localtime(now)
+    at = time.mktime((day.tm_year, day.tm_mon, day.tm_mday, h, m, 0, 0, 0, -1))
+    if at <= now:
+        day = time.localtime(at + 86400 + 3600)  # a day later; the hour absorbs a DST shift
+        at = time.mktime((day.tm_year, day.tm_mon, day.tm_mday, h, m, 0, 0, 0, -1))
+    return at
 
 
 # ---- generation entropy (ROME's fluency) ----------------------------------------------------
