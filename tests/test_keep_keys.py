@@ -4,6 +4,7 @@ keep_prior_edits): each added key is left exactly as it was by the delta, and mo
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ftedit.core.ft import compute_deltas
 from ftedit.core.hparams import FTHyperParams
@@ -113,3 +114,69 @@ def test_keep_prior_edits_leaves_an_earlier_edits_subject_key_alone(arch, monkey
     for bad in (dict(keep_prior_edits=3), dict(keep_prior_edits=-1, keep_nullspace=True)):
         with pytest.raises(HParamsError, match="keep_prior_edits must be >= 0 and needs"):
             FTHyperParams(**bad)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_keep_prior_answers_leaves_an_earlier_edits_answer_keys_alone(arch, monkeypatch):
+    """keep_prior_answers: the keys where an earlier edit reads its own answer (its prompt's
+    last token, then each target token but the last, teacher-forced) join the keep basis, so
+    the delta leaves them exactly as they were; with the subject key alone it moves them."""
+    from ftedit.core import keep
+    from ftedit.core.edit_keys import _each_key
+
+    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
+    keep._POOL_CACHE.clear()
+    model, tok = MAKERS[arch]()
+    earlier = EditRequest("the {} is located in", "Louvre", "the city of Rome", "Paris")
+    keys: list = []
+    pair = [(earlier.text, earlier.target_new)]
+    n = _each_key(model, tok, hp(arch), pair, lambda i, k: keys.append(k), None)
+    K = torch.cat(keys).double().T  # [in, keys]: one edited layer
+    prompt, answer = (len(tok(t, add_special_tokens=False)["input_ids"]) for t in pair[0])
+    assert answer > 1 and n == prompt + answer - 1  # read teacher-forced
+    assert K.shape[1] == answer  # keyed at the prompt's last token, then the target's but its last
+    base = dict(norm_constraint=None, keep_nullspace=True, keep_subjects=1, subject_keys_only=True)
+    moved = {}
+    for answers in (False, True):
+        h = hp(arch, keep_prior_edits=1, keep_prior_answers=answers, **base)
+        D = _weight_delta(compute_deltas(model, tok, [REQ], h, prior=[earlier]), arch)
+        assert D.norm() > 1e-3
+        moved[answers] = _leak(D, K)
+    assert moved[True] < 1e-4
+    assert moved[False] > 1e-3
+    with pytest.raises(HParamsError, match="keep_prior_answers needs keep_prior_edits"):
+        FTHyperParams(keep_prior_answers=True, keep_nullspace=True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_keep_prior_share_caps_the_directions_earlier_edits_take(arch, monkeypatch):
+    """keep_prior_share: the earlier edits' keys widen the keep basis by at most that share of
+    the input width, their strongest directions first; the basis stays orthonormal, and an
+    earlier key already in the keep prompts' span adds nothing."""
+    from ftedit.core import keep
+    from ftedit.core.edit_keys import _add_prior, keep_basis
+
+    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
+    keep._POOL_CACHE.clear()
+    model, tok = MAKERS[arch]()
+    prior = [
+        EditRequest("the {} is located in", "Louvre", "the city of Rome", "Paris"),
+        EditRequest("who plays {} ?", "jazz", "Rome", "Paris"),
+    ]
+    base = dict(norm_constraint=None, keep_nullspace=True, keep_subjects=1)
+    (layer,) = hp(arch).layers
+    Q0 = keep_basis(model, tok, hp(arch, **base), [REQ])[layer]
+    h = hp(arch, keep_prior_edits=2, keep_prior_answers=True, **base)
+    full = keep_basis(model, tok, h, [REQ], prior)[layer]
+    width = full.shape[0]
+    capped = keep_basis(model, tok, h.replace(keep_prior_share=1.5 / width), [REQ], prior)[layer]
+    assert full.shape[1] - Q0.shape[1] >= 3  # two subject keys and the answers' keys
+    assert capped.shape[1] == Q0.shape[1] + 1
+    for Q in (full, capped):
+        eye = torch.eye(Q.shape[1])
+        assert torch.allclose(Q.T @ Q, eye, atol=1e-4)
+    assert _add_prior(Q0, Q0[:, :2].double() * 3, 0.0).shape == Q0.shape
+    with pytest.raises(HParamsError, match="keep_prior_share must be in"):
+        FTHyperParams(keep_prior_share=0.5, keep_nullspace=True)
+    with pytest.raises(HParamsError, match="keep_prior_share must be in"):
+        FTHyperParams(keep_prior_share=1.0, keep_prior_edits=3, keep_nullspace=True)

@@ -58,7 +58,7 @@ def _each_key(
     model,
     tok,
     hp: FTHyperParams,
-    texts: list[str],
+    texts: list[str] | list[tuple[str, str]],
     sink,
     desc: str | None,
     last: bool = False,
@@ -67,7 +67,9 @@ def _each_key(
     """Run ``texts`` through the blocks up to the top edited one (a hook stops the forward
     there) and call ``sink(layer, keys [tokens, in])`` with each edited module's inputs at the
     non-pad tokens (``last``: at each text's last token only; ``but_last``: at all but it).
-    Returns the number of tokens."""
+    A (prompt, target) pair is read teacher-forced, as the edit trains and zsRE scores it:
+    the prompt's tokens then the target's but its last, keyed from the prompt's last token on
+    (the positions that predict the target). Returns the number of tokens."""
     mods = _modules(model, hp)
     dev = model.get_input_embeddings().weight.device
     count = 0
@@ -82,16 +84,30 @@ def _each_key(
 
         return hook
 
+    def spans(chunk) -> list[tuple[list[int], int]]:  # token ids, first keyed position
+        if isinstance(chunk[0], str):
+            return [(x[:64], 0) for x in tok(chunk, add_special_tokens=False)["input_ids"]]
+        ps = tok([p for p, _ in chunk], add_special_tokens=False)["input_ids"]
+        ts = tok([t for _, t in chunk], add_special_tokens=False)["input_ids"]
+        out = []
+        for p, t in zip(ps, ts, strict=True):
+            ids = p + t[:-1]
+            cut = max(len(ids) - 64, 0)  # a long text keeps its end, where the target is
+            out.append((ids[cut:], max(len(p) - 1 - cut, 0)))
+        return out
+
     handles = [m.register_forward_pre_hook(grab(i)) for i, m in mods.items()]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     try:
-        texts = sorted(texts, key=len)  # similar lengths share a batch: little padding
+        texts = sorted(texts, key=lambda t: len(t) if isinstance(t, str) else len(t[0] + t[1]))
         for chunk in tqdm(list(_chunks(texts, 32)), desc=desc, disable=desc is None):
-            enc = [x[:64] for x in tok(chunk, add_special_tokens=False)["input_ids"]]
-            L = max(len(x) for x in enc)
-            ids = torch.tensor([x + [pad] * (L - len(x)) for x in enc], device=dev)
-            att = torch.tensor([[1] * len(x) + [0] * (L - len(x)) for x in enc], device=dev)
+            enc = spans(chunk)
+            L = max(len(x) for x, _ in enc)
+            ids = torch.tensor([x + [pad] * (L - len(x)) for x, _ in enc], device=dev)
+            att = torch.tensor([[1] * len(x) + [0] * (L - len(x)) for x, _ in enc], device=dev)
             sel = att.bool()
+            for i, (_, lo) in enumerate(enc):
+                sel[i, :lo] = False
             ends = (torch.arange(len(enc)), att.sum(1) - 1)  # right padding: last real token
             if last:
                 sel = torch.zeros_like(sel)
@@ -122,7 +138,8 @@ def keep_basis(model, tok, hp: FTHyperParams, requests, prior=()) -> dict[int, t
     inputs at the subject's tokens before its last (:func:`subject_parts`), which other
     subjects that start the same way give token for token. ``keep_subject_siblings`` adds the
     last-token inputs of :func:`subject_siblings`, ``keep_prior_edits`` those of
-    :func:`prior_heads` (earlier edits ``prior`` the edit is stacked on)."""
+    :func:`prior_heads` (earlier edits ``prior`` the edit is stacked on) and, with
+    ``keep_prior_answers``, their inputs where each reads its own answer."""
     texts = [t for t, guard in kl_texts(requests, keep_others(model, tok, requests, hp)) if guard]
     keys: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
 
@@ -146,14 +163,32 @@ def keep_basis(model, tok, hp: FTHyperParams, requests, prior=()) -> dict[int, t
         sibs = subject_siblings(model, tok, requests, hp.keep_subject_siblings)
         if sibs:
             _each_key(model, tok, hp, sibs, sink, None, last=True)
-    if hp.keep_prior_edits:
-        heads = prior_heads(model, tok, hp, requests, prior)
-        if heads:
-            _each_key(model, tok, hp, heads, sink, None, last=True)
-    out = {}
+    out = {layer: _span(torch.cat(ks).double().T.cpu()) for layer, ks in keys.items()}
+    heads = prior_heads(model, tok, hp, requests, prior) if hp.keep_prior_edits else []
+    if not heads:
+        return out
+    keys = {i: [] for i in hp.layers}
+    _each_key(model, tok, hp, heads, sink, None, last=True)
+    if hp.keep_prior_answers:
+        kept = set(heads)
+        pairs = {(r.text, r.target_new) for r in prior if r.head in kept}
+        _each_key(model, tok, hp, sorted(pairs), sink, None)
     for layer, ks in keys.items():
-        out[layer] = _span(torch.cat(ks).double().T.cpu())
+        out[layer] = _add_prior(out[layer], torch.cat(ks).double().T.cpu(), hp.keep_prior_share)
     return out
+
+
+def _add_prior(Q: torch.Tensor, k: torch.Tensor, share: float) -> torch.Tensor:
+    """The keep basis ``Q`` [in, r] widened by the earlier edits' keys ``k`` [in, n]: their
+    directions outside it, the strongest first, at most ``share`` of the input width of them
+    (0: all), so the edit keeps room to act on its own subject however many edits came before
+    (AlphaEdit keeps the principal directions of its accumulated keys the same way)."""
+    Qd = Q.double()
+    u, sv, _ = torch.linalg.svd(k - Qd @ (Qd.T @ k), full_matrices=False)
+    r = int((sv > k.norm(dim=0).max() * 1e-6).sum())  # what the keep basis held: noise
+    if share:
+        r = min(r, int(share * k.shape[0]))
+    return torch.cat([Q, u[:, :r].float()], dim=1)
 
 
 def subject_parts(requests) -> list[str]:

@@ -93,6 +93,16 @@ class FTHyperParams:
     # those nearest the edited subject (at keep_rank_layer), so a new edit leaves the keys the
     # earlier ones act on alone. Earlier edits of the edited subject itself are not kept.
     keep_prior_edits: int = 0
+    # With keep_prior_edits: also keep those earlier edits' inputs where their answer is read,
+    # their prompt then target teacher-forced, from the prompt's last token to the target's
+    # last but one (zsRE scores every target token so; the subject key alone leaves the
+    # answer's later tokens free to move). One key per target token and edited layer.
+    keep_prior_answers: bool = False
+    # With keep_prior_edits: at most this share of an edited matrix's input width goes to the
+    # earlier edits' keys (their strongest directions outside the keep prompts' own; 0: no
+    # limit). Each kept key takes a direction the edit may not use: without a limit enough
+    # earlier edits would fill the width and leave a new edit nothing to act on.
+    keep_prior_share: float = 0.0
     # Keep every step's change only on the edited subject's last-token inputs (orthogonal to the
     # keep prompts' with keep_nullspace): ROME's localisation on the subject's key.
     subject_keys_only: bool = False
@@ -179,6 +189,15 @@ class FTHyperParams:
                 "keep_prior_edits must be >= 0 and needs keep_nullspace true, got "
                 f"{self.keep_prior_edits}"
             )
+        if not 0 <= self.keep_prior_share < 1 or (
+            self.keep_prior_share and not self.keep_prior_edits
+        ):
+            raise HParamsError(
+                "keep_prior_share must be in [0, 1) and needs keep_prior_edits > 0, got "
+                f"{self.keep_prior_share}"
+            )
+        if self.keep_prior_answers and not self.keep_prior_edits:
+            raise HParamsError("keep_prior_answers needs keep_prior_edits > 0")
         if self.subject_keys_only and not self.keep_nullspace:
             raise HParamsError("subject_keys_only needs keep_nullspace true (set both or neither)")
         if self.box_iters < 0:
