@@ -167,13 +167,17 @@ def keep_basis(model, tok, hp: FTHyperParams, requests, prior=()) -> dict[int, t
     heads = prior_heads(model, tok, hp, requests, prior) if hp.keep_prior_edits else []
     if not heads:
         return out
-    keys = {i: [] for i in hp.layers}
-    _each_key(model, tok, hp, heads, sink, None, last=True)
+    earlier: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
+
+    def sink_earlier(layer: int, k: torch.Tensor) -> None:
+        earlier[layer].append(k)
+
+    _each_key(model, tok, hp, heads, sink_earlier, None, last=True)
     if hp.keep_prior_answers:
         kept = set(heads)
         pairs = {(r.text, r.target_new) for r in prior if r.head in kept}
-        _each_key(model, tok, hp, sorted(pairs), sink, None)
-    for layer, ks in keys.items():
+        _each_key(model, tok, hp, sorted(pairs), sink_earlier, None)
+    for layer, ks in earlier.items():
         out[layer] = _add_prior(out[layer], torch.cat(ks).double().T.cpu(), hp.keep_prior_share)
     return out
 
@@ -185,7 +189,7 @@ def _add_prior(Q: torch.Tensor, k: torch.Tensor, share: float) -> torch.Tensor:
     (AlphaEdit keeps the principal directions of its accumulated keys the same way)."""
     Qd = Q.double()
     u, sv, _ = torch.linalg.svd(k - Qd @ (Qd.T @ k), full_matrices=False)
-    r = int((sv > k.norm(dim=0).max() * 1e-6).sum())  # what the keep basis held: noise
+    r = int((sv > k.norm(dim=0).max() * 1e-6).sum())  # below: rounding of keys Q already spans
     if share:
         r = min(r, int(share * k.shape[0]))
     return torch.cat([Q, u[:, :r].float()], dim=1)
