@@ -175,8 +175,45 @@ def test_keep_prior_share_caps_the_directions_earlier_edits_take(arch, monkeypat
     for Q in (full, capped):
         eye = torch.eye(Q.shape[1])
         assert torch.allclose(Q.T @ Q, eye, atol=1e-4)
-    assert _add_prior(Q0, Q0[:, :2].double() * 3, 0.0).shape == Q0.shape
+    assert _add_prior(Q0, Q0[:, :2].double() * 3, 0.0).shape[1] == 0
     with pytest.raises(HParamsError, match="keep_prior_share must be in"):
         FTHyperParams(keep_prior_share=0.5, keep_nullspace=True)
     with pytest.raises(HParamsError, match="keep_prior_share must be in"):
         FTHyperParams(keep_prior_share=1.0, keep_prior_edits=3, keep_nullspace=True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_keep_prior_exact_leaves_earlier_keys_alone_inside_a_tight_box(arch, monkeypatch):
+    """keep_prior_exact: with a box tight enough that the clamp after each projected step puts
+    part of the change back on an earlier edit's keys, the finished delta is taken off them
+    again and its rows scaled into the box: the keys are left as they were, the box holds, and
+    the edit still moves. Without the field the clamp leaks; with no earlier edit it changes
+    nothing."""
+    from ftedit.core import keep
+
+    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
+    keep._POOL_CACHE.clear()
+    model, tok = MAKERS[arch]()
+    earlier = EditRequest("the {} is located in", "Louvre", "the city of Rome", "Paris")
+    k = _last_keys(model, tok, hp(arch), ["the Louvre"])  # the earlier edit's subject key
+    eps = 2e-3
+    base = dict(
+        norm_constraint=eps, lr=5e-2, keep_nullspace=True, keep_subjects=1, keep_prior_edits=1
+    )
+    moved, size = {}, {}
+    for exact in (False, True):
+        h = hp(arch, keep_prior_exact=exact, **base)
+        D = _weight_delta(compute_deltas(model, tok, [REQ], h, prior=[earlier]), arch)
+        assert float(D.abs().max()) <= eps * (1 + 1e-5)  # the box holds
+        moved[exact], size[exact] = _leak(D, k), float(D.norm())
+    assert moved[False] > 1e-4  # the clamp leaks onto the kept key
+    assert moved[True] < 1e-6
+    assert size[True] > 0.3 * size[False]
+    alone = {
+        exact: compute_deltas(model, tok, [REQ], hp(arch, keep_prior_exact=exact, **base))
+        for exact in (False, True)
+    }
+    for name, d in alone[False].deltas.items():
+        assert torch.equal(d, alone[True].deltas[name])
+    with pytest.raises(HParamsError, match="keep_prior_exact needs keep_prior_edits"):
+        FTHyperParams(keep_prior_exact=True, keep_nullspace=True)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ftedit.core import nullspace as ns
+from ftedit.core.edit_keys import keep_basis
 from ftedit.core.ft import compute_deltas
 from ftedit.core.hparams import FTHyperParams
 from ftedit.core.requests import EditRequest
@@ -219,7 +220,7 @@ def test_subject_keys_only_keeps_the_delta_on_the_subject_keys(arch, monkeypatch
     keep._POOL_CACHE.clear()
     model, tok = MAKERS[arch]()
     base = dict(norm_constraint=None, keep_nullspace=True, keep_subjects=1)
-    Q = ns.keep_basis(model, tok, hp(arch, **base), [REQ])
+    Q = keep_basis(model, tok, hp(arch, **base), [REQ])
     S = ns.subject_basis(model, tok, hp(arch, **base), [REQ], Q)[1].double()
     assert 1 <= S.shape[1] <= 3
     off = {}
@@ -246,7 +247,7 @@ def test_box_rows_keeps_the_box_and_the_subject_span(arch, monkeypatch):
     model, tok = MAKERS[arch]()
     eps = 2e-3  # tight enough that the element-wise clamp binds
     base = dict(norm_constraint=eps, keep_nullspace=True, keep_subjects=1, subject_keys_only=True)
-    keys = ns.keep_basis(model, tok, hp(arch, **base), [REQ])
+    keys = keep_basis(model, tok, hp(arch, **base), [REQ])
     Q = keys[1].double()
     S = ns.subject_basis(model, tok, hp(arch, **base), [REQ], keys)[1].double()
     off = {}
@@ -283,7 +284,7 @@ def test_subject_contexts_widen_the_subject_span(arch, monkeypatch):
     keep._POOL_CACHE.clear()
     model, tok = MAKERS[arch]()
     base = dict(keep_nullspace=True, keep_subjects=1, subject_keys_only=True)
-    Q = ns.keep_basis(model, tok, hp(arch, **base), [REQ])
+    Q = keep_basis(model, tok, hp(arch, **base), [REQ])
     S0 = ns.subject_basis(model, tok, hp(arch, **base), [REQ], Q)[1].double()
     S4 = ns.subject_basis(model, tok, hp(arch, subject_contexts=4, **base), [REQ], Q)[1].double()
     assert S4.shape[1] > S0.shape[1]

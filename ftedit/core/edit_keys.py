@@ -127,6 +127,19 @@ def _each_key(
 
 
 def keep_basis(model, tok, hp: FTHyperParams, requests, prior=()) -> dict[int, torch.Tensor]:
+    """Per edited layer, the orthonormal keep basis [in, r]: :func:`keep_bases`' two parts side
+    by side."""
+    return join_bases(*keep_bases(model, tok, hp, requests, prior))
+
+
+def join_bases(own: dict[int, torch.Tensor], earlier: dict[int, torch.Tensor]):
+    """The two parts of :func:`keep_bases` as one basis per layer (own columns first)."""
+    return {i: torch.cat([q, earlier[i]], dim=1) if i in earlier else q for i, q in own.items()}
+
+
+def keep_bases(
+    model, tok, hp: FTHyperParams, requests, prior=()
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """Per edited layer, an orthonormal basis Q [in, r] of the inputs the edited module sees on
     the keep prompts (the relation prompt with the ``keep_subjects`` nearest other subjects,
     keep.kl_texts without the essence prompt, which names the edited subject itself), at every
@@ -139,7 +152,9 @@ def keep_basis(model, tok, hp: FTHyperParams, requests, prior=()) -> dict[int, t
     subjects that start the same way give token for token. ``keep_subject_siblings`` adds the
     last-token inputs of :func:`subject_siblings`, ``keep_prior_edits`` those of
     :func:`prior_heads` (earlier edits ``prior`` the edit is stacked on) and, with
-    ``keep_prior_answers``, their inputs where each reads its own answer."""
+    ``keep_prior_answers``, their inputs where each reads its own answer: those earlier edits'
+    directions come as a second dict, orthonormal and orthogonal to Q (empty: no earlier edit
+    kept)."""
     texts = [t for t, guard in kl_texts(requests, keep_others(model, tok, requests, hp)) if guard]
     keys: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
 
@@ -166,7 +181,7 @@ def keep_basis(model, tok, hp: FTHyperParams, requests, prior=()) -> dict[int, t
     out = {layer: _span(torch.cat(ks).double().T.cpu()) for layer, ks in keys.items()}
     heads = prior_heads(model, tok, hp, requests, prior) if hp.keep_prior_edits else []
     if not heads:
-        return out
+        return out, {}
     earlier: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
 
     def sink_earlier(layer: int, k: torch.Tensor) -> None:
@@ -177,14 +192,16 @@ def keep_basis(model, tok, hp: FTHyperParams, requests, prior=()) -> dict[int, t
         kept = set(heads)
         pairs = {(r.text, r.target_new) for r in prior if r.head in kept}
         _each_key(model, tok, hp, sorted(pairs), sink_earlier, None)
-    for layer, ks in earlier.items():
-        out[layer] = _add_prior(out[layer], torch.cat(ks).double().T.cpu(), hp.keep_prior_share)
-    return out
+    extra = {
+        layer: _add_prior(out[layer], torch.cat(ks).double().T.cpu(), hp.keep_prior_share)
+        for layer, ks in earlier.items()
+    }
+    return out, extra
 
 
 def _add_prior(Q: torch.Tensor, k: torch.Tensor, share: float) -> torch.Tensor:
-    """The keep basis ``Q`` [in, r] widened by the earlier edits' keys ``k`` [in, n]: their
-    directions outside it, the strongest first, at most ``share`` of the input width of them
+    """What the earlier edits' keys ``k`` [in, n] add to the keep basis ``Q`` [in, r]: an
+    orthonormal basis [in, r'] of their directions outside it, the strongest first, at most ``share`` of the input width of them
     (0: all), so the edit keeps room to act on its own subject however many edits came before
     (AlphaEdit keeps the principal directions of its accumulated keys the same way)."""
     Qd = Q.double()
@@ -192,7 +209,7 @@ def _add_prior(Q: torch.Tensor, k: torch.Tensor, share: float) -> torch.Tensor:
     r = int((sv > k.norm(dim=0).max() * 1e-6).sum())  # below: rounding of keys Q already spans
     if share:
         r = min(r, int(share * k.shape[0]))
-    return torch.cat([Q, u[:, :r].float()], dim=1)
+    return u[:, :r].float()
 
 
 def subject_parts(requests) -> list[str]:

@@ -304,6 +304,14 @@ def _train(
             callback(step + 1, hp.num_steps, losses[-1])
         if losses[-1] < hp.early_stop_loss:
             break
+    if proj is not None and hp.keep_prior_exact:  # the clamps put some of the change back on
+        with torch.no_grad():  # the kept keys: off them again, rows into the box
+            for k in masters:
+                proj.off_final_(k, masters[k], base[k], eps)
+                if k in box:
+                    masters[k].clamp_(*box[k])  # rounding only
+            for k in shadowed:
+                weights[k].copy_(masters[k])
     deltas = {k: masters[k].detach() - base[k] for k in masters}
     return losses, bool(losses) and losses[-1] < hp.early_stop_loss, deltas
 

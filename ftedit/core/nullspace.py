@@ -45,7 +45,14 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ftedit import paths
-from ftedit.core.edit_keys import _each_key, _in_dim, _modules, keep_basis, subject_basis
+from ftedit.core.edit_keys import (
+    _each_key,
+    _in_dim,
+    _modules,
+    join_bases,
+    keep_bases,
+    subject_basis,
+)
 from ftedit.core.hparams import FTHyperParams
 from ftedit.core.models import blocks_of
 from ftedit.errors import HParamsError
@@ -199,6 +206,7 @@ class Projector:
         self,
         mats: dict[str, tuple[torch.Tensor | None, torch.Tensor | None, bool]],
         onto: dict[str, torch.Tensor] | None = None,
+        final: dict[str, torch.Tensor] | None = None,
     ):
         # name -> (soft projector P [in, in] or None, keep basis Q [in, r] or None,
         #          True if the weight is stored [in, out] like GPT-2's Conv1D)
@@ -206,6 +214,9 @@ class Projector:
         # name -> orthonormal S [in, r] orthogonal to Q: the step is kept only on span(S)
         # (hparams.subject_keys_only)
         self.onto = onto or {}
+        # name -> orthonormal basis [in, r] the finished change is taken off once more
+        # (hparams.keep_prior_exact: the whole keep basis Q of an edit stacked on earlier ones)
+        self.final = final or {}
         self._before: list[torch.Tensor] = []
 
     def attach(self, opt: torch.optim.Optimizer, names: list[str]) -> None:
@@ -257,6 +268,23 @@ class Projector:
         return d
 
     @torch.no_grad()
+    def off_final_(self, name: str, p: torch.Tensor, old: torch.Tensor, eps) -> None:
+        """p <- old + (p - old) off the ``final`` basis, each output row then scaled into the
+        box |p - old| <= ``eps`` (None: no box); a scaled row stays off it."""
+        E = self.final.get(name)
+        if E is None or not E.shape[1]:
+            return
+        d = (p - old).float()
+        if self.mats[name][2]:  # Conv1D: [in, out], the input side is the left one
+            d, rows = d - E @ (E.T @ d), 0
+        else:
+            d, rows = d - (d @ E) @ E.T, 1
+        if eps is not None:
+            peak = d.abs().amax(dim=rows, keepdim=True).clamp(min=1e-30)
+            d = d * (eps / peak).clamp(max=1.0)
+        p.copy_(old + d.to(p.dtype))
+
+    @torch.no_grad()
     def alternate_(
         self,
         name: str,
@@ -290,10 +318,13 @@ def projector(model, tok, hp: FTHyperParams, names: list[str], requests=(), prio
     inputs for ``requests`` (if ``hp.keep_nullspace``; with ``prior``, the earlier edits the
     model carries, for keep_prior_edits)."""
     stats = eigen_stats(model, tok, hp) if hp.nullspace else None
-    basis = keep_basis(model, tok, hp, requests, prior) if hp.keep_nullspace else None
+    basis, earlier = None, {}
+    if hp.keep_nullspace:
+        own, earlier = keep_bases(model, tok, hp, requests, prior)
+        basis = join_bases(own, earlier)
     onto = subject_basis(model, tok, hp, requests, basis) if hp.subject_keys_only else None
     params = dict(model.named_parameters())
-    mats, ontos = {}, {}
+    mats, ontos, finals = {}, {}, {}
     for layer, mod in _modules(model, hp).items():
         wname = next((n for n in names if params.get(n) is mod.weight), None)
         if wname is not None:
@@ -303,4 +334,6 @@ def projector(model, tok, hp: FTHyperParams, names: list[str], requests=(), prio
             mats[wname] = (P, Q, hasattr(mod, "nf"))
             if onto:
                 ontos[wname] = onto[layer].to(dev)
-    return Projector(mats, ontos)
+            if earlier and hp.keep_prior_exact:  # the earlier keys' parts in Q's span too
+                finals[wname] = Q
+    return Projector(mats, ontos, finals)
