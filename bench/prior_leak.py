@@ -6,9 +6,10 @@ Stacks ``--n`` CounterFact dev edits with ``--preset`` (as bench/sequential.py d
 edit made after each ``--at`` count it reports, per edited layer, the share of the delta's
 squared norm in the span of the earlier edits' keys (keep_prior_edits / keep_prior_answers: the
 projection keeps each step's change off that span) and, for comparison, what a random subspace of
-the same rank would hold. The element-wise clamp to the box after each projected step is what can
-put it back there. Then the delta projected off that span once more and its rows scaled into the
-box (both exact): the share of the norm that survives and whether the edit still holds.
+the same rank would hold, and the share on the whole keep basis (the keep prompts' keys too).
+The element-wise clamp to the box after each projected step is what can put it back there. Then
+what keep_prior_exact makes of it: the delta off the whole keep basis once more, its rows scaled
+into the box (both exact): the share of the norm that survives and whether the edit still holds.
 """
 
 from __future__ import annotations
@@ -64,14 +65,17 @@ def main(argv=None) -> None:
                 qp = q1[layer][:, q0[layer].shape[1] :].double()  # earlier edits' directions
                 share = float((d @ qp).norm() ** 2 / d.norm() ** 2)
                 rand = qp.shape[1] / d.shape[1]
-                e = d - (d @ qp) @ qp.T
+                q = q1[layer].double()
+                whole = float((d @ q).norm() ** 2 / d.norm() ** 2)
+                e = d - (d @ q) @ q.T
                 peak = e.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
                 e = e * (eps / peak).clamp(max=1.0)
                 fixed[name] = e.float()
                 print(
                     f"after {i} edits, layer {layer}: {qp.shape[1]} earlier directions; "
-                    f"share of |d|^2 on them {share:.4f} (random subspace {rand:.4f}); "
-                    f"projected + rows scaled keeps {float(e.norm() / d.norm()):.3f} of |d|",
+                    f"share of |d|^2 on them {share:.4f} (random subspace {rand:.4f}), on "
+                    f"the whole keep basis ({q.shape[1]}) {whole:.4f}; off it, rows scaled: "
+                    f"{float(e.norm() / d.norm()):.3f} of |d| kept",
                     flush=True,
                 )
             others = {k: v for k, v in res.deltas.items() if k not in fixed}
