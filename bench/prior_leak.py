@@ -8,7 +8,7 @@ squared norm in the span of the earlier edits' keys (keep_prior_edits / keep_pri
 projection keeps each step's change off that span) and, for comparison, what a random subspace of
 the same rank would hold, and the share on the whole keep basis (the keep prompts' keys too).
 The element-wise clamp to the box after each projected step is what can put it back there. Then
-what keep_prior_exact makes of it: the delta off the whole keep basis once more, its rows scaled
+keep_prior_exact with no alternations: the delta off the whole keep basis once more, its rows scaled
 into the box (both exact): the share of the norm that survives and whether the edit still holds.
 """
 

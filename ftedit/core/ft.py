@@ -307,7 +307,7 @@ def _train(
     if proj is not None and hp.keep_prior_exact:  # the clamps put some of the change back on
         with torch.no_grad():  # the kept keys: off them again, rows into the box
             for k in masters:
-                proj.off_final_(k, masters[k], base[k], eps)
+                proj.off_final_(k, masters[k], base[k], eps, hp.keep_prior_exact)
                 if k in box:
                     masters[k].clamp_(*box[k])  # rounding only
             for k in shadowed:

@@ -268,17 +268,23 @@ class Projector:
         return d
 
     @torch.no_grad()
-    def off_final_(self, name: str, p: torch.Tensor, old: torch.Tensor, eps) -> None:
-        """p <- old + (p - old) off the ``final`` basis, each output row then scaled into the
-        box |p - old| <= ``eps`` (None: no box); a scaled row stays off it."""
+    def off_final_(self, name: str, p: torch.Tensor, old: torch.Tensor, eps, n: int) -> None:
+        """p <- old + (p - old) off the ``final`` basis: ``n`` alternations of the box
+        |p - old| <= ``eps`` (None: no box) and that projection (both convex: it nears their
+        intersection, so little is left to cut), then the projection and each output row
+        scaled into the box (a scaled row stays off the basis)."""
         E = self.final.get(name)
         if E is None or not E.shape[1]:
             return
+        conv = self.mats[name][2]  # Conv1D: [in, out], the input side is the left one
+
+        def off(d: torch.Tensor) -> torch.Tensor:
+            return d - E @ (E.T @ d) if conv else d - (d @ E) @ E.T
+
         d = (p - old).float()
-        if self.mats[name][2]:  # Conv1D: [in, out], the input side is the left one
-            d, rows = d - E @ (E.T @ d), 0
-        else:
-            d, rows = d - (d @ E) @ E.T, 1
+        for _ in range(n if eps is not None else 0):
+            d = off(d.clamp_(min=-eps, max=eps))
+        d, rows = off(d), 0 if conv else 1
         if eps is not None:
             peak = d.abs().amax(dim=rows, keepdim=True).clamp(min=1e-30)
             d = d * (eps / peak).clamp(max=1.0)
