@@ -201,9 +201,10 @@ def keep_bases(
 
 def _add_prior(Q: torch.Tensor, k: torch.Tensor, share: float) -> torch.Tensor:
     """What the earlier edits' keys ``k`` [in, n] add to the keep basis ``Q`` [in, r]: an
-    orthonormal basis [in, r'] of their directions outside it, the strongest first, at most ``share`` of the input width of them
-    (0: all), so the edit keeps room to act on its own subject however many edits came before
-    (AlphaEdit keeps the principal directions of its accumulated keys the same way)."""
+    orthonormal basis [in, r'] of their directions outside it, the strongest first, at most
+    ``share`` of the input width of them (0: all), so the edit keeps room to act on its own
+    subject however many edits came before (AlphaEdit keeps the principal directions of its
+    accumulated keys the same way)."""
     Qd = Q.double()
     u, sv, _ = torch.linalg.svd(k - Qd @ (Qd.T @ k), full_matrices=False)
     r = int((sv > k.norm(dim=0).max() * 1e-6).sum())  # below: rounding of keys Q already spans
