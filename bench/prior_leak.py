@@ -15,23 +15,17 @@ into the box (both exact): the share of the norm that survives and whether the e
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.sequential import efficacy
-from ftedit.core import evaluate as ev
+from bench.stack_post import dev_stack, post
 from ftedit.core.compact import compact
 from ftedit.core.deltas import Deltas
 from ftedit.core.edit_keys import keep_basis
-from ftedit.core.ft import compute_deltas, weights_to_edit
-from ftedit.core.hparams import load_preset
-from ftedit.core.live import LiveWeights
-from ftedit.core.models import load_model
+from ftedit.core.ft import compute_deltas
 from ftedit.core.requests import EditRequest
 
 
@@ -42,14 +36,7 @@ def main(argv=None) -> None:
     p.add_argument("--at", type=int, nargs="+", default=[10, 20, 30])
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    records = ev.load_records(ev.DATA_DIR / "counterfact-sample.json", "dev", args.n + 1)
-    lm = load_model()
-    model, tok = lm.model, lm.tok
-    hp = load_preset(args.preset)
-    names = list(weights_to_edit(model, hp))
-    live = LiveWeights(model)
+    records, model, tok, hp, names, live = dev_stack(args.preset, args.n + 1, args.threads)
     done: list[EditRequest] = []
     eps = hp.norm_constraint
     for i, rec in enumerate(records):
@@ -67,9 +54,7 @@ def main(argv=None) -> None:
                 rand = qp.shape[1] / d.shape[1]
                 q = q1[layer].double()
                 whole = float((d @ q).norm() ** 2 / d.norm() ** 2)
-                e = d - (d @ q) @ q.T
-                peak = e.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
-                e = e * (eps / peak).clamp(max=1.0)
+                e = post(d, q, eps, 0).double()
                 fixed[name] = e.float()
                 print(
                     f"after {i} edits, layer {layer}: {qp.shape[1]} earlier directions; "

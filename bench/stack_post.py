@@ -31,6 +31,7 @@ from ftedit.core.hparams import load_preset
 from ftedit.core.live import LiveWeights
 from ftedit.core.metrics import counterfact_scores
 from ftedit.core.models import load_model
+from ftedit.core.precision import rows_into_box
 from ftedit.core.requests import EditRequest
 
 
@@ -41,9 +42,18 @@ def post(d: torch.Tensor, Q: torch.Tensor, eps: float, n: int) -> torch.Tensor:
     for _ in range(n):
         d = d.clamp(-eps, eps)
         d = d - (d @ Q) @ Q.T
-    d = d - (d @ Q) @ Q.T
-    peak = d.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
-    return (d * (eps / peak).clamp(max=1.0)).float()
+    return rows_into_box(d - (d @ Q) @ Q.T, eps, 1).float()
+
+
+def dev_stack(preset: str, n: int, threads: int):
+    """What a dev stacking run starts from: the first ``n`` dev records, the default model, the
+    preset, the tensors it edits and the live weights to stack on."""
+    torch.set_num_threads(threads)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    records = ev.load_records(ev.DATA_DIR / "counterfact-sample.json", "dev", n)
+    lm = load_model()
+    hp = load_preset(preset)
+    return records, lm.model, lm.tok, hp, list(weights_to_edit(lm.model, hp)), LiveWeights(lm.model)
 
 
 def main(argv=None) -> None:
@@ -53,14 +63,7 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, default=25)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    records = ev.load_records(ev.DATA_DIR / "counterfact-sample.json", "dev", args.n)
-    lm = load_model()
-    model, tok = lm.model, lm.tok
-    hp = load_preset(args.preset)
-    names = list(weights_to_edit(model, hp))
-    live = LiveWeights(model)
+    records, model, tok, hp, names, live = dev_stack(args.preset, args.n, args.threads)
     done: list[EditRequest] = []
     kept: list[float] = []
     for i, rec in enumerate(records):

@@ -43,7 +43,7 @@ from ftedit.core.hparams import FTHyperParams
 from ftedit.core.keep import _pool_vectors, keep_others, kl_texts, pool_written_back, rank_layer
 from ftedit.core.models import blocks_of, input_device, module_device, num_layers, offloaded
 from ftedit.core.nullspace import Projector, projector
-from ftedit.core.precision import box_bounds, float32_masters, to_device
+from ftedit.core.precision import box_bounds, float32_masters, rows_into_box, to_device
 from ftedit.core.prefixes import prefixes_written_back, random_prefixes
 from ftedit.core.requests import EditRequest
 from ftedit.errors import HParamsError, RequestError
@@ -294,8 +294,7 @@ def _train(
                         proj.alternate_(k, masters[k], base[k], *dbox[k], hp.box_iters)
                     if hp.box_rows:  # each output row scaled into the box: stays in its span
                         d = masters[k] - base[k]
-                        peak = d.abs().amax(dim=outs[k], keepdim=True).clamp(min=1e-30)
-                        masters[k].copy_(base[k] + d * (eps / peak).clamp(max=1.0))
+                        masters[k].copy_(base[k] + rows_into_box(d, eps, outs[k]))
                     masters[k].clamp_(min=lo, max=hi)  # (after box_rows: rounding only)
                 for k in shadowed:
                     weights[k].copy_(masters[k])  # the one cast to the model's dtype

@@ -55,6 +55,7 @@ from ftedit.core.edit_keys import (
 )
 from ftedit.core.hparams import FTHyperParams
 from ftedit.core.models import blocks_of
+from ftedit.core.precision import rows_into_box
 from ftedit.errors import HParamsError
 
 PROMPTS_FILE = Path(__file__).parent / "data" / "nullspace_prompts.txt"
@@ -284,10 +285,9 @@ class Projector:
         d = (p - old).float()
         for _ in range(n if eps is not None else 0):
             d = off(d.clamp_(min=-eps, max=eps))
-        d, rows = off(d), 0 if conv else 1
+        d = off(d)
         if eps is not None:
-            peak = d.abs().amax(dim=rows, keepdim=True).clamp(min=1e-30)
-            d = d * (eps / peak).clamp(max=1.0)
+            d = rows_into_box(d, eps, 0 if conv else 1)
         p.copy_(old + d.to(p.dtype))
 
     @torch.no_grad()

@@ -43,6 +43,13 @@ def box_bounds(base: torch.Tensor, eps: float, exact: bool) -> tuple[torch.Tenso
     return lo, hi
 
 
+def rows_into_box(d: torch.Tensor, eps: float, dim: int) -> torch.Tensor:
+    """The change ``d`` with each output row (its peak taken over ``dim``) scaled down until
+    |d| <= eps: a scaled row keeps its direction, so it stays in any input-side span."""
+    peak = d.abs().amax(dim=dim, keepdim=True).clamp(min=1e-30)
+    return d * (eps / peak).clamp(max=1.0)
+
+
 def to_device(dev: torch.device, x):
     """``x`` (a tensor, or tensors in tuples / lists / dicts) moved to ``dev``."""
     if torch.is_tensor(x):
