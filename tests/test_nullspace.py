@@ -323,3 +323,34 @@ def test_alternations_in_factored_form_match_clamp_then_project(transposed):
     proj.alternate_("w", got, old, lo - old, hi - old, 5)
     assert torch.allclose(got, want, atol=1e-6)
     assert not torch.allclose(got, p)  # it did move
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("kept", [10, 40])  # of 48 inputs: off E itself, or onto the rest
+def test_off_final_takes_the_change_off_the_basis_however_wide(transposed, kept):
+    """Projector.off_final_ (keep_prior_exact) gives what alternating the box and d - d E E^T
+    gives, then the projection and the rows scaled into the box, whether the basis E is narrow
+    or covers most inputs (then it projects onto E's complement instead): nothing left on E."""
+    g = torch.Generator().manual_seed(1)
+    n_in, n_out, eps = 48, 16, 0.02
+    E, _ = torch.linalg.qr(torch.randn(n_in, kept, generator=g))
+    shape = (n_in, n_out) if transposed else (n_out, n_in)
+    old = torch.randn(shape, generator=g)
+    p = old + 0.05 * torch.randn(shape, generator=g)
+
+    def off(d):
+        return d - E @ (E.T @ d) if transposed else d - (d @ E) @ E.T
+
+    d = p - old
+    for _ in range(5):
+        d = off(d.clamp(min=-eps, max=eps))
+    d = off(d)
+    side = 0 if transposed else 1
+    want = old + d * (eps / d.abs().amax(dim=side, keepdim=True).clamp(min=eps))
+    got = p.clone()
+    ns.Projector({"w": (None, E, transposed)}, final={"w": E}).off_final_("w", got, old, eps, 5)
+    d = got - old
+    assert torch.allclose(got, want, atol=1e-6)
+    assert float(d.abs().max()) <= eps + 1e-6  # the box, to the rounding of old + d - old
+    on = E.T @ d if transposed else d @ E
+    assert float(on.norm()) < 1e-5 * float(d.norm()) and float(d.norm()) > 0.01
