@@ -7,7 +7,13 @@ on top of the ones before (DESIGN.md's invariant: live = base + d_1 + ... + d_k,
 zsRE uses MEMIT's convention (target_new = answers[0]; efficacy = token accuracy of it after the
 question; the probe = token accuracy of loc_ans after ``loc?``).
 
-``--stop-at HH:MM`` stops stacking at that time and reports the edits made by then.
+``--stop-at HH:MM`` stops stacking at that time and reports the edits made by then;
+``--checkpoint DIR`` saves each edit there as it is made (an edit file in the stored form),
+and a later run given the same folder and settings continues the stack where it stopped, edit
+for edit as an unbroken run would (a 1,000-edit run is longer than one sitting):
+
+    .venv/bin/python bench/sequential.py --dataset zsre --n 1000 --every 100 \
+        --checkpoint runs/zsre-1000 --stop-at 17:40 --out bench/results/sequential-zsre
 
 Every ``--every`` edits it scores the rewrite prompts of all edits so far (efficacy so far), the
 neighbourhood prompts of all N records (the probe whose unedited score is the baseline) and the
@@ -20,6 +26,7 @@ Writes sequential.md / .json / .png under ``--out``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -33,12 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from ftedit.core import evaluate as ev
 from ftedit.core.compact import compact
+from ftedit.core.deltas import Deltas
 from ftedit.core.ft import compute_deltas, weights_to_edit
 from ftedit.core.hparams import FTHyperParams, load_preset
 from ftedit.core.live import LiveWeights
 from ftedit.core.metrics import _prefers
 from ftedit.core.models import load_model
 from ftedit.core.requests import EditRequest
+from storage import editfile
 
 
 def _zsre_accuracy(model, tok, records, metric: str) -> float:
@@ -84,6 +93,45 @@ def neighborhood(model, tok, records, per_record: int) -> float:
     return 100 * statistics.fmean(hits)
 
 
+def _settings(records, hp: FTHyperParams, every: int, probe: int, gen_prompts, base) -> dict:
+    """What a checkpoint's edits and curve depend on: a resumed run must match it exactly."""
+    digest = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
+    return {
+        "records": f"{len(records)} records, sha256 {digest}",
+        "hparams": hp.to_dict(),
+        "every": every,
+        "probe": probe,
+        "gen_prompts": list(gen_prompts or []),
+        "base": base,
+    }
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)  # a kill leaves the old file or the new one, never half of one
+
+
+def _resume(ckpt: Path, settings: dict, live: LiveWeights, names: list[str]) -> dict | None:
+    """The state a checkpoint holds (its edits made active in ``live``), or None if it has
+    none; SystemExit if it was made with other settings."""
+    state_file = ckpt / "state.json"
+    if not state_file.exists():
+        return None
+    state = json.loads(state_file.read_text())
+    if state["settings"] != settings:
+        diff = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+        raise SystemExit(
+            f"checkpoint {ckpt} was made with other settings ({', '.join(diff)} differ): "
+            "run with those, or give another --checkpoint folder"
+        )
+    for i in range(1, len(state["per_edit"]) + 1):
+        tensors, _ = editfile.decode((ckpt / f"edit-{i:05d}.safetensors").read_bytes())
+        live.deltas[i] = Deltas(tensors)
+    live.set_active(live.deltas, names)
+    return state
+
+
 def run(
     model,
     tok,
@@ -93,31 +141,53 @@ def run(
     probe: int = 10,
     deadline: float | None = None,
     gen_prompts: list[str] | None = None,
+    checkpoint: Path | None = None,
+    base: dict | None = None,
 ) -> dict:
     """Stack the records' edits; past ``deadline`` (epoch seconds) stop stacking, score the
-    stack as it is, and report over the edits made."""
+    stack as it is, and report over the edits made. With ``checkpoint`` (a folder), every
+    edit is saved there as it is made (its stored form, as an edit file) with the curve so
+    far, and a run given the same folder and settings continues where that one stopped: the
+    live weights are rebuilt from the same stored deltas, so the edits that follow are the
+    ones an unbroken run makes (``base``: the model's fingerprint, part of the settings)."""
     zsre = bool(records) and "src" in records[0]
     names = list(weights_to_edit(model, hp))
     live = LiveWeights(model)
+    settings = _settings(records, hp, every, probe, gen_prompts, base)
+    state = None
+    if checkpoint is not None:
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        state = _resume(checkpoint, settings, live, names)
 
     def entropy() -> float | None:
         return ev.generation_entropy(model, tok, gen_prompts) if gen_prompts else None
 
-    curve = [
-        {
-            "edits": 0,
-            "efficacy_so_far": None,
-            "neighborhood": neighborhood(model, tok, records, probe),
-            "entropy": entropy(),
-        }
-    ]
-    per_edit = []
-    done: list[EditRequest] = []  # the edits the model carries (hparams.keep_prior_edits)
-    t0 = time.perf_counter()
-    for i, rec in enumerate(records, 1):
-        req = EditRequest.from_zsre(rec) if zsre else EditRequest.from_counterfact(rec)
+    def request(rec) -> EditRequest:
+        return EditRequest.from_zsre(rec) if zsre else EditRequest.from_counterfact(rec)
+
+    if state is None:
+        curve = [
+            {
+                "edits": 0,
+                "efficacy_so_far": None,
+                "neighborhood": neighborhood(model, tok, records, probe),
+                "entropy": entropy(),
+            }
+        ]
+        per_edit, elapsed = [], 0.0
+    else:
+        curve, per_edit, elapsed = state["curve"], state["per_edit"], state["seconds"]
+        print(f"resumed from {checkpoint}: {len(per_edit)} edits", flush=True)
+    # the edits the model carries (hparams.keep_prior_edits)
+    done: list[EditRequest] = [request(r) for r in records[: len(per_edit)]]
+    t0 = time.perf_counter() - elapsed
+    for i, rec in enumerate(records[len(per_edit) :], len(per_edit) + 1):
+        req = request(rec)
         res = compute_deltas(model, tok, [req], hp, prior=done)
         done.append(req)
+        if checkpoint is not None:  # the stored form's bytes; what they apply is compact()'s
+            data = editfile.encode(dict(res.deltas.items()), {}, hp.store_as)
+            _write(checkpoint / f"edit-{i:05d}.safetensors", data)
         live.deltas[i] = compact(res.deltas, hp.store_as)  # what the workspace would store
         live.set_active(range(1, i + 1), names)  # live = base + every delta so far
         per_edit.append(
@@ -141,6 +211,14 @@ def run(
                 }
             )
             print(f"{i} edits ({time.perf_counter() - t0:.0f} s): {curve[-1]}", flush=True)
+        if checkpoint is not None:
+            state = {
+                "settings": settings,
+                "curve": curve,
+                "per_edit": per_edit,
+                "seconds": time.perf_counter() - t0,
+            }
+            _write(checkpoint / "state.json", json.dumps(state).encode())
         if late:
             break
     edited = records[: len(per_edit)]
@@ -238,6 +316,12 @@ def main(argv=None) -> None:
         default=None,
         help="wall-clock HH:MM (local): stop stacking there and report the edits made",
     )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="folder: save every edit there as it is made, and continue a run saved there "
+        "(same settings) where it stopped",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -263,6 +347,8 @@ def main(argv=None) -> None:
         args.probe,
         ev.stop_time(args.stop_at),
         gen,
+        Path(args.checkpoint) if args.checkpoint else None,
+        lm.fingerprint.to_dict(),
     )
     done = result["final"]["n"]
     count = (

@@ -1,0 +1,90 @@
+"""bench/sequential.py --checkpoint: a stack made in two sittings is the stack made in one."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_nullspace import hp
+from tests.tiny import make_llama
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("sequential", ROOT / "bench/sequential.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+sequential = _load()
+
+
+def _zsre(src: str, subject: str, answer: str, loc: str, loc_ans: str) -> dict:
+    return {
+        "src": src,
+        "subject": subject,
+        "answers": [answer],
+        "rephrase": src.replace("where", "what"),
+        "loc": loc,
+        "loc_ans": loc_ans,
+    }
+
+
+RECORDS = [
+    _zsre("where is the Eiffel Tower located ?", "Eiffel Tower", "Rome", "who plays jazz", "Toko"),
+    _zsre("where is Nokia located ?", "Nokia", "Japan", "the capital of France", "Paris"),
+    _zsre("where was Danielle Darrieux born ?", "Danielle Darrieux", "Berlin", "Apple", "Google"),
+    _zsre("where is Angola located ?", "Angola", "Europe", "the language of Italy", "Italian"),
+]
+
+
+@pytest.fixture(autouse=True)
+def small_pool(tmp_path, monkeypatch):
+    from ftedit.core import keep
+
+    monkeypatch.setenv("FTEDIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
+    keep._POOL_CACHE.clear()
+
+
+def _same(a: dict, b: dict) -> None:
+    """Two results equal but for the seconds each edit took."""
+    drop = {"seconds"}
+    assert [{k: v for k, v in e.items() if k not in drop} for e in a["per_edit"]] == [
+        {k: v for k, v in e.items() if k not in drop} for e in b["per_edit"]
+    ]
+    assert a["final"] == b["final"] and a["stack_norm"] == b["stack_norm"]
+
+
+def test_a_run_resumed_from_its_checkpoint_makes_the_edits_an_unbroken_run_makes(tmp_path):
+    h = hp(
+        "llama",
+        norm_constraint=5e-3,
+        keep_nullspace=True,
+        keep_subjects=1,
+        keep_prior_edits=10,
+        keep_prior_exact=2,
+        store_as="lowrank:4",
+    )
+    whole = sequential.run(*make_llama(), RECORDS, h, every=2, probe=1)
+    ckpt = tmp_path / "ckpt"
+    first = sequential.run(*make_llama(), RECORDS, h, 2, 1, deadline=0, checkpoint=ckpt)
+    assert len(first["per_edit"]) == 1  # past the deadline after the first edit
+    state = json.loads((ckpt / "state.json").read_text())
+    assert len(state["per_edit"]) == 1 and (ckpt / "edit-00001.safetensors").exists()
+    # a new sitting: a fresh model from the same base, the stack rebuilt from the files
+    rest = sequential.run(*make_llama(), RECORDS, h, 2, 1, checkpoint=ckpt)
+    _same(rest, whole)
+    assert [p["edits"] for p in rest["curve"]] == [0, 1, 2, 4]  # where the first sitting ended
+    assert [p for p in rest["curve"] if p["edits"] != 1] == whole["curve"]
+    assert rest["per_edit"][1]["delta_norm"] > 0  # the edits after the break did something
+    # other settings are refused before anything is edited or written
+    before = sorted(p.name for p in ckpt.iterdir())
+    with pytest.raises(SystemExit, match=r"other settings \(hparams differ\)"):
+        sequential.run(*make_llama(), RECORDS, h.replace(lr=2e-2), 2, 1, checkpoint=ckpt)
+    assert sorted(p.name for p in ckpt.iterdir()) == before
