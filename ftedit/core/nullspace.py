@@ -193,6 +193,12 @@ def eigen_stats(model, tok, hp: FTHyperParams) -> dict[int, tuple[torch.Tensor, 
     return {i: (got[f"e{i}"].double(), got[f"u{i}"]) for i in hp.layers}
 
 
+# keep_prior_exact projects onto the complement of the keep basis, not off the basis, once
+# the basis holds more than this share of the input width: one QR per edit, then each of the
+# alternations multiplies by the thinner of the two (bench/speed_stack.py times both).
+COMPLEMENT_ABOVE = 0.5
+
+
 def soft_projector(e: torch.Tensor, u: torch.Tensor, strength: float) -> torch.Tensor:
     """U diag(1 / (1 + s e / mean(e))) U^T: symmetric, ~1 on rare input directions, ~0 on
     frequent ones (s = strength)."""
@@ -278,9 +284,9 @@ class Projector:
         if E is None or not E.shape[1]:
             return
         conv = self.mats[name][2]  # Conv1D: [in, out], the input side is the left one
-        if 2 * E.shape[1] > E.shape[0]:  # mostly kept (a long stack): onto the thinner rest,
-            C = torch.linalg.qr(E, mode="complete").Q[:, E.shape[1] :]  # one QR, 5x less per
-            E = None  # alternation at 1,300 of 1,536 (bench/speed_stack.py)
+        if E.shape[1] > COMPLEMENT_ABOVE * E.shape[0]:  # most inputs kept (a long stack):
+            C = torch.linalg.qr(E, mode="complete").Q[:, E.shape[1] :]  # onto the thinner rest
+            E = None
 
         def off(d: torch.Tensor) -> torch.Tensor:
             if E is None:
