@@ -48,6 +48,7 @@ from ftedit.core.metrics import _prefers
 from ftedit.core.models import load_model
 from ftedit.core.requests import EditRequest
 from storage import editfile
+from storage.blobs import write_file_atomic  # a kill leaves the old file or the new one
 
 
 def _zsre_accuracy(model, tok, records, metric: str) -> float:
@@ -104,12 +105,6 @@ def _settings(records, hp: FTHyperParams, every: int, probe: int, gen_prompts, b
         "gen_prompts": list(gen_prompts or []),
         "base": base,
     }
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)  # a kill leaves the old file or the new one, never half of one
 
 
 def _resume(ckpt: Path, settings: dict, live: LiveWeights, names: list[str]) -> dict | None:
@@ -187,7 +182,7 @@ def run(
         done.append(req)
         if checkpoint is not None:  # the stored form's bytes; what they apply is compact()'s
             data = editfile.encode(dict(res.deltas.items()), {}, hp.store_as)
-            _write(checkpoint / f"edit-{i:05d}.safetensors", data)
+            write_file_atomic(checkpoint / f"edit-{i:05d}.safetensors", data)
         live.deltas[i] = compact(res.deltas, hp.store_as)  # what the workspace would store
         live.set_active(range(1, i + 1), names)  # live = base + every delta so far
         per_edit.append(
@@ -218,7 +213,7 @@ def run(
                 "per_edit": per_edit,
                 "seconds": time.perf_counter() - t0,
             }
-            _write(checkpoint / "state.json", json.dumps(state).encode())
+            write_file_atomic(checkpoint / "state.json", json.dumps(state).encode())
         if late:
             break
     edited = records[: len(per_edit)]

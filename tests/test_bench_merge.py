@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from ftedit.core import evaluate as ev
+from tests.benchkit import load_bench
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("merge_results", ROOT / "bench/merge_results.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-merge_results = _load()
+merge_results = load_bench("merge_results")
 
 
 def _rows(lo: int, n: int, seed: int) -> list[dict]:

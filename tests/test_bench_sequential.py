@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.benchkit import load_bench
 from tests.test_nullspace import hp
 from tests.tiny import make_llama
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("sequential", ROOT / "bench/sequential.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-sequential = _load()
+sequential = load_bench("sequential")
 
 
 def _zsre(src: str, subject: str, answer: str, loc: str, loc_ans: str) -> dict:
