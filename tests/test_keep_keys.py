@@ -218,3 +218,63 @@ def test_keep_prior_exact_leaves_earlier_keys_alone_inside_a_tight_box(arch, mon
     for bad in (dict(keep_prior_exact=20), dict(keep_prior_exact=-1, keep_prior_edits=1)):
         with pytest.raises(HParamsError, match="keep_prior_exact must be >= 0 and needs"):
             FTHyperParams(keep_nullspace=True, **bad)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_an_earlier_edits_head_key_read_inside_its_question_is_the_one_read_alone(arch):
+    """keep_prior_answers reads an earlier edit's subject key inside its question's
+    teacher-forced pass when the head's tokens start the question's: the keys are those of the
+    two separate reads (the head alone at its last token, the question and answer), column for
+    column; a head that is not such a prefix is read alone."""
+    from ftedit.core.edit_keys import _answer_passes, _each_key
+
+    model, tok = MAKERS[arch]()
+    prior = [
+        EditRequest("the {} is located in", "Louvre", "the city of Rome", "Paris"),
+        EditRequest("{}, which plays", "jazz", "the violin", "piano"),
+        EditRequest("where is {} ?", "the Colosseum", "Berlin", "Rome"),
+    ]
+    heads = [r.head for r in prior]
+    alone, passes = _answer_passes(tok, heads, prior)
+    assert sum(len(p) == 3 for p in passes) >= 2 and len(passes) == 3
+
+    def keys(texts, **kw):
+        got: list = []
+        _each_key(model, tok, hp(arch), texts, lambda i, k: got.append(k), None, **kw)
+        return torch.cat(got)
+
+    merged = torch.cat([keys(passes), keys(alone, last=True)])
+    separate = torch.cat([keys(heads, last=True), keys([p[:2] for p in passes])])
+    assert merged.shape == separate.shape
+    # same columns, in another order: each merged key has its twin among the separate ones
+    dist = torch.cdist(merged.double(), separate.double())
+    assert dist.min(dim=1).values.max() < 1e-4 * separate.norm(dim=1).max()
+    assert sorted(dist.argmin(dim=1).tolist()) == list(range(len(separate)))
+    # "jazz," is one word to these tokenisers (not "jazz" then ","): that head is read alone
+    assert alone == ["jazz"]
+    assert sorted(len(p) for p in passes) == [2, 3, 3]
+
+
+def test_add_prior_on_more_keys_than_inputs_spans_what_the_svd_spans():
+    """_add_prior with more earlier keys than input width (a long stack) takes its directions
+    from k k^T: orthonormal, off the keep basis, and the same subspace, strongest first, as the
+    SVD of the keys, with the cap and without it."""
+    from ftedit.core.edit_keys import _add_prior
+
+    g = torch.Generator().manual_seed(0)
+    width, n, rank = 24, 60, 14
+    Q = torch.linalg.qr(torch.randn(width, 3, generator=g, dtype=torch.float64)).Q.float()
+    mix = torch.randn(width, rank, generator=g, dtype=torch.float64)
+    mix *= torch.logspace(0, -3, rank, dtype=torch.float64)  # a spread of strengths
+    k = mix @ torch.randn(rank, n, generator=g, dtype=torch.float64)
+    k = torch.cat([k, Q.double() @ torch.randn(3, 9, generator=g, dtype=torch.float64)], dim=1)
+    off = k - Q.double() @ (Q.double().T @ k)
+    u = torch.linalg.svd(off, full_matrices=False).U
+    for share, r in ((0.0, rank), (8 / width, 8)):
+        E = _add_prior(Q, k, share).double()
+        assert E.shape == (width, r)  # nothing from the keys Q already spans, nor from rounding
+        assert torch.allclose(E.T @ E, torch.eye(r, dtype=torch.float64), atol=1e-6)
+        assert (Q.double().T @ E).abs().max() < 1e-6
+        ref = u[:, :r]
+        assert (E @ E.T - ref @ ref.T).norm() < 1e-5
+    assert _add_prior(Q, Q.double().repeat(1, 12), 0.0).shape[1] == 0  # 36 keys > 24 inputs

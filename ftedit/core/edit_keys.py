@@ -28,6 +28,12 @@ from ftedit.core.prefixes import random_prefixes
 from ftedit.errors import HParamsError
 
 CONTEXTS_FILE = Path(__file__).parent / "data" / "contexts.txt"
+# A stacked edit reads each earlier edit's subject key inside its question's teacher-forced
+# pass where it can (_answer_passes), and _add_prior takes the eigenvectors of k k^T instead of
+# an SVD of the keys k once they outnumber the inputs GRAM_ABOVE times; both read at call time
+# so bench/speed_stack.py can time the older paths (rounding apart, the same basis).
+HEADS_INSIDE = True
+GRAM_ABOVE = 1.0
 
 
 def _modules(model, hp: FTHyperParams) -> dict[int, torch.nn.Module]:
@@ -69,7 +75,9 @@ def _each_key(
     non-pad tokens (``last``: at each text's last token only; ``but_last``: at all but it).
     A (prompt, target) pair is read teacher-forced, as the edit trains and zsRE scores it:
     the prompt's tokens then the target's but its last, keyed from the prompt's last token on
-    (the positions that predict the target). Returns the number of tokens."""
+    (the positions that predict the target); a (prompt, target, n) triple is keyed at its
+    n-th token as well (the last of a token prefix of the prompt, read in the same pass).
+    Returns the number of tokens."""
     mods = _modules(model, hp)
     dev = model.get_input_embeddings().weight.device
     count = 0
@@ -84,16 +92,20 @@ def _each_key(
 
         return hook
 
-    def spans(chunk) -> list[tuple[list[int], int]]:  # token ids, first keyed position
+    def spans(chunk) -> list[tuple[list[int], int, int]]:
+        """Token ids, first keyed position, one more keyed position before it (-1: none)."""
         if isinstance(chunk[0], str):
-            return [(x[:64], 0) for x in tok(chunk, add_special_tokens=False)["input_ids"]]
-        ps = tok([p for p, _ in chunk], add_special_tokens=False)["input_ids"]
-        ts = tok([t for _, t in chunk], add_special_tokens=False)["input_ids"]
+            return [(x[:64], 0, -1) for x in tok(chunk, add_special_tokens=False)["input_ids"]]
+        ps = tok([c[0] for c in chunk], add_special_tokens=False)["input_ids"]
+        ts = tok([c[1] for c in chunk], add_special_tokens=False)["input_ids"]
         out = []
-        for p, t in zip(ps, ts, strict=True):
+        for c, p, t in zip(chunk, ps, ts, strict=True):
             ids = p + t[:-1]
             cut = max(len(ids) - 64, 0)  # a long text keeps its end, where the target is
-            out.append((ids[cut:], max(len(p) - 1 - cut, 0)))
+            also = c[2] - 1 - cut if len(c) > 2 and c[2] else -1
+            if len(c) > 2 and c[2] and not 0 <= also < len(p) - 1 - cut:
+                raise ValueError(f"_each_key: token {c[2]} of {c[0]!r} is not read apart")
+            out.append((ids[cut:], max(len(p) - 1 - cut, 0), also))
         return out
 
     handles = [m.register_forward_pre_hook(grab(i)) for i, m in mods.items()]
@@ -102,12 +114,14 @@ def _each_key(
         texts = sorted(texts, key=lambda t: len(t) if isinstance(t, str) else len(t[0] + t[1]))
         for chunk in tqdm(list(_chunks(texts, 32)), desc=desc, disable=desc is None):
             enc = spans(chunk)
-            L = max(len(x) for x, _ in enc)
-            ids = torch.tensor([x + [pad] * (L - len(x)) for x, _ in enc], device=dev)
-            att = torch.tensor([[1] * len(x) + [0] * (L - len(x)) for x, _ in enc], device=dev)
+            L = max(len(x) for x, _, _ in enc)
+            ids = torch.tensor([x + [pad] * (L - len(x)) for x, _, _ in enc], device=dev)
+            att = torch.tensor([[1] * len(x) + [0] * (L - len(x)) for x, _, _ in enc], device=dev)
             sel = att.bool()
-            for i, (_, lo) in enumerate(enc):
+            for i, (_, lo, also) in enumerate(enc):
                 sel[i, :lo] = False
+                if also >= 0:
+                    sel[i, also] = True
             ends = (torch.arange(len(enc)), att.sum(1) - 1)  # right padding: last real token
             if last:
                 sel = torch.zeros_like(sel)
@@ -187,16 +201,44 @@ def keep_bases(
     def sink_earlier(layer: int, k: torch.Tensor) -> None:
         earlier[layer].append(k)
 
-    _each_key(model, tok, hp, heads, sink_earlier, None, last=True)
     if hp.keep_prior_answers:
-        kept = set(heads)
-        pairs = {(r.text, r.target_new) for r in prior if r.head in kept}
-        _each_key(model, tok, hp, sorted(pairs), sink_earlier, None)
+        heads, pairs = _answer_passes(tok, heads, prior, HEADS_INSIDE)
+        _each_key(model, tok, hp, pairs, sink_earlier, None)
+    if heads:
+        _each_key(model, tok, hp, heads, sink_earlier, None, last=True)
     extra = {
         layer: _add_prior(out[layer], torch.cat(ks).double().T.cpu(), hp.keep_prior_share)
         for layer, ks in earlier.items()
     }
     return out, extra
+
+
+def _answer_passes(tok, heads: list[str], prior, inside=True) -> tuple[list[str], list[tuple]]:
+    """The teacher-forced (question, answer) reads of the earlier edits whose ``heads`` are
+    kept, each head's key read inside the first of them whose question starts with the head's
+    tokens (the key is the same: a causal model reads a prefix alike inside the whole; one pass
+    instead of two), and the heads that are not such a prefix, to be read alone (``inside``
+    False: all of them)."""
+    kept = set(heads)
+    pairs = sorted({(r.text, r.target_new) for r in prior if r.head in kept})
+    if not inside:
+        return heads, pairs
+    head_of = {}  # question -> its head (an earlier edit's question is its prompt filled in)
+    for r in prior:
+        if r.head in kept:
+            head_of.setdefault(r.text, r.head)
+    texts = sorted(set(heads) | {q for q, _ in pairs} | {a for _, a in pairs})
+    ids = dict(zip(texts, tok(texts, add_special_tokens=False)["input_ids"], strict=True))
+    inside, out = set(), []
+    for q, a in pairs:
+        h, n = head_of[q], len(ids[head_of[q]])
+        ok = h not in inside and n < len(ids[q]) and ids[q][:n] == ids[h]
+        if ok and len(ids[q]) + len(ids[a]) <= 65:  # not cut to its last 64 tokens
+            out.append((q, a, n))
+            inside.add(h)
+        else:
+            out.append((q, a))
+    return [h for h in heads if h not in inside], out
 
 
 def _add_prior(Q: torch.Tensor, k: torch.Tensor, share: float) -> torch.Tensor:
@@ -206,8 +248,18 @@ def _add_prior(Q: torch.Tensor, k: torch.Tensor, share: float) -> torch.Tensor:
     subject however many edits came before (AlphaEdit keeps the principal directions of its
     accumulated keys the same way)."""
     Qd = Q.double()
-    u, sv, _ = torch.linalg.svd(k - Qd @ (Qd.T @ k), full_matrices=False)
-    r = int((sv > k.norm(dim=0).max() * 1e-6).sum())  # below: rounding of keys Q already spans
+    floor = k.norm(dim=0).max() * 1e-6  # below: rounding of keys Q already spans
+    k = k - Qd @ (Qd.T @ k)
+    if k.shape[1] <= GRAM_ABOVE * k.shape[0]:
+        u, sv, _ = torch.linalg.svd(k, full_matrices=False)
+    else:  # more keys than inputs (a long stack): eigenvectors of k k^T [in, in], the same
+        # directions in a time flat in n (bench/speed_stack.py); the floor then also covers
+        # eigh's rounding of a squared spectrum (in * eps of the largest), so no noise
+        # direction is taken for a key's
+        e, u = torch.linalg.eigh(k @ k.T)
+        sv, u = e.flip(0).clamp(min=0).sqrt(), u.flip(1)
+        floor = max(floor, sv[0] * (k.shape[0] * torch.finfo(k.dtype).eps) ** 0.5)
+    r = int((sv > floor).sum())
     if share:
         r = min(r, int(share * k.shape[0]))
     return u[:, :r].float()
