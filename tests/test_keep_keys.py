@@ -278,3 +278,60 @@ def test_add_prior_on_more_keys_than_inputs_spans_what_the_svd_spans():
         ref = u[:, :r]
         assert (E @ E.T - ref @ ref.T).norm() < 1e-5
     assert _add_prior(Q, Q.double().repeat(1, 12), 0.0).shape[1] == 0  # 36 keys > 24 inputs
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_keep_prior_box_widens_a_stacked_edits_box_by_the_room_its_keys_lost(arch, monkeypatch):
+    """keep_prior_box: an edit stacked on earlier ones gets its box widened by the ratio of its
+    subject keys' share outside its own keep basis to their share outside that and the earlier
+    edits' directions (at most the field's value): the delta uses the wider box and no more,
+    the earlier edits' keys stay exactly as they were, and an edit with no earlier edit is
+    bit-identical. The field is validated."""
+    from ftedit.core import keep
+    from ftedit.core import nullspace as ns
+    from ftedit.core.ft import weights_to_edit
+
+    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
+    keep._POOL_CACHE.clear()
+    model, tok = MAKERS[arch]()
+    earlier = [
+        EditRequest("the {} is located in", "Louvre", "the city of Rome", "Paris"),
+        EditRequest("the {} is located in", "Colosseum", "Paris", "Rome"),
+        EditRequest("who plays {} ?", "jazz", "Rome", "Paris"),
+    ]
+    k = _last_keys(model, tok, hp(arch), [r.head for r in earlier])  # their subject keys
+    eps, cap = 2e-3, 4.0
+    base = dict(
+        norm_constraint=eps,
+        lr=5e-2,
+        keep_nullspace=True,
+        keep_subjects=1,
+        keep_prior_edits=3,
+        keep_prior_answers=True,
+        subject_keys_only=True,
+        keep_prior_exact=20,
+    )
+    h = hp(arch, keep_prior_box=cap, **base)
+    (w,) = ns.projector(
+        model, tok, h, list(weights_to_edit(model, h)), [REQ], earlier
+    ).widen.values()
+    assert 1.05 < w <= cap  # the earlier keys took part of the subject's keys
+    peak, moved = {}, {}
+    for box in (0.0, cap):
+        D = _weight_delta(
+            compute_deltas(model, tok, [REQ], h.replace(keep_prior_box=box), prior=earlier), arch
+        )
+        peak[box], moved[box] = float(D.abs().max()), _leak(D, k)
+    assert peak[0.0] <= eps * (1 + 1e-5)
+    assert eps * 1.02 < peak[cap] <= w * eps * (1 + 1e-5)  # the wider box, used, and held
+    assert moved[cap] < 1e-6 and moved[0.0] < 1e-6  # the kept keys exact either way
+    alone = [compute_deltas(model, tok, [REQ], h.replace(keep_prior_box=b)) for b in (0.0, cap)]
+    for name, d in alone[0].deltas.items():
+        assert torch.equal(d, alone[1].deltas[name])
+    for bad in (
+        dict(keep_prior_box=0.5),
+        dict(keep_prior_box=2.0, keep_prior_edits=0, keep_prior_answers=False),
+        dict(keep_prior_box=2.0, subject_keys_only=False),
+    ):
+        with pytest.raises(HParamsError, match="keep_prior_box must be 0 .off. or >= 1"):
+            FTHyperParams(**{**base, "keep_prior_exact": 0, **bad})

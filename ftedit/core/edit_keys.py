@@ -330,14 +330,43 @@ def prior_heads(model, tok, hp: FTHyperParams, requests, prior) -> list[str]:
 
 
 def subject_basis(
-    model, tok, hp: FTHyperParams, requests, keep: dict[int, torch.Tensor] | None
+    model, tok, hp: FTHyperParams, requests, keep: dict[int, torch.Tensor] | None, keys=None
 ) -> dict[int, torch.Tensor]:
     """Per edited layer, an orthonormal basis S [in, r] of the edited subjects' last-token
-    inputs (the prompt up to the subject, alone and behind each training prefix and each of the
+    inputs (:func:`subject_keys`, or ``keys`` if given), made orthogonal to the keep basis
+    ``keep``: ROME's localisation (the edit acts on the subject's key only) without its closed
+    form, so neighbours' template tokens are left alone too."""
+    keys = keys if keys is not None else subject_keys(model, tok, hp, requests)
+    out = {}
+    for layer, k in keys.items():
+        if keep is not None:
+            Q = keep[layer].double()
+            k = k - Q @ (Q.T @ k)
+        out[layer] = _span(k)
+    return out
+
+
+def subject_room(
+    keys: dict[int, torch.Tensor], own: dict[int, torch.Tensor], earlier: dict[int, torch.Tensor]
+) -> dict[int, float]:
+    """Per edited layer, the share of the subject keys ``keys`` (Frobenius norm) outside the
+    keep basis that the earlier edits' directions ``earlier`` (orthogonal to ``own``) leave:
+    1 with none, smaller the more of the keys they hold (hparams.keep_prior_box)."""
+    out = {}
+    for layer, k in keys.items():
+        Q = own[layer].double()
+        k = k - Q @ (Q.T @ k)
+        E = earlier[layer].double() if layer in earlier else Q[:, :0]
+        rest = (k - E @ (E.T @ k)).norm()
+        out[layer] = float(rest / k.norm().clamp(min=1e-30))
+    return out
+
+
+def subject_keys(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Tensor]:
+    """Per edited layer, the edited subjects' last-token inputs [in, n] (float64): the prompt
+    up to the subject, alone and behind each training prefix and each of the
     ``subject_contexts`` generic contexts and, with ``chat_texts``, in the chat turn; the
-    subject alone and after a space), made orthogonal to the keep basis ``keep``: ROME's
-    localisation (the edit acts on the subject's key only) without its closed form, so
-    neighbours' template tokens are left alone too."""
+    subject alone and after a space."""
     pre = [""]
     if hp.num_prefixes:
         pre += [
@@ -361,14 +390,7 @@ def subject_basis(
     _each_key(
         model, tok, hp, list(dict.fromkeys(texts)), lambda i, k: keys[i].append(k), None, True
     )
-    out = {}
-    for layer, ks in keys.items():
-        k = torch.cat(ks).double().T.cpu()
-        if keep is not None:
-            Q = keep[layer].double()
-            k = k - Q @ (Q.T @ k)
-        out[layer] = _span(k)
-    return out
+    return {layer: torch.cat(ks).double().T.cpu() for layer, ks in keys.items()}
 
 
 @functools.cache

@@ -231,6 +231,11 @@ class _Runner:
         return frozen if same else None
 
 
+def _widened(proj: Projector | None, name: str) -> float:
+    """The factor the box of tensor ``name`` is widened by (hparams.keep_prior_box)."""
+    return 1.0 if proj is None else proj.widen.get(name, 1.0)
+
+
 @torch.enable_grad()  # callers may sit in no_grad / inference contexts (UI handlers, eval)
 def _train(
     model,
@@ -251,14 +256,16 @@ def _train(
     if proj is not None:  # null-space projection of each step on the float32 masters, pre-clamp
         proj.attach(opt, list(masters))
     runner = _Runner(model, hp)  # frozen blocks below the lowest edited one run once
-    eps = hp.norm_constraint
     # The box is the same at every step: its bounds are computed once (float32 for a half
-    # model), the clamp is in place.
-    box = (
-        {k: box_bounds(base[k], eps, exact=k in shadowed) for k in masters}
-        if eps is not None
-        else {}
-    )
+    # model), the clamp is in place. Its half-width per tensor: norm_constraint, widened for a
+    # stacked edit by keep_prior_box (Projector.widen).
+    eps = {
+        k: None if hp.norm_constraint is None else hp.norm_constraint * _widened(proj, k)
+        for k in masters
+    }
+    box = {
+        k: box_bounds(base[k], eps[k], exact=k in shadowed) for k in masters if eps[k] is not None
+    }
     # box_iters: the same box as bounds on the change (masters - base), for the alternations
     dbox = {k: (lo - base[k], hi - base[k]) for k, (lo, hi) in box.items()} if hp.box_iters else {}
     # box_rows: the dim to take a row's peak over (GPT-2's Conv1D stores weights [in, out])
@@ -294,7 +301,7 @@ def _train(
                         proj.alternate_(k, masters[k], base[k], *dbox[k], hp.box_iters)
                     if hp.box_rows:  # each output row scaled into the box: stays in its span
                         d = masters[k] - base[k]
-                        masters[k].copy_(base[k] + rows_into_box(d, eps, outs[k]))
+                        masters[k].copy_(base[k] + rows_into_box(d, eps[k], outs[k]))
                     masters[k].clamp_(min=lo, max=hi)  # (after box_rows: rounding only)
                 for k in shadowed:
                     weights[k].copy_(masters[k])  # the one cast to the model's dtype
@@ -306,7 +313,7 @@ def _train(
     if proj is not None and hp.keep_prior_exact:  # the clamps put some of the change back on
         with torch.no_grad():  # the kept keys: off them again, rows into the box
             for k in masters:
-                proj.off_final_(k, masters[k], base[k], eps, hp.keep_prior_exact)
+                proj.off_final_(k, masters[k], base[k], eps[k], hp.keep_prior_exact)
                 if k in box:
                     masters[k].clamp_(*box[k])  # rounding only
             for k in shadowed:

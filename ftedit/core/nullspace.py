@@ -52,6 +52,8 @@ from ftedit.core.edit_keys import (
     join_bases,
     keep_bases,
     subject_basis,
+    subject_keys,
+    subject_room,
 )
 from ftedit.core.hparams import FTHyperParams
 from ftedit.core.models import blocks_of
@@ -214,6 +216,7 @@ class Projector:
         mats: dict[str, tuple[torch.Tensor | None, torch.Tensor | None, bool]],
         onto: dict[str, torch.Tensor] | None = None,
         final: dict[str, torch.Tensor] | None = None,
+        widen: dict[str, float] | None = None,
     ):
         # name -> (soft projector P [in, in] or None, keep basis Q [in, r] or None,
         #          True if the weight is stored [in, out] like GPT-2's Conv1D)
@@ -224,6 +227,8 @@ class Projector:
         # name -> orthonormal basis [in, r] the finished change is taken off once more
         # (hparams.keep_prior_exact: the whole keep basis Q of an edit stacked on earlier ones)
         self.final = final or {}
+        # name -> factor its box is widened by (hparams.keep_prior_box; absent: 1)
+        self.widen = widen or {}
         self._before: list[torch.Tensor] = []
 
     def attach(self, opt: torch.optim.Optimizer, names: list[str]) -> None:
@@ -339,9 +344,14 @@ def projector(model, tok, hp: FTHyperParams, names: list[str], requests=(), prio
     if hp.keep_nullspace:
         own, earlier = keep_bases(model, tok, hp, requests, prior)
         basis = join_bases(own, earlier)
-    onto = subject_basis(model, tok, hp, requests, basis) if hp.subject_keys_only else None
+    onto, room = None, {}
+    if hp.subject_keys_only:
+        keys = subject_keys(model, tok, hp, requests)
+        onto = subject_basis(model, tok, hp, requests, basis, keys)
+        if earlier and hp.keep_prior_box:
+            room = subject_room(keys, own, earlier)
     params = dict(model.named_parameters())
-    mats, ontos, finals = {}, {}, {}
+    mats, ontos, finals, widen = {}, {}, {}, {}
     for layer, mod in _modules(model, hp).items():
         wname = next((n for n in names if params.get(n) is mod.weight), None)
         if wname is not None:
@@ -353,4 +363,6 @@ def projector(model, tok, hp: FTHyperParams, names: list[str], requests=(), prio
                 ontos[wname] = onto[layer].to(dev)
             if earlier and hp.keep_prior_exact:  # the earlier keys' parts in Q's span too
                 finals[wname] = Q
-    return Projector(mats, ontos, finals)
+            if layer in room:  # the same change of output needs 1 / room the weights
+                widen[wname] = min(hp.keep_prior_box, 1 / max(room[layer], 1e-30))
+    return Projector(mats, ontos, finals, widen)
