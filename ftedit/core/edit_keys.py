@@ -229,16 +229,16 @@ def _answer_passes(tok, heads: list[str], prior, inside=True) -> tuple[list[str]
             head_of.setdefault(r.text, r.head)
     texts = sorted(set(heads) | {q for q, _ in pairs} | {a for _, a in pairs})
     ids = dict(zip(texts, tok(texts, add_special_tokens=False)["input_ids"], strict=True))
-    inside, out = set(), []
+    read, out = set(), []  # the heads read inside a question
     for q, a in pairs:
         h, n = head_of[q], len(ids[head_of[q]])
-        ok = h not in inside and n < len(ids[q]) and ids[q][:n] == ids[h]
+        ok = h not in read and n < len(ids[q]) and ids[q][:n] == ids[h]
         if ok and len(ids[q]) + len(ids[a]) <= 65:  # not cut to its last 64 tokens
             out.append((q, a, n))
-            inside.add(h)
+            read.add(h)
         else:
             out.append((q, a))
-    return [h for h in heads if h not in inside], out
+    return [h for h in heads if h not in read], out
 
 
 def _add_prior(Q: torch.Tensor, k: torch.Tensor, share: float) -> torch.Tensor:
