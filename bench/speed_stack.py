@@ -15,8 +15,11 @@ and how far apart their deltas are (rounding only). ``--compare`` picks them:
   (``nullspace.COMPLEMENT_ABOVE`` = 0.5, as shipped) against the one off the basis itself;
 - ``keys`` (stop 28): today's reading of the earlier edits' keys (each subject key inside its
   question's pass, ``edit_keys.HEADS_INSIDE``; eigenvectors of k k^T once the keys outnumber the
-  inputs, ``edit_keys.GRAM_ABOVE``) against stop 27's (subject keys in a pass of their own, an
-  SVD of all the keys).
+  inputs, ``edit_keys.GRAM_ABOVE``; the questions read from the lowest edited block up, the
+  blocks below kept from the edit before, ``edit_keys.BELOW_CACHE``: before each timed edit an
+  untimed read of the N-1 earlier ones fills that cache, as the edit before does in a stacked
+  run) against stop 27's (subject keys in a pass of their own, an SVD of all the keys, every
+  question read whole).
 """
 
 from __future__ import annotations
@@ -46,7 +49,11 @@ COMPARE = {
     "complement": {"complement": {}, "off the basis": {(ns, "COMPLEMENT_ABOVE"): float("inf")}},
     "keys": {
         "today": {},
-        "stop 27": {(ek, "HEADS_INSIDE"): False, (ek, "GRAM_ABOVE"): float("inf")},
+        "stop 27": {
+            (ek, "HEADS_INSIDE"): False,
+            (ek, "GRAM_ABOVE"): float("inf"),
+            (ek, "BELOW_CACHE"): False,
+        },
     },
 }
 
@@ -91,6 +98,9 @@ def measure(model, tok, hp, records, n_prior: int, repeats: int, variants: dict)
             try:
                 for (m, c), value in consts.items():
                     setattr(m, c, value)
+                if ek.BELOW_CACHE and n_prior:  # as in a stacked run: the read of the edit
+                    # before this one kept its batches, and this one adds one question
+                    ek.keep_bases(model, tok, hp, [reqs[n_prior]], reqs[: n_prior - 1])
                 r = one_edit(model, tok, hp, reqs[n_prior], reqs[:n_prior])
             finally:
                 for (m, c), value in shipped.items():

@@ -335,3 +335,57 @@ def test_keep_prior_box_widens_a_stacked_edits_box_by_the_room_its_keys_lost(arc
     ):
         with pytest.raises(HParamsError, match="keep_prior_box must be 0 .off. or >= 1"):
             FTHyperParams(**{**base, "keep_prior_exact": 0, **bad})
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_earlier_edits_read_from_the_edited_blocks_up_give_the_keys_of_a_whole_read(
+    arch, monkeypatch
+):
+    """A stacked edit reads the earlier edits' questions from the lowest edited block up, the
+    blocks below having run once per batch (edit_keys._below_cache): the earlier edits'
+    directions are those of whole reads, an added earlier edit re-runs only the batch it
+    joins, the first batch kept is checked against the whole read, and a write below the
+    edited blocks starts a new cache."""
+    from ftedit.core import edit_keys as ek
+    from ftedit.core import keep
+    from ftedit.core.models import blocks_of
+
+    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
+    keep._POOL_CACHE.clear()
+    ek._BELOW.clear()
+    model, tok = MAKERS[arch]()
+    h = hp(arch, keep_nullspace=True, keep_subjects=1, keep_prior_edits=10, keep_prior_answers=True)
+    prior = [
+        EditRequest("the {} is located in", "Louvre", "the city of Rome", "Paris"),
+        EditRequest("the {} is located in", "Colosseum", "Paris", "Rome"),
+        EditRequest("who plays {} ?", "jazz", "Rome", "Paris"),
+        EditRequest("the {} is located in", "Nokia", "the city of Paris", "Rome"),
+        EditRequest("who plays {} ?", "London", "Paris", "Rome"),
+    ]
+    whole = []
+    real = ek._forward
+    monkeypatch.setattr(ek, "_forward", lambda *a, **k: whole.append(1) or real(*a, **k))
+
+    def earlier(n: int, cache: bool) -> torch.Tensor:
+        monkeypatch.setattr(ek, "BELOW_CACHE", cache)
+        whole.clear()
+        (E,) = ek.keep_bases(model, tok, h, [REQ], prior[:n])[1].values()
+        return E.double()
+
+    for n in (4, 5):
+        ref = earlier(n, False)
+        got = earlier(n, True)
+        assert got.shape == ref.shape
+        assert (got @ got.T - ref @ ref.T).norm() < 1e-4  # the same directions
+    cache = ek._below_cache(model, h)
+    assert cache.get("checked") and not cache.get("off")
+    batches = [k for k in cache if isinstance(k, tuple)]
+    assert len(batches) >= 2
+    earlier(5, True)  # nothing added: no batch runs below the edited blocks again
+    assert sum(whole) == 1  # the keep prompts' read alone
+    earlier(4, True)  # one edit fewer: the batch it sat in is read whole once more
+    assert sum(whole) == 2
+    assert len([k for k in cache if isinstance(k, tuple)]) == len(batches)  # one dropped
+    with torch.no_grad():  # a write below the lowest edited block
+        next(blocks_of(model, h.rewrite_module_tmp)[0].parameters()).add_(0.0)
+    assert ek._below_cache(model, h) is not cache

@@ -24,6 +24,9 @@ from ftedit.core.keep import (
     rank_layer,
     subject_vectors,
 )
+from ftedit.core.memo import WeightsMemo, weights_state
+from ftedit.core.models import blocks_of, module_device
+from ftedit.core.precision import to_device
 from ftedit.core.prefixes import random_prefixes
 from ftedit.errors import HParamsError
 
@@ -34,6 +37,9 @@ CONTEXTS_FILE = Path(__file__).parent / "data" / "contexts.txt"
 # so bench/speed_stack.py can time the older paths (rounding apart, the same basis).
 HEADS_INSIDE = True
 GRAM_ABOVE = 1.0
+# ... and reads those questions from the lowest edited block up, the blocks below having run
+# once for them (_below_cache; rounding apart, the same keys)
+BELOW_CACHE = True
 
 
 def _modules(model, hp: FTHyperParams) -> dict[int, torch.nn.Module]:
@@ -69,6 +75,7 @@ def _each_key(
     desc: str | None,
     last: bool = False,
     but_last: bool = False,
+    below: dict | None = None,
 ) -> int:
     """Run ``texts`` through the blocks up to the top edited one (a hook stops the forward
     there) and call ``sink(layer, keys [tokens, in])`` with each edited module's inputs at the
@@ -77,16 +84,20 @@ def _each_key(
     the prompt's tokens then the target's but its last, keyed from the prompt's last token on
     (the positions that predict the target); a (prompt, target, n) triple is keyed at its
     n-th token as well (the last of a token prefix of the prompt, read in the same pass).
-    Returns the number of tokens."""
+    ``below`` (:func:`_below_cache`) keeps the lowest edited block's inputs per batch, so a
+    batch read again runs only the blocks from there up; its batches are the texts of one
+    token length each, in the order given (no padding; a text added to the end changes one
+    batch). Returns the number of tokens."""
     mods = _modules(model, hp)
     dev = model.get_input_embeddings().weight.device
     count = 0
     mask: list[torch.Tensor] = []
     top = max(mods)
+    out_to = [sink]  # where grab sends the keys (a check of the replay collects them apart)
 
     def grab(layer):
         def hook(module, args):
-            sink(layer, args[0][mask[0]].float())
+            out_to[0](layer, args[0][mask[0]].float())
             if layer == top:
                 raise _Stop
 
@@ -108,12 +119,21 @@ def _each_key(
             out.append((ids[cut:], max(len(p) - 1 - cut, 0), also))
         return out
 
+    blocks = blocks_of(model, hp.rewrite_module_tmp) if below is not None else None
+    if blocks is None or below.get("off"):
+        below = None
+        texts = sorted(texts, key=lambda t: len(t) if isinstance(t, str) else len(t[0] + t[1]))
+        chunks = (spans(c) for c in _chunks(texts, 32))
+    else:  # batches of one length each, in the order given: stable as texts are appended
+        by_len: dict[int, list] = {}
+        for e in spans(texts) if texts else []:
+            by_len.setdefault(len(e[0]), []).append(e)
+        chunks = (c for n in sorted(by_len) for c in _chunks(by_len[n], 32))
     handles = [m.register_forward_pre_hook(grab(i)) for i, m in mods.items()]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    used: set = set()
     try:
-        texts = sorted(texts, key=lambda t: len(t) if isinstance(t, str) else len(t[0] + t[1]))
-        for chunk in tqdm(list(_chunks(texts, 32)), desc=desc, disable=desc is None):
-            enc = spans(chunk)
+        for enc in tqdm(list(chunks), desc=desc, disable=desc is None):
             L = max(len(x) for x, _, _ in enc)
             ids = torch.tensor([x + [pad] * (L - len(x)) for x, _, _ in enc], device=dev)
             att = torch.tensor([[1] * len(x) + [0] * (L - len(x)) for x, _, _ in enc], device=dev)
@@ -130,14 +150,104 @@ def _each_key(
                 sel[ends] = False
             mask[:] = [sel]
             count += int(att.sum())
-            try:
-                model(input_ids=ids, attention_mask=att, use_cache=False)
-            except _Stop:
-                pass
+            if below is None:
+                _forward(model, ids, att)
+            else:
+                used.add(_forward_below(model, blocks[min(mods) :], ids, att, below, out_to))
+        if below is not None:  # what this read did not use (a batch an added text changed)
+            for key in [k for k in below if isinstance(k, tuple) and k not in used]:
+                del below[key]
     finally:
         for h in handles:
             h.remove()
     return count
+
+
+def _forward(model, ids: torch.Tensor, att: torch.Tensor, first=None) -> tuple | None:
+    """The model's forward on a batch, to the hook that stops it; with ``first`` (a block),
+    what that block received: its positional arguments and keywords."""
+    got = {}
+
+    def keep(module, args, kwargs):
+        got["in"] = (args, dict(kwargs))
+
+    handle = first.register_forward_pre_hook(keep, with_kwargs=True) if first is not None else None
+    try:
+        model(input_ids=ids, attention_mask=att, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        if handle is not None:
+            handle.remove()
+    return got.get("in")
+
+
+def _replay(blocks, state: tuple) -> None:
+    """Run ``blocks`` from the inputs ``state`` the first of them received, to the hook that
+    stops it (blocks may sit on different devices, as with a device_map)."""
+    (h, *rest), kwargs = state
+    try:
+        for block in blocks:
+            dev = module_device(block)
+            if dev is not None and h.device != dev:
+                h, rest, kwargs = to_device(dev, h), to_device(dev, rest), to_device(dev, kwargs)
+            out = block(h, *rest, **kwargs)
+            h = out[0] if isinstance(out, tuple) else out
+    except _Stop:
+        pass
+
+
+def _forward_below(model, blocks, ids, att, below: dict, out_to: list) -> tuple:
+    """One batch through the edited blocks: from the inputs of the lowest one kept in
+    ``below`` for these tokens, else the whole forward, keeping them. The first kept batch
+    of a cache is also replayed and must give the keys the whole forward gave (as
+    ft._Runner checks its shortcut); if not, the cache is turned off and every batch runs
+    the whole forward. Returns the batch's key in ``below``."""
+    key = (tuple(ids.shape), ids.cpu().numpy().tobytes())
+    if key in below:
+        _replay(blocks, below[key])
+        return key
+    if below.get("checked"):
+        state = _forward(model, ids, att, blocks[0])
+    else:
+        sink, full, again = out_to[0], [], []
+        out_to[0] = lambda layer, k: full.append((layer, k))
+        try:
+            state = _forward(model, ids, att, blocks[0])
+            if state is not None and torch.is_tensor(state[0][0] if state[0] else None):
+                out_to[0] = lambda layer, k: again.append((layer, k))
+                _replay(blocks, state)
+        finally:
+            out_to[0] = sink
+        for layer, k in full:
+            sink(layer, k)
+        same = len(full) == len(again) and all(
+            a == b and torch.allclose(x, y, rtol=1e-4, atol=1e-5)
+            for (a, x), (b, y) in zip(full, again, strict=False)
+        )
+        below["checked" if same else "off"] = True
+        if not same:
+            return key
+    if state is not None and state[0] and torch.is_tensor(state[0][0]):
+        below[key] = state
+    return key
+
+
+_BELOW = WeightsMemo()
+
+
+def _below_cache(model, hp: FTHyperParams) -> dict | None:
+    """Where :func:`_each_key` keeps the lowest edited block's inputs per batch: one dict,
+    the same while no weight below that block (nor outside the blocks) is written (an edit
+    of the blocks from there up leaves it valid: memo.weights_state of the others); None for
+    a layout without a block list."""
+    blocks = blocks_of(model, hp.rewrite_module_tmp)
+    if blocks is None:
+        return None
+    upper = {id(p) for b in blocks[min(hp.layers) :] for p in b.parameters()}
+    params = [p for p in model.parameters() if id(p) not in upper]
+    key = (id(model), hp.rewrite_module_tmp, min(hp.layers), *weights_state(params))
+    return _BELOW.get(key, dict)
 
 
 def keep_basis(model, tok, hp: FTHyperParams, requests, prior=()) -> dict[int, torch.Tensor]:
@@ -201,9 +311,10 @@ def keep_bases(
     def sink_earlier(layer: int, k: torch.Tensor) -> None:
         earlier[layer].append(k)
 
-    if hp.keep_prior_answers:
+    if hp.keep_prior_answers:  # read again at every stacked edit: from the edited blocks up
         heads, pairs = _answer_passes(tok, heads, prior, HEADS_INSIDE)
-        _each_key(model, tok, hp, pairs, sink_earlier, None)
+        below = _below_cache(model, hp) if BELOW_CACHE else None
+        _each_key(model, tok, hp, pairs, sink_earlier, None, below=below)
     if heads:
         _each_key(model, tok, hp, heads, sink_earlier, None, last=True)
     extra = {
@@ -219,8 +330,8 @@ def _answer_passes(tok, heads: list[str], prior, inside=True) -> tuple[list[str]
     tokens (the key is the same: a causal model reads a prefix alike inside the whole; one pass
     instead of two), and the heads that are not such a prefix, to be read alone (``inside``
     False: all of them)."""
-    kept = set(heads)
-    pairs = sorted({(r.text, r.target_new) for r in prior if r.head in kept})
+    kept = set(heads)  # in the earlier edits' order: the next edit's read adds to the end
+    pairs = list(dict.fromkeys((r.text, r.target_new) for r in prior if r.head in kept))
     if not inside:
         return heads, pairs
     head_of = {}  # question -> its head (an earlier edit's question is its prompt filled in)
