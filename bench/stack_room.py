@@ -33,12 +33,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
+from bench.sequential import efficacy  # the one efficacy a stack is scored with
 from ftedit.core import evaluate as ev
 from ftedit.core import ft
 from ftedit.core.edit_keys import _each_key, keep_bases
 from ftedit.core.hparams import FTHyperParams, load_preset
 from ftedit.core.live import applied
-from ftedit.core.metrics import _prefers
 from ftedit.core.models import load_model
 from ftedit.core.requests import EditRequest
 
@@ -60,24 +60,13 @@ def room(model, tok, hp: FTHyperParams, req: EditRequest, prior) -> dict:
     }
 
 
-def took(model, tok, rec: dict) -> float:
-    """Efficacy (%) of one record under the model's current weights."""
-    if "src" in rec:
-        prompt, target = ev.zsre_probes(rec)["efficacy"]
-        return 100 * ev.token_accuracy(model, tok, [prompt], [target])[0]
-    rw = rec["requested_rewrite"]
-    text = rw["prompt"].format(rw["subject"])
-    ((ok, _),) = _prefers(model, tok, [text], rw["target_new"]["str"], rw["target_true"]["str"])
-    return 100.0 * ok
-
-
 def measure(model, tok, hp, records, reqs, n_prior: int, count: int) -> dict:
     rows = []
     for j in range(n_prior, n_prior + count):
         row = room(model, tok, hp, reqs[j], reqs[:n_prior])
         res = ft.compute_deltas(model, tok, [reqs[j]], hp, prior=reqs[:n_prior])
         with applied(model, res.deltas):
-            row["efficacy_now"] = took(model, tok, records[j])
+            row["efficacy_now"] = efficacy(model, tok, [records[j]])
         row |= {"steps": res.steps, "delta_norm": res.deltas.norm()}
         rows.append(row)
         print(json.dumps({"prior": n_prior, "record": j, **row}), flush=True)

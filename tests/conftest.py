@@ -46,6 +46,15 @@ def database_url(request, ftedit_home, monkeypatch):
         pgkit.drop_all()
 
 
+@pytest.fixture
+def small_pool(monkeypatch):
+    """A keep pool of three cities (keep._subject_pool), its cached vectors dropped."""
+    from ftedit.core import keep
+
+    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
+    keep._POOL_CACHE.clear()
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared evaluation data (outside the repository: ftedit.paths.data_dir finds it)."""

@@ -33,12 +33,9 @@ RECORDS = [
 
 
 @pytest.fixture(autouse=True)
-def small_pool(tmp_path, monkeypatch):
-    from ftedit.core import keep
-
+def private_cache(tmp_path, monkeypatch, small_pool):
+    """A private model cache, and the three-city keep pool (conftest.small_pool)."""
     monkeypatch.setenv("FTEDIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
-    keep._POOL_CACHE.clear()
 
 
 def _same(a: dict, b: dict) -> None:

@@ -24,12 +24,9 @@ NEW = EditRequest("where is the {} located ?", "Eiffel Tower", "Rome")
 
 
 @pytest.fixture(autouse=True)
-def small_pool(tmp_path, monkeypatch):
-    from ftedit.core import keep
-
+def private_cache(tmp_path, monkeypatch, small_pool):
+    """A private model cache, and the three-city keep pool (conftest.small_pool)."""
     monkeypatch.setenv("FTEDIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
-    keep._POOL_CACHE.clear()
 
 
 def test_room_is_the_subject_keys_share_outside_the_keep_basis_and_shrinks_with_the_stack():

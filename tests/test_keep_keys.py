@@ -14,20 +14,18 @@ from tests.test_nullspace import MAKERS, REQ, _last_keys, _leak, _weight_delta, 
 
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
+def private_cache(tmp_path, monkeypatch, small_pool):
+    """A private model cache, and the three-city keep pool (conftest.small_pool)."""
     monkeypatch.setenv("FTEDIT_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_keep_subject_parts_keeps_the_subjects_first_word(arch, monkeypatch):
+def test_keep_subject_parts_keeps_the_subjects_first_word(arch):
     """keep_subject_parts: the keys at the subject's tokens before its last ("Eiffel" of "Eiffel
     Tower") join the keep basis, so the delta leaves a prompt that reads only "Eiffel" (another
     subject starting the same way) exactly as it was; without it the delta moves that key."""
-    from ftedit.core import keep
     from ftedit.core.edit_keys import subject_parts
 
-    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
-    keep._POOL_CACHE.clear()
     assert subject_parts([REQ]) == ["Eiffel Tower", " Eiffel Tower", "the Eiffel Tower"]
     assert subject_parts([EditRequest("{} is in", "Paris", "Rome", "France")]) == []
     model, tok = MAKERS[arch]()
@@ -46,16 +44,13 @@ def test_keep_subject_parts_keeps_the_subjects_first_word(arch, monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_keep_subject_siblings_keeps_a_subject_that_ends_otherwise(arch, monkeypatch):
+def test_keep_subject_siblings_keeps_a_subject_that_ends_otherwise(arch):
     """keep_subject_siblings: the subject with its last token swapped for the model's likeliest
     others ("Eiffel" + something else) joins the keep basis at its last token, so the delta
     leaves those keys exactly as they were; without the field it moves them. One-token
     subjects give no sibling, and the field is validated."""
-    from ftedit.core import keep
     from ftedit.core.edit_keys import subject_siblings
 
-    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
-    keep._POOL_CACHE.clear()
     model, tok = MAKERS[arch]()
     sibs = subject_siblings(model, tok, [REQ], 2)
     assert 2 <= len(sibs) <= 6 and len(set(sibs)) == len(sibs)
@@ -81,16 +76,13 @@ def test_keep_subject_siblings_keeps_a_subject_that_ends_otherwise(arch, monkeyp
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_keep_prior_edits_leaves_an_earlier_edits_subject_key_alone(arch, monkeypatch):
+def test_keep_prior_edits_leaves_an_earlier_edits_subject_key_alone(arch):
     """keep_prior_edits: an edit stacked on earlier ones (compute_deltas' ``prior``) keeps the
     nearest earlier edits' subject keys, each in its own prompt, so the delta leaves them exactly
     as they were; without the field it moves them. An earlier edit of the same subject is not
     kept (the new fact must move that key), and the field is validated."""
-    from ftedit.core import keep
     from ftedit.core.edit_keys import prior_heads
 
-    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
-    keep._POOL_CACHE.clear()
     model, tok = MAKERS[arch]()
     prior = [
         EditRequest("the {} is located in", "Eiffel Tower", "Berlin", "Paris"),  # same subject
@@ -117,15 +109,12 @@ def test_keep_prior_edits_leaves_an_earlier_edits_subject_key_alone(arch, monkey
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_keep_prior_answers_leaves_an_earlier_edits_answer_keys_alone(arch, monkeypatch):
+def test_keep_prior_answers_leaves_an_earlier_edits_answer_keys_alone(arch):
     """keep_prior_answers: the keys where an earlier edit reads its own answer (its prompt's
     last token, then each target token but the last, teacher-forced) join the keep basis, so
     the delta leaves them exactly as they were; with the subject key alone it moves them."""
-    from ftedit.core import keep
     from ftedit.core.edit_keys import _each_key
 
-    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
-    keep._POOL_CACHE.clear()
     model, tok = MAKERS[arch]()
     earlier = EditRequest("the {} is located in", "Louvre", "the city of Rome", "Paris")
     keys: list = []
@@ -149,15 +138,12 @@ def test_keep_prior_answers_leaves_an_earlier_edits_answer_keys_alone(arch, monk
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_keep_prior_share_caps_the_directions_earlier_edits_take(arch, monkeypatch):
+def test_keep_prior_share_caps_the_directions_earlier_edits_take(arch):
     """keep_prior_share: the earlier edits' keys widen the keep basis by at most that share of
     the input width, their strongest directions first; the basis stays orthonormal, and an
     earlier key already in the keep prompts' span adds nothing."""
-    from ftedit.core import keep
     from ftedit.core.edit_keys import _add_prior, keep_basis
 
-    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
-    keep._POOL_CACHE.clear()
     model, tok = MAKERS[arch]()
     prior = [
         EditRequest("the {} is located in", "Louvre", "the city of Rome", "Paris"),
@@ -183,16 +169,13 @@ def test_keep_prior_share_caps_the_directions_earlier_edits_take(arch, monkeypat
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_keep_prior_exact_leaves_earlier_keys_alone_inside_a_tight_box(arch, monkeypatch):
+def test_keep_prior_exact_leaves_earlier_keys_alone_inside_a_tight_box(arch):
     """keep_prior_exact: with a box tight enough that the clamp after each projected step puts
     part of the change back on an earlier edit's keys, the finished delta is taken off them
     again and its rows scaled into the box: the keys are left as they were, the box holds, and
     the edit still moves. Without the field the clamp leaks; with no earlier edit it changes
     nothing."""
-    from ftedit.core import keep
 
-    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
-    keep._POOL_CACHE.clear()
     model, tok = MAKERS[arch]()
     earlier = EditRequest("the {} is located in", "Louvre", "the city of Rome", "Paris")
     k = _last_keys(model, tok, hp(arch), ["the Louvre"])  # the earlier edit's subject key
@@ -281,18 +264,15 @@ def test_add_prior_on_more_keys_than_inputs_spans_what_the_svd_spans():
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_keep_prior_box_widens_a_stacked_edits_box_by_the_room_its_keys_lost(arch, monkeypatch):
+def test_keep_prior_box_widens_a_stacked_edits_box_by_the_room_its_keys_lost(arch):
     """keep_prior_box: an edit stacked on earlier ones gets its box widened by the ratio of its
     subject keys' share outside its own keep basis to their share outside that and the earlier
     edits' directions (at most the field's value): the delta uses the wider box and no more,
     the earlier edits' keys stay exactly as they were, and an edit with no earlier edit is
     bit-identical. The field is validated."""
-    from ftedit.core import keep
     from ftedit.core import nullspace as ns
     from ftedit.core.ft import weights_to_edit
 
-    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
-    keep._POOL_CACHE.clear()
     model, tok = MAKERS[arch]()
     earlier = [
         EditRequest("the {} is located in", "Louvre", "the city of Rome", "Paris"),
@@ -347,11 +327,8 @@ def test_earlier_edits_read_from_the_edited_blocks_up_give_the_keys_of_a_whole_r
     joins, the first batch kept is checked against the whole read, and a write below the
     edited blocks starts a new cache."""
     from ftedit.core import edit_keys as ek
-    from ftedit.core import keep
     from ftedit.core.models import blocks_of
 
-    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
-    keep._POOL_CACHE.clear()
     ek._BELOW.clear()
     model, tok = MAKERS[arch]()
     h = hp(arch, keep_nullspace=True, keep_subjects=1, keep_prior_edits=10, keep_prior_answers=True)
