@@ -36,8 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from bench.sequential import efficacy  # the one efficacy a stack is scored with
 from ftedit.core import evaluate as ev
 from ftedit.core import ft
-from ftedit.core.edit_keys import _each_key, keep_bases
+from ftedit.core.edit_keys import keep_bases
 from ftedit.core.hparams import FTHyperParams, load_preset
+from ftedit.core.key_reads import _each_key
 from ftedit.core.live import applied
 from ftedit.core.models import load_model
 from ftedit.core.requests import EditRequest

@@ -7,7 +7,8 @@ import itertools
 import pytest
 import torch
 
-from ftedit.core.edit_keys import _each_key, keep_bases
+from ftedit.core.edit_keys import keep_bases
+from ftedit.core.key_reads import _each_key
 from ftedit.core.requests import EditRequest
 from tests.benchkit import load_bench
 from tests.test_nullspace import hp

@@ -123,8 +123,9 @@ def test_chat_texts_trains_the_request_asked_through_the_template(chatty):
 def test_subject_keys_only_with_chat_texts_spans_the_chat_turns_subject_key(chatty):
     """subject_keys_only localises the edit on the subject's keys in every context it trains
     on; with chat_texts that includes the chat turn, cut after the subject."""
-    from ftedit.core.edit_keys import _each_key, subject_basis
+    from ftedit.core.edit_keys import subject_basis
     from ftedit.core.hparams import FTHyperParams
+    from ftedit.core.key_reads import _each_key
     from ftedit.core.requests import EditRequest
 
     model, tok = chatty

@@ -113,7 +113,7 @@ def test_keep_prior_answers_leaves_an_earlier_edits_answer_keys_alone(arch):
     """keep_prior_answers: the keys where an earlier edit reads its own answer (its prompt's
     last token, then each target token but the last, teacher-forced) join the keep basis, so
     the delta leaves them exactly as they were; with the subject key alone it moves them."""
-    from ftedit.core.edit_keys import _each_key
+    from ftedit.core.key_reads import _each_key
 
     model, tok = MAKERS[arch]()
     earlier = EditRequest("the {} is located in", "Louvre", "the city of Rome", "Paris")
@@ -209,7 +209,8 @@ def test_an_earlier_edits_head_key_read_inside_its_question_is_the_one_read_alon
     teacher-forced pass when the head's tokens start the question's: the keys are those of the
     two separate reads (the head alone at its last token, the question and answer), column for
     column; a head that is not such a prefix is read alone."""
-    from ftedit.core.edit_keys import _answer_passes, _each_key
+    from ftedit.core.edit_keys import _answer_passes
+    from ftedit.core.key_reads import _each_key
 
     model, tok = MAKERS[arch]()
     prior = [
@@ -322,14 +323,15 @@ def test_earlier_edits_read_from_the_edited_blocks_up_give_the_keys_of_a_whole_r
     arch, monkeypatch
 ):
     """A stacked edit reads the earlier edits' questions from the lowest edited block up, the
-    blocks below having run once per batch (edit_keys._below_cache): the earlier edits'
+    blocks below having run once per batch (key_reads._below_cache): the earlier edits'
     directions are those of whole reads, an added earlier edit re-runs only the batch it
     joins, the first batch kept is checked against the whole read, and a write below the
     edited blocks starts a new cache."""
     from ftedit.core import edit_keys as ek
+    from ftedit.core import key_reads
     from ftedit.core.models import blocks_of
 
-    ek._BELOW.clear()
+    key_reads._BELOW.clear()
     model, tok = MAKERS[arch]()
     h = hp(arch, keep_nullspace=True, keep_subjects=1, keep_prior_edits=10, keep_prior_answers=True)
     prior = [
@@ -340,8 +342,8 @@ def test_earlier_edits_read_from_the_edited_blocks_up_give_the_keys_of_a_whole_r
         EditRequest("who plays {} ?", "London", "Paris", "Rome"),
     ]
     whole = []
-    real = ek._forward
-    monkeypatch.setattr(ek, "_forward", lambda *a, **k: whole.append(1) or real(*a, **k))
+    real = key_reads._forward
+    monkeypatch.setattr(key_reads, "_forward", lambda *a, **k: whole.append(1) or real(*a, **k))
 
     def earlier(n: int, cache: bool) -> torch.Tensor:
         monkeypatch.setattr(ek, "BELOW_CACHE", cache)
@@ -354,7 +356,7 @@ def test_earlier_edits_read_from_the_edited_blocks_up_give_the_keys_of_a_whole_r
         got = earlier(n, True)
         assert got.shape == ref.shape
         assert (got @ got.T - ref @ ref.T).norm() < 1e-4  # the same directions
-    cache = ek._below_cache(model, h)
+    cache = key_reads._below_cache(model, h)
     assert cache.get("checked") and not cache.get("off")
     batches = [k for k in cache if isinstance(k, tuple)]
     assert len(batches) >= 2
@@ -365,4 +367,4 @@ def test_earlier_edits_read_from_the_edited_blocks_up_give_the_keys_of_a_whole_r
     assert len([k for k in cache if isinstance(k, tuple)]) == len(batches)  # one dropped
     with torch.no_grad():  # a write below the lowest edited block
         next(blocks_of(model, h.rewrite_module_tmp)[0].parameters()).add_(0.0)
-    assert ek._below_cache(model, h) is not cache
+    assert key_reads._below_cache(model, h) is not cache

@@ -314,7 +314,7 @@ def test_keep_prior_edits_keeps_the_live_edits_subject_keys(monkeypatch):
     """With keep_prior_edits the workspace passes the branch's live edits to the training: a new
     edit leaves the subject key of a live earlier one as it was; a reverted one is not kept."""
     from ftedit.core import keep
-    from ftedit.core.edit_keys import _each_key
+    from ftedit.core.key_reads import _each_key
 
     monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
     keep._POOL_CACHE.clear()

@@ -46,9 +46,6 @@ from tqdm.auto import tqdm
 
 from ftedit import paths
 from ftedit.core.edit_keys import (
-    _each_key,
-    _in_dim,
-    _modules,
     join_bases,
     keep_bases,
     subject_basis,
@@ -56,6 +53,7 @@ from ftedit.core.edit_keys import (
     subject_room,
 )
 from ftedit.core.hparams import FTHyperParams
+from ftedit.core.key_reads import _each_key, _in_dim, _modules
 from ftedit.core.models import blocks_of
 from ftedit.core.precision import rows_into_box
 from ftedit.errors import HParamsError
