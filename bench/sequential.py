@@ -114,8 +114,12 @@ def _resume(ckpt: Path, settings: dict, live: LiveWeights, names: list[str]) -> 
     if not state_file.exists():
         return None
     state = json.loads(state_file.read_text())
-    if state["settings"] != settings:
-        diff = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+    saved = dict(state["settings"])
+    # a field added since the checkpoint was made is at its default there (every new field's
+    # default keeps the old behaviour): compare what the saved hparams mean today
+    saved["hparams"] = FTHyperParams.from_dict(saved["hparams"]).to_dict()
+    if saved != settings:
+        diff = sorted(k for k in settings if saved.get(k) != settings[k])
         raise SystemExit(
             f"checkpoint {ckpt} was made with other settings ({', '.join(diff)} differ): "
             "run with those, or give another --checkpoint folder"

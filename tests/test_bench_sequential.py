@@ -69,6 +69,11 @@ def test_a_run_resumed_from_its_checkpoint_makes_the_edits_an_unbroken_run_makes
     assert [p["edits"] for p in rest["curve"]] == [0, 1, 2, 4]  # where the first sitting ended
     assert [p for p in rest["curve"] if p["edits"] != 1] == whole["curve"]
     assert rest["per_edit"][1]["delta_norm"] > 0  # the edits after the break did something
+    # a checkpoint made before a field existed resumes when that field is at its default
+    del state["settings"]["hparams"]["keep_prior_box"]
+    (ckpt / "state.json").write_text(json.dumps(state))
+    again = sequential.run(*make_llama(), RECORDS, h, 2, 1, checkpoint=ckpt)
+    _same(again, whole)
     # other settings are refused before anything is edited or written
     before = sorted(p.name for p in ckpt.iterdir())
     with pytest.raises(SystemExit, match=r"other settings \(hparams differ\)"):
