@@ -124,11 +124,16 @@ def _resume(ckpt: Path, settings: dict, live: LiveWeights, names: list[str]) -> 
             f"checkpoint {ckpt} was made with other settings ({', '.join(diff)} differ): "
             "run with those, or give another --checkpoint folder"
         )
-    for i in range(1, len(state["per_edit"]) + 1):
+    stack_from(ckpt, len(state["per_edit"]), live, names)
+    return state
+
+
+def stack_from(ckpt: Path, n: int, live: LiveWeights, names: list[str]) -> None:
+    """Make the first ``n`` edits a checkpoint holds the active stack of ``live``."""
+    for i in range(1, n + 1):
         tensors, _ = editfile.decode((ckpt / f"edit-{i:05d}.safetensors").read_bytes())
         live.deltas[i] = Deltas(tensors)
     live.set_active(live.deltas, names)
-    return state
 
 
 def run(

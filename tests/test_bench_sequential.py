@@ -1,11 +1,14 @@
-"""bench/sequential.py --checkpoint: a stack made in two sittings is the stack made in one."""
+"""bench/sequential.py --checkpoint: a stack made in two sittings is the stack made in one;
+bench/forgetting.py rebuilds a checkpoint's stack to score its edits then and now."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
+from storage import editfile
 from tests.benchkit import load_bench
 from tests.test_nullspace import hp
 from tests.tiny import make_llama
@@ -79,3 +82,41 @@ def test_a_run_resumed_from_its_checkpoint_makes_the_edits_an_unbroken_run_makes
     with pytest.raises(SystemExit, match=r"other settings \(hparams differ\)"):
         sequential.run(*make_llama(), RECORDS, h.replace(lr=2e-2), 2, 1, checkpoint=ckpt)
     assert sorted(p.name for p in ckpt.iterdir()) == before
+
+
+def test_forgetting_rebuilds_a_checkpoints_stack_and_scores_each_edit_then_and_now(tmp_path):
+    """bench/forgetting.py: with the first k edits of a checkpoint stacked, edit k scores
+    exactly what it scored right after it was made (the same weights, rebuilt from the files);
+    other records or more edits than it holds are refused."""
+    forgetting = load_bench("forgetting")
+    h = hp("llama", norm_constraint=5e-3, keep_nullspace=True, keep_subjects=1,
+           keep_prior_edits=10, store_as="lowrank:4")  # fmt: skip
+    ckpt = tmp_path / "ckpt"
+    sequential.run(*make_llama(), RECORDS, h, 2, 1, checkpoint=ckpt)
+    made = json.loads((ckpt / "state.json").read_text())["per_edit"]
+    for k in range(1, len(RECORDS) + 1):
+        rows = forgetting.run(*make_llama(), RECORDS, ckpt, k)
+        assert [r["edit"] for r in rows] == list(range(1, k + 1))
+        assert [r["right_after"] for r in rows] == [e["efficacy_now"] for e in made[:k]]
+        assert rows[-1]["now"] == rows[-1]["right_after"]
+    # the model is left as base + the first k stored deltas, in id order
+    model, tok = make_llama()
+    want = {n: p.detach().clone() for n, p in model.named_parameters()}
+    forgetting.run(model, tok, RECORDS, ckpt, 3)
+    for i in (1, 2, 3):
+        for name, d in editfile.decode((ckpt / f"edit-{i:05d}.safetensors").read_bytes())[
+            0
+        ].items():
+            want[name] += d
+    assert all(torch.equal(p, want[n]) for n, p in model.named_parameters())
+    ages = forgetting.by_age(
+        [{"right_after": a, "now": b} for a, b in [(100, 50), (50, 100), (100, 100)]], 2
+    )
+    assert [(a["edits"], a["n"], a["lost"], a["now"]) for a in ages] == [
+        ("1-2", 2, 25.0, 75.0),
+        ("3-3", 1, 0.0, 100.0),
+    ]
+    with pytest.raises(SystemExit, match="other records"):
+        forgetting.run(*make_llama(), RECORDS[:3], ckpt, 1)
+    with pytest.raises(SystemExit, match="holds 4 edits"):
+        forgetting.run(*make_llama(), RECORDS, ckpt, 5)
