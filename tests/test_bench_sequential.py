@@ -104,9 +104,8 @@ def test_forgetting_rebuilds_a_checkpoints_stack_and_scores_each_edit_then_and_n
     want = {n: p.detach().clone() for n, p in model.named_parameters()}
     forgetting.run(model, tok, RECORDS, ckpt, 3)
     for i in (1, 2, 3):
-        for name, d in editfile.decode((ckpt / f"edit-{i:05d}.safetensors").read_bytes())[
-            0
-        ].items():
+        tensors, _ = editfile.decode((ckpt / f"edit-{i:05d}.safetensors").read_bytes())
+        for name, d in tensors.items():
             want[name] += d
     assert all(torch.equal(p, want[n]) for n, p in model.named_parameters())
     ages = forgetting.by_age(

@@ -103,7 +103,8 @@ class FTHyperParams:
     # limit). Each kept key takes a direction the edit may not use: without a limit enough
     # earlier edits would fill the width and leave a new edit nothing to act on. The default
     # takes 0.33: at 0.67, 300 earlier zsRE edits left a new subject's key 0.36 of its norm to
-    # act on and the new edits stopped taking (bench/stack_room.py, bench/README.md section 4).
+    # act on and the new edits stopped taking (bench/stack_room.py); past ~450 a third forgets
+    # the older edits instead (bench/forgetting.py; bench/README.md section 4).
     keep_prior_share: float = 0.0
     # With keep_prior_edits: once an edit stacked on earlier ones is trained, this many
     # alternations of the box and the projection off the whole keep basis (the earlier edits'
