@@ -14,7 +14,6 @@ forgetting.md / .json under ``--out``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -39,8 +38,7 @@ def run(model, tok, records, checkpoint: Path, n: int, base: dict | None = None)
     checkpoint was made on other records, another base or holds fewer than ``n`` edits."""
     state = json.loads((checkpoint / "state.json").read_text())
     settings = state["settings"]
-    digest = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
-    if settings["records"] != f"{len(records)} records, sha256 {digest}":
+    if settings["records"] != sequential.records_id(records):
         raise SystemExit(
             f"checkpoint {checkpoint} was made on other records ({settings['records']}): "
             "give the --dataset, --split and --n of its run"

@@ -94,11 +94,16 @@ def neighborhood(model, tok, records, per_record: int) -> float:
     return 100 * statistics.fmean(hits)
 
 
+def records_id(records) -> str:
+    """How a checkpoint names the records its stack was made on."""
+    digest = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
+    return f"{len(records)} records, sha256 {digest}"
+
+
 def _settings(records, hp: FTHyperParams, every: int, probe: int, gen_prompts, base) -> dict:
     """What a checkpoint's edits and curve depend on: a resumed run must match it exactly."""
-    digest = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
     return {
-        "records": f"{len(records)} records, sha256 {digest}",
+        "records": records_id(records),
         "hparams": hp.to_dict(),
         "every": every,
         "probe": probe,

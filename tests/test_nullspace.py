@@ -210,14 +210,11 @@ def test_bad_keep_subject_keys_refused():
         FTHyperParams(keep_subject_keys=-1)
 
 
-def test_subject_keys_only_keeps_the_delta_on_the_subject_keys(arch, monkeypatch):
+def test_subject_keys_only_keeps_the_delta_on_the_subject_keys(arch, small_pool):
     """subject_keys_only: the delta's input side lies in the span of the subject's last-token
     keys (so any input orthogonal to them keeps its output) and is orthogonal to the keep
     keys, and the edited prompt still moves; without the option it has other directions."""
-    from ftedit.core import keep
 
-    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
-    keep._POOL_CACHE.clear()
     model, tok = MAKERS[arch]()
     base = dict(norm_constraint=None, keep_nullspace=True, keep_subjects=1)
     Q = keep_basis(model, tok, hp(arch, **base), [REQ])
@@ -237,13 +234,9 @@ def test_subject_keys_only_keeps_the_delta_on_the_subject_keys(arch, monkeypatch
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_box_rows_keeps_the_box_and_the_subject_span(arch, monkeypatch):
+def test_box_rows_keeps_the_box_and_the_subject_span(arch, small_pool):
     """box_rows: the box holds (|delta| <= eps everywhere) and, unlike the element-wise clamp,
     the delta stays in the subject's span and off the keep keys; the prompt still moves."""
-    from ftedit.core import keep
-
-    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
-    keep._POOL_CACHE.clear()
     model, tok = MAKERS[arch]()
     eps = 2e-3  # tight enough that the element-wise clamp binds
     base = dict(norm_constraint=eps, keep_nullspace=True, keep_subjects=1, subject_keys_only=True)
@@ -274,14 +267,12 @@ def test_box_rows_needs_a_box():
         FTHyperParams(box_iters=3, keep_nullspace=True, norm_constraint=None)
 
 
-def test_subject_contexts_widen_the_subject_span(arch, monkeypatch):
+def test_subject_contexts_widen_the_subject_span(arch, small_pool):
     """subject_contexts: the subject's key behind each generic context joins the span (the
     rank grows, the plain span stays inside it); more contexts than the file holds, or
     contexts without subject_keys_only, are refused."""
-    from ftedit.core import edit_keys, keep
+    from ftedit.core import edit_keys
 
-    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
-    keep._POOL_CACHE.clear()
     model, tok = MAKERS[arch]()
     base = dict(keep_nullspace=True, keep_subjects=1, subject_keys_only=True)
     Q = keep_basis(model, tok, hp(arch, **base), [REQ])

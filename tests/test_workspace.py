@@ -310,14 +310,11 @@ def test_duplicate_warning_says_count_twice_only_while_the_first_copy_is_active(
     assert duplicate_warning(ws, tmp_path / "missing.safetensors") is None
 
 
-def test_keep_prior_edits_keeps_the_live_edits_subject_keys(monkeypatch):
+def test_keep_prior_edits_keeps_the_live_edits_subject_keys(small_pool):
     """With keep_prior_edits the workspace passes the branch's live edits to the training: a new
     edit leaves the subject key of a live earlier one as it was; a reverted one is not kept."""
-    from ftedit.core import keep
     from ftedit.core.key_reads import _each_key
 
-    monkeypatch.setattr(keep, "_subject_pool", lambda: ("Paris", "Rome", "London"))
-    keep._POOL_CACHE.clear()
     ws = open_ws()
     hp = HP1.replace(
         num_steps=4,
