@@ -15,6 +15,14 @@ for edit as an unbroken run would (a 1,000-edit run is longer than one sitting):
     .venv/bin/python bench/sequential.py --dataset zsre --n 1000 --every 100 \
         --checkpoint runs/zsre-1000 --stop-at 17:40 --out bench/results/sequential-zsre
 
+``--branch-from DIR --branch-at N`` starts a new ``--checkpoint`` folder from the first N edits
+of another run's (same records, base and curve settings; other hparams): the stack goes on
+from there under the new settings, so two settings are compared past a point only one long
+run reaches (the edits before it are the other run's, bit for bit):
+
+    .venv/bin/python bench/sequential.py --dataset zsre --n 500 --every 100 \
+        --hparams H.json --branch-from runs/zsre-1000 --branch-at 400 --checkpoint runs/zsre-b
+
 Every ``--every`` edits it scores the rewrite prompts of all edits so far (efficacy so far), the
 neighbourhood prompts of all N records (the probe whose unedited score is the baseline) and the
 generation entropy (ROME's n-gram entropy of 40 sampled tokens after the generation prompts of
@@ -133,6 +141,44 @@ def _resume(ckpt: Path, settings: dict, live: LiveWeights, names: list[str]) -> 
     return state
 
 
+def branch(src: Path, n: int, dst: Path, settings: dict) -> None:
+    """Start checkpoint ``dst`` from the first ``n`` edits of checkpoint ``src``, to go on under
+    ``settings``: the same records, base and curve settings, other hparams allowed. Its state
+    names the branch. SystemExit, with nothing written, if ``dst`` already holds a run, the
+    settings differ otherwise or ``src`` holds fewer than ``n`` edits. A ``dst`` that already
+    holds this branch is left as it is (the run then continues it)."""
+    if (dst / "state.json").exists():
+        held = json.loads((dst / "state.json").read_text()).get("branch", {})
+        if (held.get("from"), held.get("at")) == (str(src), n):
+            return
+        raise SystemExit(f"checkpoint {dst} already holds another run: give an empty folder")
+    state = json.loads((src / "state.json").read_text())
+    theirs = {k: v for k, v in state["settings"].items() if k != "hparams"}
+    mine = {k: v for k, v in settings.items() if k != "hparams"}
+    if theirs != mine:
+        diff = sorted(k for k in mine if theirs.get(k) != mine[k])
+        raise SystemExit(
+            f"checkpoint {src} was made with other settings ({', '.join(diff)} differ)"
+        )
+    if not 1 <= n <= len(state["per_edit"]):
+        raise SystemExit(
+            f"checkpoint {src} holds {len(state['per_edit'])} edits; cannot branch at {n}"
+        )
+    dst.mkdir(parents=True, exist_ok=True)
+    for i in range(1, n + 1):
+        name = f"edit-{i:05d}.safetensors"
+        write_file_atomic(dst / name, (src / name).read_bytes())
+    per_edit = state["per_edit"][:n]
+    new = {
+        "settings": settings,
+        "curve": [p for p in state["curve"] if p["edits"] <= n],
+        "per_edit": per_edit,
+        "seconds": sum(e["seconds"] for e in per_edit),
+        "branch": {"from": str(src), "at": n, "hparams": state["settings"]["hparams"]},
+    }
+    write_file_atomic(dst / "state.json", json.dumps(new).encode())  # last: a whole branch
+
+
 def stack_from(ckpt: Path, n: int, live: LiveWeights, names: list[str]) -> None:
     """Make the first ``n`` edits a checkpoint holds the active stack of ``live``."""
     for i in range(1, n + 1):
@@ -152,18 +198,25 @@ def run(
     gen_prompts: list[str] | None = None,
     checkpoint: Path | None = None,
     base: dict | None = None,
+    branch_from: tuple[Path, int] | None = None,
 ) -> dict:
     """Stack the records' edits; past ``deadline`` (epoch seconds) stop stacking, score the
     stack as it is, and report over the edits made. With ``checkpoint`` (a folder), every
     edit is saved there as it is made (its stored form, as an edit file) with the curve so
     far, and a run given the same folder and settings continues where that one stopped: the
     live weights are rebuilt from the same stored deltas, so the edits that follow are the
-    ones an unbroken run makes (``base``: the model's fingerprint, part of the settings)."""
+    ones an unbroken run makes (``base``: the model's fingerprint, part of the settings).
+    ``branch_from`` (a checkpoint folder, n) first starts ``checkpoint`` from that one's first
+    n edits (:func:`branch`); the result then names the branch."""
     zsre = bool(records) and "src" in records[0]
     names = list(weights_to_edit(model, hp))
     live = LiveWeights(model)
     settings = _settings(records, hp, every, probe, gen_prompts, base)
     state = None
+    if branch_from is not None:
+        if checkpoint is None:
+            raise SystemExit("branching needs a --checkpoint folder to hold the branch")
+        branch(*branch_from, checkpoint, settings)
     if checkpoint is not None:
         checkpoint.mkdir(parents=True, exist_ok=True)
         state = _resume(checkpoint, settings, live, names)
@@ -226,7 +279,7 @@ def run(
                 "curve": curve,
                 "per_edit": per_edit,
                 "seconds": time.perf_counter() - t0,
-            }
+            } | ({"branch": state["branch"]} if state and "branch" in state else {})
             write_file_atomic(checkpoint / "state.json", json.dumps(state).encode())
         if late:
             break
@@ -243,7 +296,7 @@ def run(
         "per_edit": per_edit,
         "final": final,
         "stack_norm": sum(stack[1:], stack[0]).norm() if stack else 0.0,
-    }
+    } | ({"branch": state["branch"]} if state and "branch" in state else {})
 
 
 def plot(result: dict, path: Path, title: str) -> None:
@@ -331,7 +384,11 @@ def main(argv=None) -> None:
         help="folder: save every edit there as it is made, and continue a run saved there "
         "(same settings) where it stopped",
     )
+    p.add_argument("--branch-from", default=None, help="checkpoint folder to branch from")
+    p.add_argument("--branch-at", type=int, default=None, help="its first N edits")
     args = p.parse_args(argv)
+    if (args.branch_from is None) != (args.branch_at is None):
+        p.error("--branch-from and --branch-at go together")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
     out = Path(args.out)
@@ -358,6 +415,7 @@ def main(argv=None) -> None:
         gen,
         Path(args.checkpoint) if args.checkpoint else None,
         lm.fingerprint.to_dict(),
+        (Path(args.branch_from), args.branch_at) if args.branch_from else None,
     )
     done = result["final"]["n"]
     count = (
@@ -369,6 +427,9 @@ def main(argv=None) -> None:
         f"{count} sequential {'zsRE' if zsre else 'CounterFact ' + args.split} edits, preset "
         f"{name!r}, {lm.fingerprint.name}"
     )
+    if "branch" in result:
+        b = result["branch"]
+        title += f" (edits 1-{b['at']} are those of {b['from']}, made with its own hparams)"
     f, c0 = result["final"], result["curve"][0]
     probe = "loc? token accuracy" if zsre else f"{args.probe} neighbours per record"
     md = (

@@ -46,7 +46,7 @@ from ftedit.core.requests import EditRequest
 
 def room(model, tok, hp: FTHyperParams, req: EditRequest, prior) -> dict:
     """Room left to ``req``'s subject key by the keep basis, and the basis's two widths."""
-    own, earlier = keep_bases(model, tok, hp, [req], prior)
+    own, earlier, _ = keep_bases(model, tok, hp, [req], prior)
     keys: dict[int, torch.Tensor] = {}
     _each_key(model, tok, hp, [req.head], lambda i, k: keys.setdefault(i, k[0]), None, True)
     shares = []

@@ -119,3 +119,48 @@ def test_forgetting_rebuilds_a_checkpoints_stack_and_scores_each_edit_then_and_n
         forgetting.run(*make_llama(), RECORDS[:3], ckpt, 1)
     with pytest.raises(SystemExit, match="holds 4 edits"):
         forgetting.run(*make_llama(), RECORDS, ckpt, 5)
+
+
+def test_a_branch_goes_on_from_another_runs_first_edits_under_other_hparams(tmp_path):
+    """bench/sequential.py --branch-from: the branch holds the other run's first n edits bit
+    for bit and goes on under its own hparams as a run of those settings resumed at n would;
+    it can be continued, and a folder holding another run, other curve settings or more edits
+    than the source holds are refused, with nothing written."""
+    h = hp("llama", norm_constraint=5e-3, keep_nullspace=True, keep_subjects=1,
+           keep_prior_edits=10, store_as="lowrank:4")  # fmt: skip
+    other = h.replace(norm_constraint=4e-3)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    made = sequential.run(*make_llama(), RECORDS, h, 2, 1, checkpoint=src)
+    got = sequential.run(*make_llama(), RECORDS, other, 2, 1, checkpoint=dst, branch_from=(src, 2))
+    assert got["branch"] == {"from": str(src), "at": 2, "hparams": h.to_dict()}
+    for i in (1, 2):
+        name = f"edit-{i:05d}.safetensors"
+        assert (dst / name).read_bytes() == (src / name).read_bytes()
+    assert got["per_edit"][:2] == made["per_edit"][:2]
+    assert got["curve"][:2] == made["curve"][:2]  # edits 0 and 2: the source's scores
+    # the reference: the source's first two edits, then `other` (a resumed run of its own)
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    state = json.loads((src / "state.json").read_text())
+    for i in (1, 2):
+        name = f"edit-{i:05d}.safetensors"
+        (ref / name).write_bytes((src / name).read_bytes())
+    state |= {"per_edit": state["per_edit"][:2], "curve": state["curve"][:2]}
+    state["settings"]["hparams"] = other.to_dict()
+    (ref / "state.json").write_text(json.dumps(state))
+    _same(got, sequential.run(*make_llama(), RECORDS, other, 2, 1, checkpoint=ref))
+    assert got["per_edit"][2]["delta_norm"] != made["per_edit"][2]["delta_norm"]  # other hparams
+    again = sequential.run(
+        *make_llama(), RECORDS, other, 2, 1, checkpoint=dst, branch_from=(src, 2)
+    )
+    _same(again, got)  # the branch continued (here: already whole), not started again
+    for bad, match in (
+        (dict(checkpoint=dst, branch_from=(src, 1)), "already holds another run"),
+        (dict(checkpoint=tmp_path / "x", branch_from=(src, 5)), "holds 4 edits"),
+    ):
+        with pytest.raises(SystemExit, match=match):
+            sequential.run(*make_llama(), RECORDS, other, 2, 1, **bad)
+    with pytest.raises(SystemExit, match=r"other settings \(every differ\)"):
+        sequential.run(*make_llama(), RECORDS, other, 3, 1, checkpoint=tmp_path / "y",
+                       branch_from=(src, 2))  # fmt: skip
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

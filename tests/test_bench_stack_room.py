@@ -37,7 +37,7 @@ def test_room_is_the_subject_keys_share_outside_the_keep_basis_and_shrinks_with_
     model, tok = make_llama()
     h = hp("llama", keep_nullspace=True, keep_subjects=1, keep_prior_edits=10)
     alone = stack_room.room(model, tok, h, NEW, [])
-    own, _ = keep_bases(model, tok, h, [NEW])
+    own, *_ = keep_bases(model, tok, h, [NEW])
     keys: list = []
     _each_key(model, tok, h, [NEW.head], lambda i, k: keys.append(k[0]), None, True)
     (k,) = keys

@@ -368,3 +368,88 @@ def test_earlier_edits_read_from_the_edited_blocks_up_give_the_keys_of_a_whole_r
     with torch.no_grad():  # a write below the lowest edited block
         next(blocks_of(model, h.rewrite_module_tmp)[0].parameters()).add_(0.0)
     assert key_reads._below_cache(model, h) is not cache
+
+
+def test_prior_parts_soft_weights_are_the_inverse_of_the_left_out_keys_moment():
+    """_prior_parts with ``soft``: the basis is _add_prior's, and x - U (w U^T x) is
+    (I + s R R^T / mean)^-1 x for every x off the keep basis and the kept directions, R the
+    keys the share left out there (MEMIT's C^-1 k); nothing is left out without a cap, and
+    soft 0 gives no weights."""
+    from ftedit.core.edit_keys import _add_prior, _prior_parts
+
+    g = torch.Generator().manual_seed(1)
+    width, n, strength = 20, 50, 3.0
+    Q = torch.linalg.qr(torch.randn(width, 2, generator=g, dtype=torch.float64)).Q.float()
+    mix = torch.randn(width, 12, generator=g, dtype=torch.float64) * torch.logspace(0, -2, 12)
+    k = mix @ torch.randn(12, n, generator=g, dtype=torch.float64)
+    for keys in (k, k[:, : width // 2]):  # past the Gram switch (n > width) and below it
+        share = 5 / width
+        E, (U, w) = _prior_parts(Q, keys, share, strength)
+        assert torch.equal(E, _add_prior(Q, keys, share))
+        B = torch.cat([Q, E], 1).double()
+        R = keys - B @ (B.T @ keys)  # the left-out keys
+        C = torch.eye(width, dtype=torch.float64) + strength * R @ R.T / (R.norm() ** 2 / width)
+        x = torch.randn(width, 4, generator=g, dtype=torch.float64)
+        x = x - B @ (B.T @ x)
+        got = x - U @ (w[:, None] * (U.T @ x))
+        assert torch.allclose(got, torch.linalg.solve(C, x), atol=1e-8)
+        assert (B.T @ U).abs().max() < 1e-6 and bool(((w > 0) & (w < 1)).all())
+    assert _prior_parts(Q, k, 0.0, strength)[1] is None  # no cap: every key kept exactly
+    assert _prior_parts(Q, k, 5 / width, 0.0)[1] is None
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_keep_prior_soft_moves_the_earlier_keys_the_cap_leaves_out_less(arch):
+    """keep_prior_soft: with a cap that keeps one direction of three earlier edits' keys, the
+    stacked delta moves the keys left out less than with the cap alone (they are weighted, not
+    free), the kept direction stays exact, and the edit still takes. Soft 0 and an edit with
+    nothing to stack on are bit-identical to the field's absence; the field is validated."""
+    from ftedit.core.edit_keys import _prior_parts, keep_bases
+
+    model, tok = MAKERS[arch]()
+    earlier = [
+        EditRequest("the {} is located in", "Louvre", "the city of Rome", "Paris"),
+        EditRequest("the {} is located in", "Colosseum", "Paris", "Rome"),
+        EditRequest("who plays {} ?", "jazz", "Rome", "Paris"),
+    ]
+    base = dict(
+        norm_constraint=None,
+        keep_nullspace=True,
+        keep_subjects=1,
+        keep_prior_edits=3,
+        keep_prior_answers=True,
+        subject_keys_only=True,
+        keep_prior_exact=20,
+    )
+    width = _last_keys(model, tok, hp(arch), ["Paris"]).shape[0]
+    h = hp(arch, keep_prior_share=1.5 / width, **base)
+    own, kept, soft = keep_bases(model, tok, h, [REQ], earlier)
+    assert not soft  # soft off: no weights computed
+    (layer,) = own
+    (E,) = kept.values()
+    assert E.shape[1] == 1
+    k = _last_keys(model, tok, hp(arch), [r.head for r in earlier])
+    B = torch.cat([own[layer], E], 1).double()
+    left = k - B @ (B.T @ k)  # the subject keys' parts the cap leaves out
+    assert left.norm() > 0.1 * k.norm()
+    moved, kept_moved, deltas = {}, {}, {}
+    for s in (0.0, 10.0):
+        res = compute_deltas(model, tok, [REQ], h.replace(keep_prior_soft=s), prior=earlier)
+        D = _weight_delta(res, arch)
+        assert D.norm() > 1e-3
+        moved[s], kept_moved[s], deltas[s] = _leak(D, left), _leak(D, E.double()), res.deltas
+    assert moved[10.0] < 0.5 * moved[0.0]
+    assert kept_moved[10.0] < 1e-4 and kept_moved[0.0] < 1e-4
+    plain = compute_deltas(model, tok, [REQ], h, prior=earlier).deltas
+    alone = [compute_deltas(model, tok, [REQ], h.replace(keep_prior_soft=s)) for s in (0.0, 10.0)]
+    for name, d in plain.items():
+        assert torch.equal(d, deltas[0.0][name])
+        assert torch.equal(alone[0].deltas[name], alone[1].deltas[name])
+    assert _prior_parts(E, E.double(), 0.5, 1.0)[1] is None  # nothing left out: no weights
+    for bad in (
+        dict(keep_prior_soft=-1.0, keep_prior_share=0.5),
+        dict(keep_prior_soft=1.0),  # no cap: nothing is left out to weight
+        dict(keep_prior_soft=1.0, keep_prior_share=0.5, subject_keys_only=False),
+    ):
+        with pytest.raises(HParamsError, match="keep_prior_soft must be >= 0 and needs"):
+            FTHyperParams(**{**base, **bad})

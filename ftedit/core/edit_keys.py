@@ -41,7 +41,8 @@ BELOW_CACHE = True
 def keep_basis(model, tok, hp: FTHyperParams, requests, prior=()) -> dict[int, torch.Tensor]:
     """Per edited layer, the orthonormal keep basis [in, r]: :func:`keep_bases`' two parts side
     by side."""
-    return join_bases(*keep_bases(model, tok, hp, requests, prior))
+    own, earlier, _ = keep_bases(model, tok, hp, requests, prior)
+    return join_bases(own, earlier)
 
 
 def join_bases(own: dict[int, torch.Tensor], earlier: dict[int, torch.Tensor]):
@@ -51,7 +52,7 @@ def join_bases(own: dict[int, torch.Tensor], earlier: dict[int, torch.Tensor]):
 
 def keep_bases(
     model, tok, hp: FTHyperParams, requests, prior=()
-) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], dict[int, tuple]]:
     """Per edited layer, an orthonormal basis Q [in, r] of the inputs the edited module sees on
     the keep prompts (the relation prompt with the ``keep_subjects`` nearest other subjects,
     keep.kl_texts without the essence prompt, which names the edited subject itself), at every
@@ -66,7 +67,8 @@ def keep_bases(
     :func:`prior_heads` (earlier edits ``prior`` the edit is stacked on) and, with
     ``keep_prior_answers``, their inputs where each reads its own answer: those earlier edits'
     directions come as a second dict, orthonormal and orthogonal to Q (empty: no earlier edit
-    kept)."""
+    kept). The third, with ``keep_prior_soft``, holds per layer the weights of the earlier keys'
+    directions the share leaves out (:func:`_prior_parts`; empty otherwise)."""
     texts = [t for t, guard in kl_texts(requests, keep_others(model, tok, requests, hp)) if guard]
     keys: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
 
@@ -93,7 +95,7 @@ def keep_bases(
     out = {layer: _span(torch.cat(ks).double().T.cpu()) for layer, ks in keys.items()}
     heads = prior_heads(model, tok, hp, requests, prior) if hp.keep_prior_edits else []
     if not heads:
-        return out, {}
+        return out, {}, {}
     earlier: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
 
     def sink_earlier(layer: int, k: torch.Tensor) -> None:
@@ -105,11 +107,13 @@ def keep_bases(
         _each_key(model, tok, hp, pairs, sink_earlier, None, below=below)
     if heads:
         _each_key(model, tok, hp, heads, sink_earlier, None, last=True)
-    extra = {
-        layer: _add_prior(out[layer], torch.cat(ks).double().T.cpu(), hp.keep_prior_share)
-        for layer, ks in earlier.items()
-    }
-    return out, extra
+    extra, soft = {}, {}
+    for layer, ks in earlier.items():
+        k = torch.cat(ks).double().T.cpu()
+        extra[layer], rest = _prior_parts(out[layer], k, hp.keep_prior_share, hp.keep_prior_soft)
+        if rest is not None:
+            soft[layer] = rest
+    return out, extra, soft
 
 
 def _answer_passes(tok, heads: list[str], prior, inside=True) -> tuple[list[str], list[tuple]]:
@@ -146,6 +150,18 @@ def _add_prior(Q: torch.Tensor, k: torch.Tensor, share: float) -> torch.Tensor:
     ``share`` of the input width of them (0: all), so the edit keeps room to act on its own
     subject however many edits came before (AlphaEdit keeps the principal directions of its
     accumulated keys the same way)."""
+    return _prior_parts(Q, k, share, 0.0)[0]
+
+
+def _prior_parts(
+    Q: torch.Tensor, k: torch.Tensor, share: float, soft: float
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """:func:`_add_prior`'s basis E, and with ``soft`` > 0 the directions of the keys the share
+    leaves out (outside Q and E) with their weights: (U [in, m] orthonormal, w [m]), w = 1 - 1 /
+    (1 + soft * e / mean(e)), e their squared singular values and the mean over the input width
+    (as nullspace.soft_projector). ``x - U (w * U^T x)`` is then (I + soft * R R^T / mean)^-1 x
+    for the left-out keys R: MEMIT's and AlphaEdit's least-squares weighting of earlier keys,
+    which subject_basis applies to the subject keys (None: nothing left out, or soft 0)."""
     Qd = Q.double()
     floor = k.norm(dim=0).max() * 1e-6  # below: rounding of keys Q already spans
     k = k - Qd @ (Qd.T @ k)
@@ -158,10 +174,13 @@ def _add_prior(Q: torch.Tensor, k: torch.Tensor, share: float) -> torch.Tensor:
         e, u = torch.linalg.eigh(k @ k.T)
         sv, u = e.flip(0).clamp(min=0).sqrt(), u.flip(1)
         floor = max(floor, sv[0] * (k.shape[0] * torch.finfo(k.dtype).eps) ** 0.5)
-    r = int((sv > floor).sum())
-    if share:
-        r = min(r, int(share * k.shape[0]))
-    return u[:, :r].float()
+    n = int((sv > floor).sum())
+    r = min(n, int(share * k.shape[0])) if share else n
+    rest = None
+    if soft and r < n:
+        e = sv[r:n] ** 2
+        rest = (u[:, r:n], 1 - 1 / (1 + soft * e / (e.sum() / k.shape[0])))
+    return u[:, :r].float(), rest
 
 
 def subject_parts(requests) -> list[str]:
@@ -229,18 +248,30 @@ def prior_heads(model, tok, hp: FTHyperParams, requests, prior) -> list[str]:
 
 
 def subject_basis(
-    model, tok, hp: FTHyperParams, requests, keep: dict[int, torch.Tensor] | None, keys=None
+    model,
+    tok,
+    hp: FTHyperParams,
+    requests,
+    keep: dict[int, torch.Tensor] | None,
+    keys=None,
+    soft: dict[int, tuple] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Per edited layer, an orthonormal basis S [in, r] of the edited subjects' last-token
     inputs (:func:`subject_keys`, or ``keys`` if given), made orthogonal to the keep basis
     ``keep``: ROME's localisation (the edit acts on the subject's key only) without its closed
-    form, so neighbours' template tokens are left alone too."""
+    form, so neighbours' template tokens are left alone too. With ``soft`` (keep_bases' third
+    part), the keys are then weighted off the earlier keys the share left out, (I + s R
+    R^T / mean)^-1 k: a step on S moves each such key the less, the more the earlier edits use
+    its direction, instead of all of them freely (MEMIT's C^-1 k)."""
     keys = keys if keys is not None else subject_keys(model, tok, hp, requests)
     out = {}
     for layer, k in keys.items():
         if keep is not None:
             Q = keep[layer].double()
             k = k - Q @ (Q.T @ k)
+        if soft and layer in soft:  # U is orthogonal to Q: k stays off it
+            U, w = soft[layer]
+            k = k - U @ (w[:, None] * (U.T @ k))
         out[layer] = _span(k)
     return out
 

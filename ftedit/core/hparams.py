@@ -106,6 +106,15 @@ class FTHyperParams:
     # act on and the new edits stopped taking (bench/stack_room.py); past ~450 a third forgets
     # the older edits instead (bench/forgetting.py; bench/README.md section 4).
     keep_prior_share: float = 0.0
+    # With keep_prior_share and subject_keys_only: hold the earlier edits' keys the share leaves
+    # out softly instead of not at all: the subject keys a step acts on are first multiplied by
+    # (I + s R R^T / mean)^-1, R those left-out keys (outside the kept directions) and the mean
+    # their squared singular values' over the input width, s this strength (0: off). MEMIT and
+    # AlphaEdit weight earlier keys so (their C^-1 k): the edit moves each left-out key the
+    # less, the more the earlier edits use its direction, where the cap alone leaves all of
+    # them free (bench/forgetting.py: past the cap the older edits are forgotten). No cost per
+    # step: only the subject basis changes.
+    keep_prior_soft: float = 0.0
     # With keep_prior_edits: once an edit stacked on earlier ones is trained, this many
     # alternations of the box and the projection off the whole keep basis (the earlier edits'
     # keys and the keep prompts'), then that projection and each output row scaled into the
@@ -219,6 +228,13 @@ class FTHyperParams:
             raise HParamsError(
                 "keep_prior_share must be in [0, 1) and needs keep_prior_edits > 0, got "
                 f"{self.keep_prior_share}"
+            )
+        if self.keep_prior_soft < 0 or (
+            self.keep_prior_soft and not (self.keep_prior_share and self.subject_keys_only)
+        ):
+            raise HParamsError(
+                "keep_prior_soft must be >= 0 and needs keep_prior_share > 0 and "
+                f"subject_keys_only, got {self.keep_prior_soft}"
             )
         if self.keep_prior_answers and not self.keep_prior_edits:
             raise HParamsError("keep_prior_answers needs keep_prior_edits > 0")

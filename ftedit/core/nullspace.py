@@ -338,14 +338,14 @@ def projector(model, tok, hp: FTHyperParams, names: list[str], requests=(), prio
     inputs for ``requests`` (if ``hp.keep_nullspace``; with ``prior``, the earlier edits the
     model carries, for keep_prior_edits)."""
     stats = eigen_stats(model, tok, hp) if hp.nullspace else None
-    basis, earlier = None, {}
+    basis, earlier, soft = None, {}, {}
     if hp.keep_nullspace:
-        own, earlier = keep_bases(model, tok, hp, requests, prior)
+        own, earlier, soft = keep_bases(model, tok, hp, requests, prior)
         basis = join_bases(own, earlier)
     onto, room = None, {}
     if hp.subject_keys_only:
         keys = subject_keys(model, tok, hp, requests)
-        onto = subject_basis(model, tok, hp, requests, basis, keys)
+        onto = subject_basis(model, tok, hp, requests, basis, keys, soft)
         if earlier and hp.keep_prior_box:
             room = subject_room(keys, own, earlier)
     params = dict(model.named_parameters())
