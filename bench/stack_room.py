@@ -38,7 +38,7 @@ from ftedit.core import evaluate as ev
 from ftedit.core import ft
 from ftedit.core.edit_keys import keep_bases
 from ftedit.core.hparams import FTHyperParams, load_preset
-from ftedit.core.key_reads import _each_key
+from ftedit.core.key_reads import each_key
 from ftedit.core.live import applied
 from ftedit.core.models import load_model
 from ftedit.core.requests import EditRequest
@@ -48,7 +48,7 @@ def room(model, tok, hp: FTHyperParams, req: EditRequest, prior) -> dict:
     """Room left to ``req``'s subject key by the keep basis, and the basis's two widths."""
     own, earlier, _ = keep_bases(model, tok, hp, [req], prior)
     keys: dict[int, torch.Tensor] = {}
-    _each_key(model, tok, hp, [req.head], lambda i, k: keys.setdefault(i, k[0]), None, True)
+    each_key(model, tok, hp, [req.head], lambda i, k: keys.setdefault(i, k[0]), None, True)
     shares = []
     for layer, k in keys.items():
         Q = torch.cat([own[layer], earlier[layer]], 1) if layer in earlier else own[layer]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ftedit.core.edit_keys import keep_bases
-from ftedit.core.key_reads import _each_key
+from ftedit.core.key_reads import each_key
 from ftedit.core.requests import EditRequest
 from tests.benchkit import load_bench
 from tests.test_nullspace import hp
@@ -39,7 +39,7 @@ def test_room_is_the_subject_keys_share_outside_the_keep_basis_and_shrinks_with_
     alone = stack_room.room(model, tok, h, NEW, [])
     own, *_ = keep_bases(model, tok, h, [NEW])
     keys: list = []
-    _each_key(model, tok, h, [NEW.head], lambda i, k: keys.append(k[0]), None, True)
+    each_key(model, tok, h, [NEW.head], lambda i, k: keys.append(k[0]), None, True)
     (k,) = keys
     (Q,) = own.values()
     assert alone["room"] == pytest.approx(float((k - Q @ (Q.T @ k)).norm() / k.norm()), 1e-5)

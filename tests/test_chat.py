@@ -125,7 +125,7 @@ def test_subject_keys_only_with_chat_texts_spans_the_chat_turns_subject_key(chat
     on; with chat_texts that includes the chat turn, cut after the subject."""
     from ftedit.core.edit_keys import subject_basis
     from ftedit.core.hparams import FTHyperParams
-    from ftedit.core.key_reads import _each_key
+    from ftedit.core.key_reads import each_key
     from ftedit.core.requests import EditRequest
 
     model, tok = chatty
@@ -133,7 +133,7 @@ def test_subject_keys_only_with_chat_texts_spans_the_chat_turns_subject_key(chat
     hp = FTHyperParams(layers=(1,), norm_constraint=None, keep_nullspace=True, num_prefixes=0)
     got: list[torch.Tensor] = []
     turn = "the Finish this sentence: Eiffel Tower"  # the template's turn, up to the subject
-    _each_key(model, tok, hp, [turn], lambda layer, k: got.append(k), None, last=True)
+    each_key(model, tok, hp, [turn], lambda layer, k: got.append(k), None, last=True)
     k = got[0][0].double()
 
     def off_span(h: FTHyperParams) -> float:

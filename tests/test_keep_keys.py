@@ -113,13 +113,13 @@ def test_keep_prior_answers_leaves_an_earlier_edits_answer_keys_alone(arch):
     """keep_prior_answers: the keys where an earlier edit reads its own answer (its prompt's
     last token, then each target token but the last, teacher-forced) join the keep basis, so
     the delta leaves them exactly as they were; with the subject key alone it moves them."""
-    from ftedit.core.key_reads import _each_key
+    from ftedit.core.key_reads import each_key
 
     model, tok = MAKERS[arch]()
     earlier = EditRequest("the {} is located in", "Louvre", "the city of Rome", "Paris")
     keys: list = []
     pair = [(earlier.text, earlier.target_new)]
-    n = _each_key(model, tok, hp(arch), pair, lambda i, k: keys.append(k), None)
+    n = each_key(model, tok, hp(arch), pair, lambda i, k: keys.append(k), None)
     K = torch.cat(keys).double().T  # [in, keys]: one edited layer
     prompt, answer = (len(tok(t, add_special_tokens=False)["input_ids"]) for t in pair[0])
     assert answer > 1 and n == prompt + answer - 1  # read teacher-forced
@@ -210,7 +210,7 @@ def test_an_earlier_edits_head_key_read_inside_its_question_is_the_one_read_alon
     two separate reads (the head alone at its last token, the question and answer), column for
     column; a head that is not such a prefix is read alone."""
     from ftedit.core.edit_keys import _answer_passes
-    from ftedit.core.key_reads import _each_key
+    from ftedit.core.key_reads import each_key
 
     model, tok = MAKERS[arch]()
     prior = [
@@ -224,7 +224,7 @@ def test_an_earlier_edits_head_key_read_inside_its_question_is_the_one_read_alon
 
     def keys(texts, **kw):
         got: list = []
-        _each_key(model, tok, hp(arch), texts, lambda i, k: got.append(k), None, **kw)
+        each_key(model, tok, hp(arch), texts, lambda i, k: got.append(k), None, **kw)
         return torch.cat(got)
 
     merged = torch.cat([keys(passes), keys(alone, last=True)])
@@ -323,7 +323,7 @@ def test_earlier_edits_read_from_the_edited_blocks_up_give_the_keys_of_a_whole_r
     arch, monkeypatch
 ):
     """A stacked edit reads the earlier edits' questions from the lowest edited block up, the
-    blocks below having run once per batch (key_reads._below_cache): the earlier edits'
+    blocks below having run once per batch (key_reads.below_cache): the earlier edits'
     directions are those of whole reads, an added earlier edit re-runs only the batch it
     joins, the first batch kept is checked against the whole read, and a write below the
     edited blocks starts a new cache."""
@@ -356,7 +356,7 @@ def test_earlier_edits_read_from_the_edited_blocks_up_give_the_keys_of_a_whole_r
         got = earlier(n, True)
         assert got.shape == ref.shape
         assert (got @ got.T - ref @ ref.T).norm() < 1e-4  # the same directions
-    cache = key_reads._below_cache(model, h)
+    cache = key_reads.below_cache(model, h)
     assert cache.get("checked") and not cache.get("off")
     batches = [k for k in cache if isinstance(k, tuple)]
     assert len(batches) >= 2
@@ -367,7 +367,7 @@ def test_earlier_edits_read_from_the_edited_blocks_up_give_the_keys_of_a_whole_r
     assert len([k for k in cache if isinstance(k, tuple)]) == len(batches)  # one dropped
     with torch.no_grad():  # a write below the lowest edited block
         next(blocks_of(model, h.rewrite_module_tmp)[0].parameters()).add_(0.0)
-    assert key_reads._below_cache(model, h) is not cache
+    assert key_reads.below_cache(model, h) is not cache
 
 
 def test_prior_parts_soft_weights_are_the_inverse_of_the_left_out_keys_moment():

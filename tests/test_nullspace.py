@@ -58,10 +58,10 @@ def _leak(D: torch.Tensor, C: torch.Tensor) -> float:
 
 def _last_keys(model, tok, h: FTHyperParams, texts: list[str]) -> torch.Tensor:
     """[in, texts]: what each text gives the edited matrix at its last token."""
-    from ftedit.core.key_reads import _each_key
+    from ftedit.core.key_reads import each_key
 
     keys: list[torch.Tensor] = []
-    _each_key(model, tok, h, texts, lambda i, k: keys.append(k), None, True)
+    each_key(model, tok, h, texts, lambda i, k: keys.append(k), None, True)
     return torch.cat(keys).double().T
 
 

@@ -313,7 +313,7 @@ def test_duplicate_warning_says_count_twice_only_while_the_first_copy_is_active(
 def test_keep_prior_edits_keeps_the_live_edits_subject_keys(small_pool):
     """With keep_prior_edits the workspace passes the branch's live edits to the training: a new
     edit leaves the subject key of a live earlier one as it was; a reverted one is not kept."""
-    from ftedit.core.key_reads import _each_key
+    from ftedit.core.key_reads import each_key
 
     ws = open_ws()
     hp = HP1.replace(
@@ -327,7 +327,7 @@ def test_keep_prior_edits_keeps_the_live_edits_subject_keys(small_pool):
 
     def moved(edit_id: int, head: str) -> float:
         keys: list[torch.Tensor] = []
-        _each_key(ws.model, ws.tok, hp, [head], lambda i, k: keys.append(k), None, True)
+        each_key(ws.model, ws.tok, hp, [head], lambda i, k: keys.append(k), None, True)
         k = keys[0].double().T  # the key under the stack the edit was trained on
         D = ws.deltas_of(ws.store.get(edit_id))[name].double()
         return float((D @ k).norm() / (D.norm() * k.norm()))

@@ -22,7 +22,7 @@ from ftedit.core.keep import (
     rank_layer,
     subject_vectors,
 )
-from ftedit.core.key_reads import _below_cache, _each_key
+from ftedit.core.key_reads import below_cache, each_key
 from ftedit.core.prefixes import random_prefixes
 from ftedit.errors import HParamsError
 
@@ -34,7 +34,7 @@ CONTEXTS_FILE = Path(__file__).parent / "data" / "contexts.txt"
 HEADS_INSIDE = True
 GRAM_ABOVE = 1.0
 # ... and reads those questions from the lowest edited block up, the blocks below having run
-# once for them (_below_cache; rounding apart, the same keys)
+# once for them (below_cache; rounding apart, the same keys)
 BELOW_CACHE = True
 
 
@@ -75,7 +75,7 @@ def keep_bases(
     def sink(layer: int, k: torch.Tensor) -> None:
         keys[layer].append(k)
 
-    _each_key(model, tok, hp, texts, sink, None)
+    each_key(model, tok, hp, texts, sink, None)
     if hp.keep_subject_keys:
         at, tmpl = rank_layer(hp), hp.rewrite_module_tmp
         near = [
@@ -83,15 +83,15 @@ def keep_bases(
             for r in requests
         ]
         subs = sorted({s for n in near for s in n})
-        _each_key(model, tok, hp, subs, sink, None, last=True)
+        each_key(model, tok, hp, subs, sink, None, last=True)
     if hp.keep_subject_parts:
         parts = subject_parts(requests)
         if parts:
-            _each_key(model, tok, hp, parts, sink, None, but_last=True)
+            each_key(model, tok, hp, parts, sink, None, but_last=True)
     if hp.keep_subject_siblings:
         sibs = subject_siblings(model, tok, requests, hp.keep_subject_siblings)
         if sibs:
-            _each_key(model, tok, hp, sibs, sink, None, last=True)
+            each_key(model, tok, hp, sibs, sink, None, last=True)
     out = {layer: _span(torch.cat(ks).double().T.cpu()) for layer, ks in keys.items()}
     heads = prior_heads(model, tok, hp, requests, prior) if hp.keep_prior_edits else []
     if not heads:
@@ -103,10 +103,10 @@ def keep_bases(
 
     if hp.keep_prior_answers:  # read again at every stacked edit: from the edited blocks up
         heads, pairs = _answer_passes(tok, heads, prior, HEADS_INSIDE)
-        below = _below_cache(model, hp) if BELOW_CACHE else None
-        _each_key(model, tok, hp, pairs, sink_earlier, None, below=below)
+        below = below_cache(model, hp) if BELOW_CACHE else None
+        each_key(model, tok, hp, pairs, sink_earlier, None, below=below)
     if heads:
-        _each_key(model, tok, hp, heads, sink_earlier, None, last=True)
+        each_key(model, tok, hp, heads, sink_earlier, None, last=True)
     extra, soft = {}, {}
     for layer, ks in earlier.items():
         k = torch.cat(ks).double().T.cpu()
@@ -317,9 +317,7 @@ def subject_keys(model, tok, hp: FTHyperParams, requests) -> dict[int, torch.Ten
             turn = chat_prompt(tok, ask)
             texts.append(turn[: turn.index(ask) + len(TRAIN_ASK.format(head))])
     keys: dict[int, list[torch.Tensor]] = {i: [] for i in hp.layers}
-    _each_key(
-        model, tok, hp, list(dict.fromkeys(texts)), lambda i, k: keys[i].append(k), None, True
-    )
+    each_key(model, tok, hp, list(dict.fromkeys(texts)), lambda i, k: keys[i].append(k), None, True)
     return {layer: torch.cat(ks).double().T.cpu() for layer, ks in keys.items()}
 
 

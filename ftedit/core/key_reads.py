@@ -4,7 +4,7 @@ and subject bases from them; ftedit/core/nullspace.py the second moments).
 
 A stacked edit reads every earlier edit's question again at each edit; the blocks below the
 lowest edited one never change under the edits, so their output per batch is kept
-(:func:`_below_cache`) and only the blocks from there up run again.
+(:func:`below_cache`) and only the blocks from there up run again.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ftedit.core.precision import to_device
 from ftedit.errors import HParamsError
 
 
-def _modules(model, hp: FTHyperParams) -> dict[int, torch.nn.Module]:
+def edited_modules(model, hp: FTHyperParams) -> dict[int, torch.nn.Module]:
     names = dict(model.named_modules())
     out = {}
     for layer in hp.layers:
@@ -34,7 +34,7 @@ def _modules(model, hp: FTHyperParams) -> dict[int, torch.nn.Module]:
     return out
 
 
-def _in_dim(mod: torch.nn.Module) -> int:
+def in_dim(mod: torch.nn.Module) -> int:
     """Input width: Linear stores [out, in], GPT-2's Conv1D [in, out] (and has ``nf``)."""
     return mod.weight.shape[0] if hasattr(mod, "nf") else mod.weight.shape[1]
 
@@ -44,7 +44,7 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def _each_key(
+def each_key(
     model,
     tok,
     hp: FTHyperParams,
@@ -62,11 +62,11 @@ def _each_key(
     the prompt's tokens then the target's but its last, keyed from the prompt's last token on
     (the positions that predict the target); a (prompt, target, n) triple is keyed at its
     n-th token as well (the last of a token prefix of the prompt, read in the same pass).
-    ``below`` (:func:`_below_cache`) keeps the lowest edited block's inputs per batch, so a
+    ``below`` (:func:`below_cache`) keeps the lowest edited block's inputs per batch, so a
     batch read again runs only the blocks from there up; its batches are the texts of one
     token length each, in the order given (no padding; a text added to the end changes one
     batch). Returns the number of tokens."""
-    mods = _modules(model, hp)
+    mods = edited_modules(model, hp)
     dev = model.get_input_embeddings().weight.device
     count = 0
     mask: list[torch.Tensor] = []
@@ -93,7 +93,7 @@ def _each_key(
             cut = max(len(ids) - 64, 0)  # a long text keeps its end, where the target is
             also = c[2] - 1 - cut if len(c) > 2 and c[2] else -1
             if len(c) > 2 and c[2] and not 0 <= also < len(p) - 1 - cut:
-                raise ValueError(f"_each_key: token {c[2]} of {c[0]!r} is not read apart")
+                raise ValueError(f"each_key: token {c[2]} of {c[0]!r} is not read apart")
             out.append((ids[cut:], max(len(p) - 1 - cut, 0), also))
         return out
 
@@ -214,8 +214,8 @@ def _forward_below(model, blocks, ids, att, below: dict, out_to: list) -> tuple:
 _BELOW = WeightsMemo()
 
 
-def _below_cache(model, hp: FTHyperParams) -> dict | None:
-    """Where :func:`_each_key` keeps the lowest edited block's inputs per batch: one dict,
+def below_cache(model, hp: FTHyperParams) -> dict | None:
+    """Where :func:`each_key` keeps the lowest edited block's inputs per batch: one dict,
     the same while no weight below that block (nor outside the blocks) is written (an edit
     of the blocks from there up leaves it valid: memo.weights_state of the others); None for
     a layout without a block list."""

@@ -53,7 +53,7 @@ from ftedit.core.edit_keys import (
     subject_room,
 )
 from ftedit.core.hparams import FTHyperParams
-from ftedit.core.key_reads import _each_key, _in_dim, _modules
+from ftedit.core.key_reads import each_key, edited_modules, in_dim
 from ftedit.core.models import blocks_of
 from ftedit.core.precision import rows_into_box
 from ftedit.errors import HParamsError
@@ -137,13 +137,13 @@ def _texts(model, tok) -> list[str]:
 
 def second_moments(model, tok, hp: FTHyperParams, texts: list[str]) -> dict[int, torch.Tensor]:
     """C[layer] = mean over every non-pad token of k k^T, k the edited module's input (float64)."""
-    mods = _modules(model, hp)
-    sums = {i: torch.zeros(_in_dim(m), _in_dim(m), dtype=torch.float64) for i, m in mods.items()}
+    mods = edited_modules(model, hp)
+    sums = {i: torch.zeros(in_dim(m), in_dim(m), dtype=torch.float64) for i, m in mods.items()}
 
     def add(layer, k):  # float32 product per batch, float64 sum
         sums[layer].add_((k.T @ k).double().cpu())
 
-    count = _each_key(model, tok, hp, texts, add, "nullspace: statistics")
+    count = each_key(model, tok, hp, texts, add, "nullspace: statistics")
     return {i: s / max(count, 1) for i, s in sums.items()}
 
 
@@ -350,7 +350,7 @@ def projector(model, tok, hp: FTHyperParams, names: list[str], requests=(), prio
             room = subject_room(keys, own, earlier)
     params = dict(model.named_parameters())
     mats, ontos, finals, widen = {}, {}, {}, {}
-    for layer, mod in _modules(model, hp).items():
+    for layer, mod in edited_modules(model, hp).items():
         wname = next((n for n in names if params.get(n) is mod.weight), None)
         if wname is not None:
             dev = mod.weight.device
