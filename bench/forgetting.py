@@ -9,6 +9,15 @@ was forgotten; one that never took was not.
 The records are those the checkpoint's stack was made on (their digest is checked) and the
 stack is rebuilt from its edit files exactly as a resumed run rebuilds it. Writes
 forgetting.md / .json under ``--out``.
+
+``--metric tokens`` scores CounterFact edits as zsRE's are, by the token accuracy of the new
+target after the rewrite prompt, instead of ROME's efficacy (the new target more probable than
+the old one), which an edit keeps long after its answer stops being the model's: the stack is
+then rebuilt one edit at a time to score each edit right after it (the run stored only ROME's
+efficacy). For zsRE the two metrics are the same.
+
+    .venv/bin/python bench/forgetting.py --checkpoint runs/dev-share033 --dataset counterfact \
+        --split dev --records 250 --n 250 --bucket 50 --metric tokens --out ...
 """
 
 from __future__ import annotations
@@ -32,10 +41,36 @@ from ftedit.core.live import LiveWeights
 from ftedit.core.models import load_model
 
 
-def run(model, tok, records, checkpoint: Path, n: int, base: dict | None = None) -> list[dict]:
+def token_efficacy(model, tok, records) -> list[float]:
+    """Per record, the token accuracy (%) of its new target after its rewrite prompt (zsRE:
+    of answers[0] after the question, its efficacy)."""
+    probes = []
+    for r in records:
+        if "src" in r:
+            probes.append(ev.zsre_probes(r)["efficacy"])
+        else:
+            rw = r["requested_rewrite"]
+            probes.append(
+                (rw["prompt"].format(rw["subject"]), " " + rw["target_new"]["str"].strip())
+            )
+    prompts, targets = zip(*probes, strict=True)
+    return [100 * a for a in ev.token_accuracy(model, tok, prompts, targets)]
+
+
+def run(
+    model,
+    tok,
+    records,
+    checkpoint: Path,
+    n: int,
+    base: dict | None = None,
+    metric: str = "efficacy",
+) -> list[dict]:
     """Per edit 1..n: its record, efficacy right after it (the checkpoint's) and now, with the
-    first ``n`` of the checkpoint's edits stacked on ``model`` (left so). SystemExit if the
-    checkpoint was made on other records, another base or holds fewer than ``n`` edits."""
+    first ``n`` of the checkpoint's edits stacked on ``model`` (left so). ``metric`` "tokens":
+    :func:`token_efficacy` instead, right after each edit scored on the stack rebuilt up to it.
+    SystemExit if the checkpoint was made on other records, another base or holds fewer than
+    ``n`` edits."""
     state = json.loads((checkpoint / "state.json").read_text())
     settings = state["settings"]
     if settings["records"] != sequential.records_id(records):
@@ -50,7 +85,19 @@ def run(model, tok, records, checkpoint: Path, n: int, base: dict | None = None)
         raise SystemExit(f"checkpoint {checkpoint} holds {len(made)} edits; --n {n} asks for more")
     hp = FTHyperParams.from_dict(settings["hparams"])
     live = LiveWeights(model)
-    sequential.stack_from(checkpoint, n, live, list(weights_to_edit(model, hp)))
+    names = list(weights_to_edit(model, hp))
+    if metric == "tokens":
+        then = []
+        for i, rec in enumerate(records[:n], 1):
+            live.deltas[i] = sequential.load_edit(checkpoint, i)
+            live.set_active(range(1, i + 1), names)
+            then += token_efficacy(model, tok, [rec])
+        now = token_efficacy(model, tok, records[:n])
+        return [
+            {"edit": i, "case_id": made[i - 1]["case_id"], "right_after": a, "now": b}
+            for i, (a, b) in enumerate(zip(then, now, strict=True), 1)
+        ]
+    sequential.stack_from(checkpoint, n, live, names)
     return [
         {
             "edit": i,
@@ -88,6 +135,12 @@ def main(argv=None) -> None:
     p.add_argument("--records", type=int, default=1000, help="the --n of the checkpoint's run")
     p.add_argument("--n", type=int, required=True, help="stack the first N edits")
     p.add_argument("--bucket", type=int, default=100)
+    p.add_argument(
+        "--metric",
+        choices=["efficacy", "tokens"],
+        default="efficacy",
+        help="tokens: CounterFact scored by the new target's token accuracy, as zsRE is",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -98,11 +151,12 @@ def main(argv=None) -> None:
     records = ev.load_records(data, None if zsre else args.split, args.records)
     lm = load_model()
     ckpt = Path(args.checkpoint)
-    rows = run(lm.model, lm.tok, records, ckpt, args.n, lm.fingerprint.to_dict())
+    rows = run(lm.model, lm.tok, records, ckpt, args.n, lm.fingerprint.to_dict(), args.metric)
     ages = by_age(rows, args.bucket)
     md = (
-        f"The first {args.n} edits of {ckpt} stacked: each edit's efficacy right after it was "
-        f"made and now, by age ({lm.fingerprint.name})\n\n"
+        f"The first {args.n} edits of {ckpt} stacked: each edit's "
+        f"{'token accuracy of its new target' if args.metric == 'tokens' else 'efficacy'} "
+        f"right after it was made and now, by age ({lm.fingerprint.name})\n\n"
         "| edits | n | right after | now | lost (took, no longer holds) |\n|---|---|---|---|---|\n"
         + "".join(
             f"| {a['edits']} | {a['n']} | {a['right_after']:.1f} | {a['now']:.1f} | "

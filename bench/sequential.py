@@ -179,11 +179,16 @@ def branch(src: Path, n: int, dst: Path, settings: dict) -> None:
     write_file_atomic(dst / "state.json", json.dumps(new).encode())  # last: a whole branch
 
 
+def load_edit(ckpt: Path, i: int) -> Deltas:
+    """Edit ``i`` (from 1) of a checkpoint, as its stored form applies it."""
+    tensors, _ = editfile.decode((ckpt / f"edit-{i:05d}.safetensors").read_bytes())
+    return Deltas(tensors)
+
+
 def stack_from(ckpt: Path, n: int, live: LiveWeights, names: list[str]) -> None:
     """Make the first ``n`` edits a checkpoint holds the active stack of ``live``."""
     for i in range(1, n + 1):
-        tensors, _ = editfile.decode((ckpt / f"edit-{i:05d}.safetensors").read_bytes())
-        live.deltas[i] = Deltas(tensors)
+        live.deltas[i] = load_edit(ckpt, i)
     live.set_active(live.deltas, names)
 
 

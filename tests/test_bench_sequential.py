@@ -115,6 +115,18 @@ def test_forgetting_rebuilds_a_checkpoints_stack_and_scores_each_edit_then_and_n
         ("1-2", 2, 25.0, 75.0),
         ("3-3", 1, 0.0, 100.0),
     ]
+    # --metric tokens rebuilds the stack edit by edit: on zsRE records it is the run's own
+    # efficacy, so right after each edit it scores what the run stored then (a stack that
+    # forgets, no box: the first edits are lost under the later ones)
+    loose = tmp_path / "loose"
+    h2 = h.replace(norm_constraint=None, lr=0.2, num_steps=20)
+    sequential.run(*make_llama(), RECORDS, h2, 2, 1, checkpoint=loose)
+    stored = [e["efficacy_now"] for e in json.loads((loose / "state.json").read_text())["per_edit"]]
+    rows = forgetting.run(*make_llama(), RECORDS, loose, 4, metric="tokens")
+    assert [r["right_after"] for r in rows] == pytest.approx(stored)
+    plain = forgetting.run(*make_llama(), RECORDS, loose, 4)
+    assert [r["now"] for r in rows] == pytest.approx([r["now"] for r in plain])
+    assert any(r["now"] < r["right_after"] for r in rows)  # then and now differ here
     with pytest.raises(SystemExit, match="other records"):
         forgetting.run(*make_llama(), RECORDS[:3], ckpt, 1)
     with pytest.raises(SystemExit, match="holds 4 edits"):
