@@ -142,7 +142,7 @@ def test_keep_prior_share_caps_the_directions_earlier_edits_take(arch):
     """keep_prior_share: the earlier edits' keys widen the keep basis by at most that share of
     the input width, their strongest directions first; the basis stays orthonormal, and an
     earlier key already in the keep prompts' span adds nothing."""
-    from ftedit.core.edit_keys import _add_prior, keep_basis
+    from ftedit.core.edit_keys import _prior_parts, keep_basis
 
     model, tok = MAKERS[arch]()
     prior = [
@@ -161,7 +161,7 @@ def test_keep_prior_share_caps_the_directions_earlier_edits_take(arch):
     for Q in (full, capped):
         eye = torch.eye(Q.shape[1])
         assert torch.allclose(Q.T @ Q, eye, atol=1e-4)
-    assert _add_prior(Q0, Q0[:, :2].double() * 3, 0.0).shape[1] == 0
+    assert _prior_parts(Q0, Q0[:, :2].double() * 3, 0.0, 0.0)[0].shape[1] == 0
     with pytest.raises(HParamsError, match="keep_prior_share must be in"):
         FTHyperParams(keep_prior_share=0.5, keep_nullspace=True)
     with pytest.raises(HParamsError, match="keep_prior_share must be in"):
@@ -239,11 +239,11 @@ def test_an_earlier_edits_head_key_read_inside_its_question_is_the_one_read_alon
     assert sorted(len(p) for p in passes) == [2, 3, 3]
 
 
-def test_add_prior_on_more_keys_than_inputs_spans_what_the_svd_spans():
-    """_add_prior with more earlier keys than input width (a long stack) takes its directions
+def test_prior_parts_on_more_keys_than_inputs_spans_what_the_svd_spans():
+    """_prior_parts with more earlier keys than input width (a long stack) takes its directions
     from k k^T: orthonormal, off the keep basis, and the same subspace, strongest first, as the
     SVD of the keys, with the cap and without it."""
-    from ftedit.core.edit_keys import _add_prior
+    from ftedit.core.edit_keys import _prior_parts
 
     g = torch.Generator().manual_seed(0)
     width, n, rank = 24, 60, 14
@@ -255,13 +255,15 @@ def test_add_prior_on_more_keys_than_inputs_spans_what_the_svd_spans():
     off = k - Q.double() @ (Q.double().T @ k)
     u = torch.linalg.svd(off, full_matrices=False).U
     for share, r in ((0.0, rank), (8 / width, 8)):
-        E = _add_prior(Q, k, share).double()
+        E = _prior_parts(Q, k, share, 0.0)[0].double()
         assert E.shape == (width, r)  # nothing from the keys Q already spans, nor from rounding
         assert torch.allclose(E.T @ E, torch.eye(r, dtype=torch.float64), atol=1e-6)
         assert (Q.double().T @ E).abs().max() < 1e-6
         ref = u[:, :r]
         assert (E @ E.T - ref @ ref.T).norm() < 1e-5
-    assert _add_prior(Q, Q.double().repeat(1, 12), 0.0).shape[1] == 0  # 36 keys > 24 inputs
+    assert (
+        _prior_parts(Q, Q.double().repeat(1, 12), 0.0, 0.0)[0].shape[1] == 0
+    )  # 36 keys > 24 inputs
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -371,11 +373,11 @@ def test_earlier_edits_read_from_the_edited_blocks_up_give_the_keys_of_a_whole_r
 
 
 def test_prior_parts_soft_weights_are_the_inverse_of_the_left_out_keys_moment():
-    """_prior_parts with ``soft``: the basis is _add_prior's, and x - U (w U^T x) is
+    """_prior_parts with ``soft``: the basis is the one without, and x - U (w U^T x) is
     (I + s R R^T / mean)^-1 x for every x off the keep basis and the kept directions, R the
     keys the share left out there (MEMIT's C^-1 k); nothing is left out without a cap, and
     soft 0 gives no weights."""
-    from ftedit.core.edit_keys import _add_prior, _prior_parts
+    from ftedit.core.edit_keys import _prior_parts
 
     g = torch.Generator().manual_seed(1)
     width, n, strength = 20, 50, 3.0
@@ -385,7 +387,7 @@ def test_prior_parts_soft_weights_are_the_inverse_of_the_left_out_keys_moment():
     for keys in (k, k[:, : width // 2]):  # past the Gram switch (n > width) and below it
         share = 5 / width
         E, (U, w) = _prior_parts(Q, keys, share, strength)
-        assert torch.equal(E, _add_prior(Q, keys, share))
+        assert torch.equal(E, _prior_parts(Q, keys, share, 0.0)[0])
         B = torch.cat([Q, E], 1).double()
         R = keys - B @ (B.T @ keys)  # the left-out keys
         C = torch.eye(width, dtype=torch.float64) + strength * R @ R.T / (R.norm() ** 2 / width)

@@ -28,7 +28,7 @@ from ftedit.errors import HParamsError
 
 CONTEXTS_FILE = Path(__file__).parent / "data" / "contexts.txt"
 # A stacked edit reads each earlier edit's subject key inside its question's teacher-forced
-# pass where it can (_answer_passes), and _add_prior takes the eigenvectors of k k^T instead of
+# pass where it can (_answer_passes), and _prior_parts takes the eigenvectors of k k^T instead of
 # an SVD of the keys k once they outnumber the inputs GRAM_ABOVE times; both read at call time
 # so bench/speed_stack.py can time the older paths (rounding apart, the same basis).
 HEADS_INSIDE = True
@@ -144,24 +144,20 @@ def _answer_passes(tok, heads: list[str], prior, inside=True) -> tuple[list[str]
     return [h for h in heads if h not in read], out
 
 
-def _add_prior(Q: torch.Tensor, k: torch.Tensor, share: float) -> torch.Tensor:
-    """What the earlier edits' keys ``k`` [in, n] add to the keep basis ``Q`` [in, r]: an
-    orthonormal basis [in, r'] of their directions outside it, the strongest first, at most
-    ``share`` of the input width of them (0: all), so the edit keeps room to act on its own
-    subject however many edits came before (AlphaEdit keeps the principal directions of its
-    accumulated keys the same way)."""
-    return _prior_parts(Q, k, share, 0.0)[0]
-
-
 def _prior_parts(
     Q: torch.Tensor, k: torch.Tensor, share: float, soft: float
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-    """:func:`_add_prior`'s basis E, and with ``soft`` > 0 the directions of the keys the share
-    leaves out (outside Q and E) with their weights: (U [in, m] orthonormal, w [m]), w = 1 - 1 /
-    (1 + soft * e / mean(e)), e their squared singular values and the mean over the input width
-    (as nullspace.soft_projector). ``x - U (w * U^T x)`` is then (I + soft * R R^T / mean)^-1 x
-    for the left-out keys R: MEMIT's and AlphaEdit's least-squares weighting of earlier keys,
-    which subject_basis applies to the subject keys (None: nothing left out, or soft 0)."""
+    """What the earlier edits' keys ``k`` [in, n] add to the keep basis ``Q`` [in, r]: an
+    orthonormal basis E [in, r'] of their directions outside it, the strongest first, at most
+    ``share`` of the input width of them (0: all), so the edit keeps room to act on its own
+    subject however many edits came before (AlphaEdit keeps the principal directions of its
+    accumulated keys the same way). Second, with ``soft`` > 0, the directions of the keys the
+    share leaves out (outside Q and E) with their weights: (U [in, m] orthonormal, w [m]),
+    w = 1 - 1 / (1 + soft * e / mean(e)), e their squared singular values and the mean over the
+    input width (as nullspace.soft_projector). ``x - U (w * U^T x)`` is then
+    (I + soft * R R^T / mean)^-1 x for the left-out keys R: MEMIT's and AlphaEdit's
+    least-squares weighting of earlier keys, which subject_basis applies to the subject keys
+    (None: nothing left out, or soft 0)."""
     Qd = Q.double()
     floor = k.norm(dim=0).max() * 1e-6  # below: rounding of keys Q already spans
     k = k - Qd @ (Qd.T @ k)
