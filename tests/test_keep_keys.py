@@ -12,6 +12,21 @@ from ftedit.core.requests import EditRequest
 from ftedit.errors import HParamsError
 from tests.test_nullspace import MAKERS, REQ, _last_keys, _leak, _weight_delta, hp
 
+# Three earlier edits a stacked edit of REQ is made on, and the settings that keep their keys
+EARLIER = [
+    EditRequest("the {} is located in", "Louvre", "the city of Rome", "Paris"),
+    EditRequest("the {} is located in", "Colosseum", "Paris", "Rome"),
+    EditRequest("who plays {} ?", "jazz", "Rome", "Paris"),
+]
+STACKED = dict(
+    keep_nullspace=True,
+    keep_subjects=1,
+    keep_prior_edits=3,
+    keep_prior_answers=True,
+    subject_keys_only=True,
+    keep_prior_exact=20,
+)
+
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch, small_pool):
@@ -277,23 +292,10 @@ def test_keep_prior_box_widens_a_stacked_edits_box_by_the_room_its_keys_lost(arc
     from ftedit.core.ft import weights_to_edit
 
     model, tok = MAKERS[arch]()
-    earlier = [
-        EditRequest("the {} is located in", "Louvre", "the city of Rome", "Paris"),
-        EditRequest("the {} is located in", "Colosseum", "Paris", "Rome"),
-        EditRequest("who plays {} ?", "jazz", "Rome", "Paris"),
-    ]
+    earlier = EARLIER
     k = _last_keys(model, tok, hp(arch), [r.head for r in earlier])  # their subject keys
     eps, cap = 2e-3, 4.0
-    base = dict(
-        norm_constraint=eps,
-        lr=5e-2,
-        keep_nullspace=True,
-        keep_subjects=1,
-        keep_prior_edits=3,
-        keep_prior_answers=True,
-        subject_keys_only=True,
-        keep_prior_exact=20,
-    )
+    base = dict(norm_constraint=eps, lr=5e-2, **STACKED)
     h = hp(arch, keep_prior_box=cap, **base)
     (w,) = ns.projector(
         model, tok, h, list(weights_to_edit(model, h)), [REQ], earlier
@@ -409,20 +411,8 @@ def test_keep_prior_soft_moves_the_earlier_keys_the_cap_leaves_out_less(arch):
     from ftedit.core.edit_keys import _prior_parts, keep_bases
 
     model, tok = MAKERS[arch]()
-    earlier = [
-        EditRequest("the {} is located in", "Louvre", "the city of Rome", "Paris"),
-        EditRequest("the {} is located in", "Colosseum", "Paris", "Rome"),
-        EditRequest("who plays {} ?", "jazz", "Rome", "Paris"),
-    ]
-    base = dict(
-        norm_constraint=None,
-        keep_nullspace=True,
-        keep_subjects=1,
-        keep_prior_edits=3,
-        keep_prior_answers=True,
-        subject_keys_only=True,
-        keep_prior_exact=20,
-    )
+    earlier = EARLIER
+    base = dict(norm_constraint=None, **STACKED)
     width = _last_keys(model, tok, hp(arch), ["Paris"]).shape[0]
     h = hp(arch, keep_prior_share=1.5 / width, **base)
     own, kept, soft = keep_bases(model, tok, h, [REQ], earlier)
