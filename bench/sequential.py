@@ -225,6 +225,7 @@ def run(
     if checkpoint is not None:
         checkpoint.mkdir(parents=True, exist_ok=True)
         state = _resume(checkpoint, settings, live, names)
+    branched = {"branch": state["branch"]} if state and "branch" in state else {}
 
     def entropy() -> float | None:
         return ev.generation_entropy(model, tok, gen_prompts) if gen_prompts else None
@@ -284,7 +285,7 @@ def run(
                 "curve": curve,
                 "per_edit": per_edit,
                 "seconds": time.perf_counter() - t0,
-            } | ({"branch": state["branch"]} if state and "branch" in state else {})
+            } | branched
             write_file_atomic(checkpoint / "state.json", json.dumps(state).encode())
         if late:
             break
@@ -301,7 +302,7 @@ def run(
         "per_edit": per_edit,
         "final": final,
         "stack_norm": sum(stack[1:], stack[0]).norm() if stack else 0.0,
-    } | ({"branch": state["branch"]} if state and "branch" in state else {})
+    } | branched
 
 
 def plot(result: dict, path: Path, title: str) -> None:
