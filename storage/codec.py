@@ -21,6 +21,7 @@ Tensors that are not 2-D, or that a form would not make smaller, stay dense.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import torch
 
@@ -84,30 +85,65 @@ def reconstruct(
 ) -> torch.Tensor:
     """The float32 delta that ``parts`` store (bit-exact, deterministic). ValueError if the
     parts do not fit ``form`` and ``shape``."""
+    kind, shape = _check(parts, form, shape)
+    if kind == "dense":
+        return parts[""].to(torch.float32)
+    rows, cols = shape
+    if kind == "sign":
+        bits = (parts[".sign"][:, None] >> torch.arange(8, dtype=torch.uint8)) & 1
+        neg = bits.reshape(-1)[: rows * cols].reshape(rows, cols).bool()
+        scale = parts[".scale"][:, None].expand(rows, cols)
+        return torch.where(neg, -scale, scale).contiguous()
+    u, v = parts[".u"].to(torch.float32), parts[".v"].to(torch.float32)
+    out = torch.zeros(rows, cols, dtype=torch.float32)
+    for i in range(v.shape[0]):  # fixed order; each product is exact (bf16 x bf16 fits
+        out.addcmul_(
+            u[:, i : i + 1], v[i : i + 1, :]
+        )  # float32), so fused or not, one rounding: the add
+    return out
+
+
+def _check(
+    parts: Mapping[str, torch.Tensor], form: str, shape: tuple[int, ...] | list[int]
+) -> tuple[str, tuple[int, ...]]:
+    """(kind, shape) once ``parts`` are shown to fit ``form`` and ``shape``; ValueError if not."""
     kind, rank = parse_form(form)
     shape = tuple(int(n) for n in shape)
     if kind == "dense":
-        t = parts[""]
-        _expect(t, torch.float32, shape, "")
-        return t.to(torch.float32)
+        _expect(parts[""], torch.float32, shape, "")
+        return kind, shape
     if len(shape) != 2:
         raise ValueError(f"a {kind} part needs a 2-D shape, got {list(shape)}")
     rows, cols = shape
     if kind == "sign":
         _expect(parts[".sign"], torch.uint8, ((rows * cols + 7) // 8,), ".sign")
         _expect(parts[".scale"], torch.float32, (rows,), ".scale")
-        bits = (parts[".sign"][:, None] >> torch.arange(8, dtype=torch.uint8)) & 1
-        neg = bits.reshape(-1)[: rows * cols].reshape(rows, cols).bool()
-        scale = parts[".scale"][:, None].expand(rows, cols)
-        return torch.where(neg, -scale, scale).contiguous()
-    u, v = parts[".u"], parts[".v"]
-    _expect(u, torch.bfloat16, (rows, rank), ".u")
-    _expect(v, torch.bfloat16, (rank, cols), ".v")
-    u, v = u.to(torch.float32), v.to(torch.float32)
-    out = torch.zeros(rows, cols, dtype=torch.float32)
-    for i in range(rank):  # fixed order; each product is exact (bf16 x bf16 fits float32),
-        out.addcmul_(u[:, i : i + 1], v[i : i + 1, :])  # so fused or not, one rounding: the add
-    return out
+    else:
+        _expect(parts[".u"], torch.bfloat16, (rows, rank), ".u")
+        _expect(parts[".v"], torch.bfloat16, (rank, cols), ".v")
+    return kind, shape
+
+
+class Packed:
+    """One delta kept in its stored form: the parts, checked when made, rebuilt by
+    :func:`reconstruct` at every :meth:`tensor` call (the same bits each time). A rank-32
+    576 x 1536 delta held this way is 135 KB instead of 3.5 MB."""
+
+    __slots__ = ("form", "parts", "shape")
+
+    def __init__(
+        self, parts: Mapping[str, torch.Tensor], form: str, shape: tuple[int, ...] | list[int]
+    ):
+        self.parts = {k: v.detach().to("cpu").contiguous() for k, v in parts.items()}
+        self.form = form
+        self.shape = _check(self.parts, form, shape)[1]
+
+    def tensor(self) -> torch.Tensor:
+        return reconstruct(self.parts, self.form, self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.parts.values())
 
 
 def _expect(t: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...], suffix: str) -> None:

@@ -182,11 +182,12 @@ def read_header(data: bytes) -> dict:
 
 
 def decode(
-    data: bytes, shapes: Mapping[str, tuple[int, ...]] | None = None
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    data: bytes, shapes: Mapping[str, tuple[int, ...]] | None = None, packed: bool = False
+) -> tuple[dict[str, torch.Tensor | codec.Packed], dict[str, str]]:
     """Tensors and metadata of an edit file (callers check sha256 first). ``shapes`` (the
     model's parameter shapes by name), when given, is checked against a compact file's encoding
-    before anything is rebuilt, so a crafted file cannot ask for a huge allocation."""
+    before anything is rebuilt, so a crafted file cannot ask for a huge allocation. ``packed``:
+    a compact file's tensors come as :class:`codec.Packed` (checked, not rebuilt)."""
     header = read_header(data)
     meta = header.get("__metadata__") or {}
     try:
@@ -194,7 +195,7 @@ def decode(
     except SafetensorError as e:
         raise ImportRefusedError(f"not a readable safetensors file: {e}") from None
     if meta.get("format_version") == COMPACT_VERSION:
-        tensors = decode_compact(tensors, meta, shapes)
+        tensors = decode_compact(tensors, meta, shapes, packed)
     return tensors, meta
 
 
@@ -202,8 +203,10 @@ def decode_compact(
     parts: Mapping[str, torch.Tensor],
     meta: Mapping[str, str],
     shapes: Mapping[str, tuple[int, ...]] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Format 2: the float32 deltas rebuilt from their parts (``codec.reconstruct``); refuses
+    packed: bool = False,
+) -> dict[str, torch.Tensor | codec.Packed]:
+    """Format 2: the float32 deltas rebuilt from their parts (``codec.reconstruct``; with
+    ``packed``, a :class:`codec.Packed` each, a dense part as its tensor); refuses
     a file whose parts do not match its ``encoding`` exactly (missing, extra, wrong shape), or,
     with ``shapes``, names a tensor the model lacks or a shape other than the model's."""
     try:
@@ -219,7 +222,9 @@ def decode_compact(
         try:
             form, shape = enc["form"], enc["shape"]
             names = [name + sfx for sfx in codec.SUFFIXES[codec.parse_form(form)[0]] or ("",)]
-            out[name] = codec.reconstruct({n[len(name) :]: parts[n] for n in names}, form, shape)
+            held = {n[len(name) :]: parts[n] for n in names}
+            keep = packed and codec.parse_form(form)[0] != "dense"  # dense: nothing to save
+            out[name] = (codec.Packed if keep else codec.reconstruct)(held, form, shape)
         except (KeyError, TypeError, ValueError) as e:
             raise ImportRefusedError(
                 f"edit file tensor {name}: bad compact encoding ({e})"

@@ -131,19 +131,35 @@ def test_format_2_is_plain_safetensors_and_decodes_to_the_reconstruction(tmp_pat
     )
 
 
-def test_format_2_refuses_parts_its_encoding_does_not_describe():
+@pytest.mark.parametrize("packed", [False, True])
+def test_format_2_refuses_parts_its_encoding_does_not_describe(packed):
     data = editfile.encode(GOLDEN_V2, GOLDEN_META, "lowrank:2")
     parts = st_load(data)
     meta = editfile.read_header(data)["__metadata__"]
     extra = editfile._safetensors_bytes({**parts, "x.weight": torch.zeros(2)}, meta)
     with pytest.raises(ImportRefusedError, match=r"does not list: \['x.weight'\]"):
-        editfile.decode(extra)
+        editfile.decode(extra, packed=packed)
     missing = editfile._safetensors_bytes({k: v for k, v in parts.items() if k != W + ".v"}, meta)
     with pytest.raises(ImportRefusedError, match=r"bad compact encoding"):
-        editfile.decode(missing)
+        editfile.decode(missing, packed=packed)
+    bad = {**parts, W + ".u": parts[W + ".u"].float()}  # checked now, not when first summed
+    with pytest.raises(ImportRefusedError, match=r"part \.u should be bfloat16"):
+        editfile.decode(editfile._safetensors_bytes(bad, meta), packed=packed)
     no_enc = editfile._safetensors_bytes(parts, {k: v for k, v in meta.items() if k != "encoding"})
     with pytest.raises(ImportRefusedError, match="lacks its 'encoding'"):
-        editfile.decode(no_enc)
+        editfile.decode(no_enc, packed=packed)
+
+
+@pytest.mark.parametrize("form", ["lowrank:2", "sign"])
+def test_packed_deltas_hold_the_parts_and_give_the_stored_bits(form):
+    data = editfile.encode(GOLDEN_V2, GOLDEN_META, form)
+    packed = editfile.decode(data, packed=True)[0]
+    assert isinstance(packed[W], codec.Packed) and isinstance(packed[B], torch.Tensor)
+    held, whole = Deltas(packed), Deltas(editfile.decode(data)[0])
+    assert held == whole and W in held and "x.weight" not in held
+    assert torch.equal(held[W], held[W]) and held[W] is not held[W]  # rebuilt at each lookup
+    assert held.nbytes == packed[W].nbytes + 4 * 2 < whole.nbytes / 2
+    assert (held + held) == (whole + whole)
 
 
 def test_compact_is_what_storing_applies():
@@ -181,6 +197,9 @@ def test_workspace_stores_applies_replays_and_moves_compact_edits(tmp_path, form
     assert imported.blob_sha256 == info.blob_sha256
     assert_same(params(other), params(ws))
     assert other.verify().ok
+    for w, i in ((ws, info.id), (other, imported.id)):  # made here / read from its blob: packed
+        held = w.live.deltas[i]
+        assert held.nbytes < sum(4 * t.numel() for t in held.values()) / 2
 
 
 def test_import_refuses_a_compact_shape_the_model_lacks_before_rebuilding(tmp_path):

@@ -196,3 +196,62 @@ def test_live_weights_are_exact_and_refuse_non_finite():
     with pytest.raises(IntegrityError, match="non-finite"):
         live.set_active([1, 3])
     assert_params_equal(model, snap) and live.active == []
+
+
+def test_live_weights_continue_kept_sums_to_the_bits_a_whole_sum_gives(monkeypatch):
+    """Stacking one more edit adds only its deltas to the kept float32 sum (packed deltas are
+    rebuilt only for it), and every set made live equals compose() over its deltas from the
+    base, bit for bit: appended, left and restored by ``temporarily``, reverted in the
+    middle, and with an id's deltas replaced by other ones (kept sums name the deltas
+    themselves, not their ids)."""
+    from storage import codec
+
+    model, _ = make_llama()
+    model.to(torch.bfloat16)  # compose's one cast at the end, rounding every live value
+    names = [f"model.layers.{i}.mlp.down_proj.weight" for i in (0, 1)]
+    live = LiveWeights(model)
+    base = {n: live.params[n].detach().clone() for n in names}
+    g = torch.Generator().manual_seed(0)
+
+    def edit(scale: float, packed: bool) -> Deltas:
+        d = {n: torch.randn(base[n].shape, generator=g) * scale for n in names}
+        if not packed:
+            return Deltas(d)
+        return Deltas(
+            {
+                n: codec.Packed(codec.encode(t, "lowrank:4"), "lowrank:4", t.shape)
+                for n, t in d.items()
+            }
+        )
+
+    for i in range(1, 5):
+        live.deltas[i] = edit(1e-3 * i, packed=i != 3)  # a dense one among packed ones
+    rebuilt: list[int] = []
+    real = codec.Packed.tensor
+    monkeypatch.setattr(codec.Packed, "tensor", lambda p: rebuilt.append(1) or real(p))
+
+    def check(ids):
+        for n in names:
+            want = compose(base[n], [live.deltas[i][n] for i in ids], torch.bfloat16)
+            assert torch.equal(live.params[n].detach(), want), (ids, n)
+
+    for top in range(1, 4):
+        live.set_active(range(1, top + 1))
+    check([1, 2, 3])
+    rebuilt.clear()
+    live.set_active([1, 2, 3, 4])  # one more on top: only #4 is rebuilt, once per tensor
+    assert len(rebuilt) == len(names)
+    check([1, 2, 3, 4])
+    rebuilt.clear()
+    with live.temporarily([]):
+        check([])
+    assert rebuilt == []  # back to the kept sum of all four: nothing rebuilt
+    check([1, 2, 3, 4])
+    live.set_active([1, 3, 4])  # #2 leaves: summed again past #1's kept value
+    check([1, 3, 4])
+    live.deltas[3] = edit(5e-3, packed=True)  # same id, other deltas: no kept sum is used
+    live.set_active([1, 2, 3])
+    check([1, 2, 3])
+    live.set_active([])
+    for n in names:
+        assert torch.equal(live.params[n].detach(), base[n])

@@ -10,6 +10,10 @@ is the single definition of that value). One verb pair moves the weights:
 
 Values are always recomputed from the base copy, never patched by subtraction, and every new
 value is checked finite before any weight is written, so a bad delta leaves the model untouched.
+The float32 sums of the last two sets made live are kept per tensor (on CPU), so a set that
+starts with one of them (an edit stacked on the live ones; the live set again after
+``temporarily``) adds only the deltas past it: the same adds in the same order, the same bits,
+and packed deltas (:class:`~storage.codec.Packed`) are rebuilt only for those.
 Torch only: the Workspace (store + model) and the evaluation loop both build on it.
 """
 
@@ -20,7 +24,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ftedit.core.deltas import Deltas, compose
+from ftedit.core.deltas import Deltas, accumulate
 from ftedit.errors import IntegrityError
 
 
@@ -37,6 +41,8 @@ class LiveWeights:
         self.base: dict[str, torch.Tensor] = {}
         self.deltas: dict[int, Deltas] = {}  # id -> deltas that may be made active
         self.active: list[int] = []  # ids composing the live weights now, in order
+        # name -> up to two (the Deltas summed, in order; float32 base + their values on CPU)
+        self.sums: dict[str, list[tuple[tuple[Deltas, ...], torch.Tensor]]] = {}
 
     def keep_base(self, names: Iterable[str]) -> None:
         """Copy base values before the first write; every write goes through here first."""
@@ -59,14 +65,14 @@ class LiveWeights:
         names = sorted(set(names))
         self.keep_base(names)
         stack = [self.deltas[i] for i in ids]
-        new = {}
+        new, sums = {}, {}
         for name in names:
             if name not in self.params or name not in self.base:
                 raise IntegrityError(f"tensor {name} is not a parameter of this model")
             p = self.params[name]
-            value = compose(
-                self.base[name], (d[name] for d in stack if name in d), p.dtype, p.device
-            )
+            parts = tuple(d for d in stack if name in d)
+            sums[name] = parts, self._sum(name, parts)
+            value = sums[name][1].to(p.dtype)  # compose's one cast
             # NaN/inf anywhere makes the sum non-finite; only an overflowing sum of finite
             # values needs the elementwise test (a full isfinite costs ~10x the sum).
             if not torch.isfinite(value.sum()) and not torch.isfinite(value).all():
@@ -77,8 +83,21 @@ class LiveWeights:
         with torch.no_grad():
             for name, value in new.items():
                 self.params[name].copy_(value)
+        for name, (parts, acc) in sums.items():
+            if parts:  # the base needs no keeping
+                kept = [e for e in self.sums.get(name, []) if not _same(e[0], parts)]
+                self.sums[name] = [*kept[-1:], (parts, acc)]
         self.active = ids
         return names
+
+    def _sum(self, name: str, parts: tuple[Deltas, ...]) -> torch.Tensor:
+        """float32 base + the ``parts``' deltas of ``name`` in order (compose's sum), continued
+        from the longest kept sum whose deltas are the first of ``parts`` (same objects)."""
+        start, done = self.base[name], 0
+        for kept, acc in self.sums.get(name, []):
+            if len(kept) > done and _same(kept, parts[: len(kept)]):
+                start, done = acc, len(kept)
+        return accumulate(start, (d[name] for d in parts[done:]), "cpu")
 
     @contextmanager
     def temporarily(
@@ -95,6 +114,10 @@ class LiveWeights:
             yield written
         finally:
             self.set_active(old, names)
+
+
+def _same(a: tuple[Deltas, ...], b: tuple[Deltas, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 @contextmanager

@@ -3,7 +3,9 @@ from a blob (checked against this model), and the edits a store keeps under othe
 
 What an edit stores is what it applies: the compact forms (hparams ``store_as``, :mod:`storage.codec`) round their delta; the workspace
 applies the delta these bytes hold, never the trained one, so what is live now is by
-construction what every later replay of the blob rebuilds (DESIGN.md's invariant).
+construction what every later replay of the blob rebuilds (DESIGN.md's invariant). A compact
+form's deltas are held packed (:class:`storage.codec.Packed`, rebuilt when summed): a rank-32
+edit of four 576 x 1536 matrices keeps 0.5 MB in memory instead of 14 MB.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def stored(deltas: Deltas, form: str, metadata: Mapping[str, str]) -> tuple[Delt
     data = editfile.encode(deltas, metadata, form)
     if codec.parse_form(form)[0] == "dense":
         return deltas, data
-    return Deltas(editfile.decode(data)[0]), data
+    return Deltas(editfile.decode(data, packed=True)[0]), data
 
 
 def read_deltas(store: Store, edit: StoredEdit, base_sha: Callable[[str], str]) -> Deltas:
@@ -32,7 +34,7 @@ def read_deltas(store: Store, edit: StoredEdit, base_sha: Callable[[str], str]) 
     and each untouched base tensor (``base_sha(name)``: this model's) checked."""
     label = f"edit #{edit.id}"
     data = store.blobs.get(edit.blob_sha256, what=label)
-    tensors, meta = editfile.decode(data)
+    tensors, meta = editfile.decode(data, packed=True)
     base_tensors = editfile.parse_metadata(meta)["base_tensors"]
     if sorted(tensors) != sorted(edit.tensor_names):
         raise IntegrityError(f"{label}: its blob holds other tensors than its row lists")

@@ -261,7 +261,8 @@ def validate(
             )
     if not allow_any_tensor:
         _check_bounds(ws, path, tensors, recorded)
-    return Deltas(tensors), requests, hparams
+    held = editfile.decode(data, shapes, packed=True)[0]  # the same values, kept packed
+    return Deltas(held), requests, hparams
 
 
 def already_imported(ws: Workspace, data: bytes) -> EditInfo | None:
