@@ -47,7 +47,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
 from ftedit.core import evaluate as ev
-from ftedit.core.compact import compact
 from ftedit.core.deltas import Deltas
 from ftedit.core.ft import compute_deltas, weights_to_edit
 from ftedit.core.hparams import FTHyperParams, load_preset
@@ -55,6 +54,7 @@ from ftedit.core.live import LiveWeights
 from ftedit.core.metrics import _prefers
 from ftedit.core.models import load_model
 from ftedit.core.requests import EditRequest
+from ftedit.versioning.stored import stored
 from storage import editfile
 from storage.blobs import write_file_atomic  # a kill leaves the old file or the new one
 
@@ -108,7 +108,9 @@ def records_id(records) -> str:
     return f"{len(records)} records, sha256 {digest}"
 
 
-def _settings(records, hp: FTHyperParams, every: int, probe: int, gen_prompts, base) -> dict:
+def _settings(
+    records, hp: FTHyperParams, every: int, probe: int, gen_prompts, base, spread=None
+) -> dict:
     """What a checkpoint's edits and curve depend on: a resumed run must match it exactly."""
     return {
         "records": records_id(records),
@@ -117,7 +119,32 @@ def _settings(records, hp: FTHyperParams, every: int, probe: int, gen_prompts, b
         "probe": probe,
         "gen_prompts": list(gen_prompts or []),
         "base": base,
-    }
+    } | ({"spread": spread.to_dict()} if spread else {})
+
+
+class Spread:
+    """A long stack spread over layer groups (an experiment, stop 31): edits 1..each go to
+    ``groups[0]`` (the hparams' layers), the next ``each`` to ``groups[1]``, and so on, round
+    and round; an edit keeps (keep_prior_*) the keys of the earlier edits of its own group
+    only, so each group's exact keep basis holds its own edits' keys, not every edit's."""
+
+    def __init__(self, groups: list[list[int]], each: int):
+        if each < 1 or len(groups) < 2:
+            raise SystemExit("--layer-groups needs --group-edits >= 1 and one group at least")
+        self.groups, self.each = groups, each
+
+    def group(self, n: int) -> int:
+        """The group of the edit made on ``n`` earlier ones."""
+        return (n // self.each) % len(self.groups)
+
+    def edit(self, hp: FTHyperParams, done: list) -> tuple[FTHyperParams, list]:
+        """The hparams and the earlier edits to keep for the edit made on top of ``done``."""
+        g = self.group(len(done))
+        own = [r for j, r in enumerate(done) if self.group(j) == g]
+        return hp.replace(layers=self.groups[g]), own
+
+    def to_dict(self) -> dict:
+        return {"groups": self.groups, "each": self.each}
 
 
 def _resume(ckpt: Path, settings: dict, live: LiveWeights, names: list[str]) -> dict | None:
@@ -143,7 +170,8 @@ def _resume(ckpt: Path, settings: dict, live: LiveWeights, names: list[str]) -> 
 
 def branch(src: Path, n: int, dst: Path, settings: dict) -> None:
     """Start checkpoint ``dst`` from the first ``n`` edits of checkpoint ``src``, to go on under
-    ``settings``: the same records, base and curve settings, other hparams allowed. Its state
+    ``settings``: the same records, base and curve settings, other hparams (and layer groups:
+    the caller checks the first ``n`` edits are in the first group) allowed. Its state
     names the branch. SystemExit, with nothing written, if ``dst`` already holds a run, the
     settings differ otherwise or ``src`` holds fewer than ``n`` edits. A ``dst`` that already
     holds this branch is left as it is (the run then continues it)."""
@@ -153,8 +181,8 @@ def branch(src: Path, n: int, dst: Path, settings: dict) -> None:
             return
         raise SystemExit(f"checkpoint {dst} already holds another run: give an empty folder")
     state = json.loads((src / "state.json").read_text())
-    theirs = {k: v for k, v in state["settings"].items() if k != "hparams"}
-    mine = {k: v for k, v in settings.items() if k != "hparams"}
+    theirs = {k: v for k, v in state["settings"].items() if k not in ("hparams", "spread")}
+    mine = {k: v for k, v in settings.items() if k not in ("hparams", "spread")}
     if theirs != mine:
         diff = sorted(k for k in mine if theirs.get(k) != mine[k])
         raise SystemExit(
@@ -181,7 +209,7 @@ def branch(src: Path, n: int, dst: Path, settings: dict) -> None:
 
 def load_edit(ckpt: Path, i: int) -> Deltas:
     """Edit ``i`` (from 1) of a checkpoint, as its stored form applies it."""
-    tensors, _ = editfile.decode((ckpt / f"edit-{i:05d}.safetensors").read_bytes())
+    tensors, _ = editfile.decode((ckpt / f"edit-{i:05d}.safetensors").read_bytes(), packed=True)
     return Deltas(tensors)
 
 
@@ -204,6 +232,7 @@ def run(
     checkpoint: Path | None = None,
     base: dict | None = None,
     branch_from: tuple[Path, int] | None = None,
+    spread: Spread | None = None,
 ) -> dict:
     """Stack the records' edits; past ``deadline`` (epoch seconds) stop stacking, score the
     stack as it is, and report over the edits made. With ``checkpoint`` (a folder), every
@@ -212,15 +241,22 @@ def run(
     live weights are rebuilt from the same stored deltas, so the edits that follow are the
     ones an unbroken run makes (``base``: the model's fingerprint, part of the settings).
     ``branch_from`` (a checkpoint folder, n) first starts ``checkpoint`` from that one's first
-    n edits (:func:`branch`); the result then names the branch."""
+    n edits (:func:`branch`); the result then names the branch. ``spread``: the edits go to
+    layer groups in turn (:class:`Spread`)."""
     zsre = bool(records) and "src" in records[0]
-    names = list(weights_to_edit(model, hp))
+    groups = spread.groups if spread else [hp.layers]
+    names = sorted({n for g in groups for n in weights_to_edit(model, hp.replace(layers=g))})
     live = LiveWeights(model)
-    settings = _settings(records, hp, every, probe, gen_prompts, base)
+    settings = _settings(records, hp, every, probe, gen_prompts, base, spread)
     state = None
     if branch_from is not None:
         if checkpoint is None:
             raise SystemExit("branching needs a --checkpoint folder to hold the branch")
+        if spread and branch_from[1] > spread.each:
+            raise SystemExit(
+                f"a branch at {branch_from[1]} with --group-edits {spread.each} would count "
+                "edits of the first group as another's: branch at most at --group-edits"
+            )
         branch(*branch_from, checkpoint, settings)
     if checkpoint is not None:
         checkpoint.mkdir(parents=True, exist_ok=True)
@@ -251,12 +287,13 @@ def run(
     t0 = time.perf_counter() - elapsed
     for i, rec in enumerate(records[len(per_edit) :], len(per_edit) + 1):
         req = request(rec)
-        res = compute_deltas(model, tok, [req], hp, prior=done)
+        hp_i, keep = spread.edit(hp, done) if spread else (hp, done)
+        res = compute_deltas(model, tok, [req], hp_i, prior=keep)
         done.append(req)
-        if checkpoint is not None:  # the stored form's bytes; what they apply is compact()'s
-            data = editfile.encode(dict(res.deltas.items()), {}, hp.store_as)
+        # what the workspace would store and apply (packed: a 1,000-edit stack fits in memory)
+        live.deltas[i], data = stored(res.deltas, hp.store_as, {})
+        if checkpoint is not None:
             write_file_atomic(checkpoint / f"edit-{i:05d}.safetensors", data)
-        live.deltas[i] = compact(res.deltas, hp.store_as)  # what the workspace would store
         live.set_active(range(1, i + 1), names)  # live = base + every delta so far
         per_edit.append(
             {
@@ -353,6 +390,12 @@ def _fmt(x: float | None) -> str:
     return "" if x is None else f"{x:.1f}"
 
 
+def _layers(text: str) -> list[int]:
+    """ "8-11" -> [8, 9, 10, 11]; "3" -> [3]."""
+    lo, _, hi = text.partition("-")
+    return list(range(int(lo), int(hi or lo) + 1))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="default")
@@ -392,6 +435,15 @@ def main(argv=None) -> None:
     )
     p.add_argument("--branch-from", default=None, help="checkpoint folder to branch from")
     p.add_argument("--branch-at", type=int, default=None, help="its first N edits")
+    p.add_argument(
+        "--layer-groups",
+        type=_layers,
+        nargs="+",
+        default=None,
+        help="more layer groups, e.g. 8-11 0-3: every --group-edits edits the next group "
+        "(class Spread)",
+    )
+    p.add_argument("--group-edits", type=int, default=0)
     args = p.parse_args(argv)
     if (args.branch_from is None) != (args.branch_at is None):
         p.error("--branch-from and --branch-at go together")
@@ -422,6 +474,7 @@ def main(argv=None) -> None:
         Path(args.checkpoint) if args.checkpoint else None,
         lm.fingerprint.to_dict(),
         (Path(args.branch_from), args.branch_at) if args.branch_from else None,
+        Spread([hp.layers, *args.layer_groups], args.group_edits) if args.layer_groups else None,
     )
     done = result["final"]["n"]
     count = (

@@ -176,3 +176,42 @@ def test_a_branch_goes_on_from_another_runs_first_edits_under_other_hparams(tmp_
         sequential.run(*make_llama(), RECORDS, other, 3, 1, checkpoint=tmp_path / "y",
                        branch_from=(src, 2))  # fmt: skip
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_spread_stack_edits_each_group_in_turn_and_keeps_its_own_groups_edits(
+    tmp_path, monkeypatch
+):
+    """--layer-groups 0 --group-edits 2 on layers (1,): edits 1-2 change block 1 only, 3-4
+    block 0 only; each edit is given the earlier edits of its own group to keep."""
+    h = hp("llama", keep_nullspace=True, keep_prior_edits=10, store_as="lowrank:4")
+    spread = sequential.Spread([[1], [0]], 2)
+    kept: list[list[str]] = []
+    real = sequential.compute_deltas
+
+    def spy(model, tok, requests, hparams, prior=()):
+        kept.append([r.subject for r in prior])
+        return real(model, tok, requests, hparams, prior=prior)
+
+    monkeypatch.setattr(sequential, "compute_deltas", spy)
+    ckpt = tmp_path / "spread"
+    out = sequential.run(*make_llama(), RECORDS, h, 2, 1, checkpoint=ckpt, spread=spread)
+    assert kept == [[], ["Eiffel Tower"], [], ["Danielle Darrieux"]]
+    for i, block in [(1, 1), (2, 1), (3, 0), (4, 0)]:
+        tensors, _ = editfile.decode((ckpt / f"edit-{i:05d}.safetensors").read_bytes())
+        assert sorted(tensors) == [f"model.layers.{block}.mlp.down_proj.weight"]
+    assert all(e["delta_norm"] > 0 for e in out["per_edit"])
+    with pytest.raises(SystemExit, match="other settings"):  # resumed without the groups
+        sequential.run(*make_llama(), RECORDS, h, 2, 1, checkpoint=ckpt)
+    with pytest.raises(SystemExit, match="branch at most at --group-edits"):
+        sequential.run(
+            *make_llama(),
+            RECORDS,
+            h,
+            2,
+            1,
+            checkpoint=tmp_path / "b",
+            branch_from=(ckpt, 3),
+            spread=spread,
+        )
+    assert not (tmp_path / "b").exists()
+    assert sequential._layers("8-11") == [8, 9, 10, 11] and sequential._layers("3") == [3]
