@@ -131,7 +131,7 @@ class Spread:
     def __init__(self, groups: list[list[int]], each: int):
         if each < 1 or len(groups) < 2:
             raise SystemExit("--layer-groups needs --group-edits >= 1 and one group at least")
-        self.groups, self.each = groups, each
+        self.groups, self.each = [list(g) for g in groups], each  # as JSON gives them back
 
     def group(self, n: int) -> int:
         """The group of the edit made on ``n`` earlier ones."""

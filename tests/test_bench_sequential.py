@@ -184,7 +184,7 @@ def test_a_spread_stack_edits_each_group_in_turn_and_keeps_its_own_groups_edits(
     """--layer-groups 0 --group-edits 2 on layers (1,): edits 1-2 change block 1 only, 3-4
     block 0 only; each edit is given the earlier edits of its own group to keep."""
     h = hp("llama", keep_nullspace=True, keep_prior_edits=10, store_as="lowrank:4")
-    spread = sequential.Spread([[1], [0]], 2)
+    spread = sequential.Spread([h.layers, [0]], 2)  # a tuple: the hparams' own layers
     kept: list[list[str]] = []
     real = sequential.compute_deltas
 
@@ -194,8 +194,12 @@ def test_a_spread_stack_edits_each_group_in_turn_and_keeps_its_own_groups_edits(
 
     monkeypatch.setattr(sequential, "compute_deltas", spy)
     ckpt = tmp_path / "spread"
+    first = sequential.run(
+        *make_llama(), RECORDS, h, 2, 1, deadline=0, checkpoint=ckpt, spread=spread
+    )
+    assert len(first["per_edit"]) == 1
     out = sequential.run(*make_llama(), RECORDS, h, 2, 1, checkpoint=ckpt, spread=spread)
-    assert kept == [[], ["Eiffel Tower"], [], ["Danielle Darrieux"]]
+    assert kept == [[], ["Eiffel Tower"], [], ["Danielle Darrieux"]]  # resumed after the first
     for i, block in [(1, 1), (2, 1), (3, 0), (4, 0)]:
         tensors, _ = editfile.decode((ckpt / f"edit-{i:05d}.safetensors").read_bytes())
         assert sorted(tensors) == [f"model.layers.{block}.mlp.down_proj.weight"]

@@ -1,0 +1,19 @@
+"""bench/live_stack.py: the packed stack with kept sums and the dense one summed whole agree."""
+
+from __future__ import annotations
+
+from tests.benchkit import load_bench
+from tests.tiny import make_llama
+
+
+def test_packed_and_dense_stacks_give_the_same_bits_and_packed_holds_less():
+    model, _ = make_llama(layers=2)
+    names = [f"model.layers.{i}.mlp.down_proj.weight" for i in (0, 1)]
+    bench = load_bench("live_stack")
+    bench.RANK = 4  # the tiny matrices are 32 x 64
+    rows = bench.run(model, n=6, every=3, repeats=2, names=names)
+    assert [r["edits"] for r in rows] == [3, 6]
+    for r in rows:
+        assert r["same_bits"]
+        assert r["packed"]["bytes"] * 2 < r["dense"]["bytes"]
+    assert "| 6 |" in bench.table(rows, "head")
