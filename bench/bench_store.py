@@ -92,7 +92,7 @@ def bench_revert(home: Path, reps: int, reloads: int) -> Workspace:
         f"faster than reloading"
     )
     blob = ws.store.blobs.path(info.blob_sha256).stat().st_size
-    raw = ws.live.deltas[info.id].nbytes
+    raw = sum(4 * t.numel() for t in ws.live.deltas[info.id].values())  # as float32
     print(
         f"store bytes per edit: blob {blob:,} B vs raw float32 delta {raw:,} B "
         f"(+{blob - raw:,} B header/metadata, {blob / raw:.4f}x); "

@@ -5,17 +5,20 @@ against dense float32 deltas summed whole at every change (stop 30), in the same
 
 Each of N edits is a rank-32 delta of every matrix the default preset edits, given as the
 bfloat16 factors its stored form holds (``lowrank:32``; random, as the measured work does not
-depend on the values). Two copies of the model each carry the same stack:
+depend on the values). Three copies of the model each carry the same stack:
 
 - ``packed`` (today): ``Deltas`` of :class:`storage.codec.Packed` values, rebuilt when summed;
-  ``LiveWeights`` continues its kept float32 sum, so stacking one more edit rebuilds one;
+  ``LiveWeights`` continues its kept float32 sum, so stacking one more edit rebuilds one, and
+  keeps rebuilt values up to ``live.REBUILT_BYTES`` (1 GiB);
+- ``packed-0``: the same with no rebuilt value kept (``rebuilt_budget`` 0);
 - ``dense`` (stop 30): the same deltas rebuilt once and held as float32 tensors, and the kept
   sums dropped before every change, so each change sums the whole stack from the base.
 
-At every ``--every`` edits: the bytes the stack's deltas hold; the median seconds of stacking
+At every ``--every`` edits: the bytes the stack's deltas (and kept rebuilt values) hold; the
+median seconds of stacking
 the next edit (made live, then taken off again, ``--repeats`` times); of reverting the middle
 edit and of making the whole stack live again (the app's revert / reapply of an old edit).
-The live weights of the two copies are compared bit for bit at each point.
+The live weights of the copies are compared bit for bit at each point.
 """
 
 from __future__ import annotations
@@ -79,30 +82,29 @@ def point(lives: dict[str, LiveWeights], k: int, repeats: int) -> dict:
             revert.append(timed(live, [i for i in stack if i != (k + 1) // 2], whole))
             reapply.append(timed(live, stack, whole))
         row[v] = {
-            "bytes": sum(live.deltas[i].nbytes for i in stack),
+            "bytes": sum(live.deltas[i].nbytes for i in stack) + live.rebuilt_bytes,
             "stack_s": statistics.median(push),
             "revert_middle_s": statistics.median(revert),
             "reapply_middle_s": statistics.median(reapply),
         }
-    a, b = (lives[v].params for v in lives)
-    row["same_bits"] = all(torch.equal(a[n], b[n]) for n in lives["packed"].base)
+    a, *others = (lives[v].params for v in lives)
+    row["same_bits"] = all(torch.equal(a[n], b[n]) for b in others for n in lives["dense"].base)
     return row
 
 
 def table(rows: list[dict], head: str) -> str:
-    md = (
-        f"{head}\n\n| edits live | deltas held, packed | dense | stack one more, packed s | "
-        "dense s | revert the middle one, packed s | dense s | reapply it, packed s | "
-        "dense s | same bits |\n|---|---|---|---|---|---|---|---|---|---|\n"
-    )
+    cols = [
+        ("deltas held", lambda x: f"{x['bytes'] / 2**20:,.0f} MiB"),
+        ("stack one more, s", lambda x: f"{x['stack_s']:.3f}"),
+        ("revert the middle one, s", lambda x: f"{x['revert_middle_s']:.3f}"),
+        ("reapply it, s", lambda x: f"{x['reapply_middle_s']:.3f}"),
+    ]
+    variants = [v for v in rows[0] if isinstance(rows[0][v], dict)]
+    md = f"{head}\n\n| edits live | " + " | ".join(f"{c}, {v}" for c, _ in cols for v in variants)
+    md += " | same bits |\n|---" + "|---" * (len(cols) * len(variants) + 1) + "|\n"
     for r in rows:
-        p, d = r["packed"], r["dense"]
-        md += (
-            f"| {r['edits']} | {p['bytes'] / 2**20:.1f} MiB | {d['bytes'] / 2**20:.0f} MiB | "
-            f"{p['stack_s']:.3f} | {d['stack_s']:.3f} | {p['revert_middle_s']:.3f} | "
-            f"{d['revert_middle_s']:.3f} | {p['reapply_middle_s']:.3f} | "
-            f"{d['reapply_middle_s']:.3f} | {r['same_bits']} |\n"
-        )
+        cells = [f(r[v]) for _, f in cols for v in variants]
+        md += f"| {r['edits']} | " + " | ".join(cells) + f" | {r['same_bits']} |\n"
     return md
 
 
@@ -110,12 +112,13 @@ def run(model, n: int, every: int, repeats: int, names: list[str] | None = None)
     names = names or list(weights_to_edit(model, load_preset("default")))
     params = dict(model.named_parameters())
     shapes = {nm: tuple(params[nm].shape) for nm in names}
-    lives = {"packed": LiveWeights(model), "dense": LiveWeights(copy.deepcopy(model))}
+    lives = {v: LiveWeights(copy.deepcopy(model)) for v in ("packed", "packed-0", "dense")}
+    lives["packed-0"].rebuilt_budget = 0
     g = torch.Generator().manual_seed(0)
     rows = []
     for i in range(1, n + 2):
         edit = make_edit(shapes, g)
-        lives["packed"].deltas[i] = Deltas(edit)
+        lives["packed"].deltas[i] = lives["packed-0"].deltas[i] = Deltas(edit)
         lives["dense"].deltas[i] = Deltas({nm: p.tensor() for nm, p in edit.items()})
         k = i - 1  # edits 1..k are live, i is registered
         if k and k % every == 0:

@@ -200,10 +200,10 @@ def test_live_weights_are_exact_and_refuse_non_finite():
 
 def test_live_weights_continue_kept_sums_to_the_bits_a_whole_sum_gives(monkeypatch):
     """Stacking one more edit adds only its deltas to the kept float32 sum (packed deltas are
-    rebuilt only for it), and every set made live equals compose() over its deltas from the
-    base, bit for bit: appended, left and restored by ``temporarily``, reverted in the
-    middle, and with an id's deltas replaced by other ones (kept sums name the deltas
-    themselves, not their ids)."""
+    rebuilt only for it, and kept within the budget), and every set made live equals
+    compose() over its deltas from the base, bit for bit: appended, left and restored by
+    ``temporarily``, reverted in the middle, with no rebuilt value kept, and with an id's
+    deltas replaced by other ones (kept sums name the deltas themselves, not their ids)."""
     from storage import codec
 
     model, _ = make_llama()
@@ -231,9 +231,11 @@ def test_live_weights_continue_kept_sums_to_the_bits_a_whole_sum_gives(monkeypat
     monkeypatch.setattr(codec.Packed, "tensor", lambda p: rebuilt.append(1) or real(p))
 
     def check(ids):
+        counted = len(rebuilt)
         for n in names:
             want = compose(base[n], [live.deltas[i][n] for i in ids], torch.bfloat16)
             assert torch.equal(live.params[n].detach(), want), (ids, n)
+        del rebuilt[counted:]  # the check's own rebuilds are not the live weights'
 
     for top in range(1, 4):
         live.set_active(range(1, top + 1))
@@ -247,8 +249,14 @@ def test_live_weights_continue_kept_sums_to_the_bits_a_whole_sum_gives(monkeypat
         check([])
     assert rebuilt == []  # back to the kept sum of all four: nothing rebuilt
     check([1, 2, 3, 4])
-    live.set_active([1, 3, 4])  # #2 leaves: summed again past #1's kept value
+    live.set_active([1, 3, 4])  # #2 leaves: summed again from the base, from kept rebuilds
+    assert rebuilt == []
     check([1, 3, 4])
+    live.rebuilt.clear()
+    live.rebuilt_bytes, live.rebuilt_budget = 0, 0  # none kept: each packed one rebuilt
+    live.set_active([1, 2, 4])
+    assert len(rebuilt) == 3 * len(names)
+    check([1, 2, 4])
     live.deltas[3] = edit(5e-3, packed=True)  # same id, other deltas: no kept sum is used
     live.set_active([1, 2, 3])
     check([1, 2, 3])

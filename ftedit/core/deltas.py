@@ -38,6 +38,10 @@ class Deltas(Mapping[str, torch.Tensor]):
     def __contains__(self, name: object) -> bool:  # Mapping's would rebuild a packed value
         return name in self._t
 
+    def packed(self, name: str) -> bool:
+        """Whether ``name``'s value is held packed (rebuilt at each lookup)."""
+        return isinstance(self._t[name], Packed)
+
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._t))
 

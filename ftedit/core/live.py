@@ -13,7 +13,9 @@ value is checked finite before any weight is written, so a bad delta leaves the 
 The float32 sums of the last two sets made live are kept per tensor (on CPU), so a set that
 starts with one of them (an edit stacked on the live ones; the live set again after
 ``temporarily``) adds only the deltas past it: the same adds in the same order, the same bits,
-and packed deltas (:class:`~storage.codec.Packed`) are rebuilt only for those.
+and packed deltas (:class:`~storage.codec.Packed`) are rebuilt only for those. Rebuilt packed
+deltas are kept too, first come, up to ``REBUILT_BYTES`` (a revert of an old edit sums every
+other one again: 4 ms per rebuilt 576 x 1536 matrix against 0.15 ms per kept one).
 Torch only: the Workspace (store + model) and the evaluation loop both build on it.
 """
 
@@ -26,6 +28,8 @@ import torch
 
 from ftedit.core.deltas import Deltas, accumulate
 from ftedit.errors import IntegrityError
+
+REBUILT_BYTES = 1 << 30  # rebuilt packed deltas kept at most (~75 default edits of this model)
 
 
 class LiveWeights:
@@ -43,6 +47,10 @@ class LiveWeights:
         self.active: list[int] = []  # ids composing the live weights now, in order
         # name -> up to two (the Deltas summed, in order; float32 base + their values on CPU)
         self.sums: dict[str, list[tuple[tuple[Deltas, ...], torch.Tensor]]] = {}
+        # (id of a Deltas, name) -> (that Deltas, its rebuilt value), within rebuilt_budget
+        self.rebuilt: dict[tuple[int, str], tuple[Deltas, torch.Tensor]] = {}
+        self.rebuilt_budget = REBUILT_BYTES
+        self.rebuilt_bytes = 0
 
     def keep_base(self, names: Iterable[str]) -> None:
         """Copy base values before the first write; every write goes through here first."""
@@ -64,6 +72,9 @@ class LiveWeights:
             names = self.names_of(set(ids) ^ set(self.active))
         names = sorted(set(names))
         self.keep_base(names)
+        held = {id(d) for d in self.deltas.values()}  # forget what no registered id holds
+        self.rebuilt = {k: v for k, v in self.rebuilt.items() if k[0] in held}
+        self.rebuilt_bytes = sum(t.nbytes for _, t in self.rebuilt.values())
         stack = [self.deltas[i] for i in ids]
         new, sums = {}, {}
         for name in names:
@@ -97,7 +108,20 @@ class LiveWeights:
         for kept, acc in self.sums.get(name, []):
             if len(kept) > done and _same(kept, parts[: len(kept)]):
                 start, done = acc, len(kept)
-        return accumulate(start, (d[name] for d in parts[done:]), "cpu")
+        return accumulate(start, (self._value(d, name) for d in parts[done:]), "cpu")
+
+    def _value(self, d: Deltas, name: str) -> torch.Tensor:
+        """``d[name]``; a packed one's rebuilt value kept while the budget allows."""
+        if not d.packed(name):
+            return d[name]
+        key = (id(d), name)
+        if key in self.rebuilt and self.rebuilt[key][0] is d:
+            return self.rebuilt[key][1]
+        value = d[name]
+        if self.rebuilt_bytes + value.nbytes <= self.rebuilt_budget:
+            self.rebuilt[key] = d, value
+            self.rebuilt_bytes += value.nbytes
+        return value
 
     @contextmanager
     def temporarily(
