@@ -294,7 +294,7 @@ def run(
         live.deltas[i], data = stored(res.deltas, hp.store_as, {})
         if checkpoint is not None:
             write_file_atomic(checkpoint / f"edit-{i:05d}.safetensors", data)
-        live.set_active(range(1, i + 1), names)  # live = base + every delta so far
+        live.set_active(range(1, i + 1))  # base + every delta so far; written: edit i's tensors
         per_edit.append(
             {
                 "case_id": rec.get("case_id", i - 1),
