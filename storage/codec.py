@@ -96,10 +96,10 @@ def reconstruct(
         return torch.where(neg, -scale, scale).contiguous()
     u, v = parts[".u"].to(torch.float32), parts[".v"].to(torch.float32)
     out = torch.zeros(rows, cols, dtype=torch.float32)
-    for i in range(v.shape[0]):  # fixed order; each product is exact (bf16 x bf16 fits
-        out.addcmul_(
-            u[:, i : i + 1], v[i : i + 1, :]
-        )  # float32), so fused or not, one rounding: the add
+    # Rank order, fixed; each product is exact (bf16 x bf16 fits float32), so fused or not,
+    # one rounding per element and step: the add.
+    for i in range(v.shape[0]):
+        out.addcmul_(u[:, i : i + 1], v[i : i + 1, :])
     return out
 
 
