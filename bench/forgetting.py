@@ -35,8 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from bench import sequential
 from ftedit.core import evaluate as ev
-from ftedit.core.ft import weights_to_edit
-from ftedit.core.hparams import FTHyperParams
 from ftedit.core.live import LiveWeights
 from ftedit.core.models import load_model
 
@@ -83,21 +81,19 @@ def run(
     made = state["per_edit"]
     if not 1 <= n <= len(made):
         raise SystemExit(f"checkpoint {checkpoint} holds {len(made)} edits; --n {n} asks for more")
-    hp = FTHyperParams.from_dict(settings["hparams"])
     live = LiveWeights(model)
-    names = list(weights_to_edit(model, hp))
     if metric == "tokens":
         then = []
         for i, rec in enumerate(records[:n], 1):
             live.deltas[i] = sequential.load_edit(checkpoint, i)
-            live.set_active(range(1, i + 1), names)
+            live.set_active(range(1, i + 1))  # writes edit i's tensors
             then += token_efficacy(model, tok, [rec])
         now = token_efficacy(model, tok, records[:n])
         return [
             {"edit": i, "case_id": made[i - 1]["case_id"], "right_after": a, "now": b}
             for i, (a, b) in enumerate(zip(then, now, strict=True), 1)
         ]
-    sequential.stack_from(checkpoint, n, live, names)
+    sequential.stack_from(checkpoint, n, live)
     return [
         {
             "edit": i,

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from ftedit.core import evaluate as ev
 from ftedit.core.deltas import Deltas
-from ftedit.core.ft import compute_deltas, weights_to_edit
+from ftedit.core.ft import compute_deltas
 from ftedit.core.hparams import FTHyperParams, load_preset
 from ftedit.core.live import LiveWeights
 from ftedit.core.metrics import _prefers
@@ -147,7 +147,7 @@ class Spread:
         return {"groups": self.groups, "each": self.each}
 
 
-def _resume(ckpt: Path, settings: dict, live: LiveWeights, names: list[str]) -> dict | None:
+def _resume(ckpt: Path, settings: dict, live: LiveWeights) -> dict | None:
     """The state a checkpoint holds (its edits made active in ``live``), or None if it has
     none; SystemExit if it was made with other settings."""
     state_file = ckpt / "state.json"
@@ -164,7 +164,7 @@ def _resume(ckpt: Path, settings: dict, live: LiveWeights, names: list[str]) -> 
             f"checkpoint {ckpt} was made with other settings ({', '.join(diff)} differ): "
             "run with those, or give another --checkpoint folder"
         )
-    stack_from(ckpt, len(state["per_edit"]), live, names)
+    stack_from(ckpt, len(state["per_edit"]), live)
     return state
 
 
@@ -213,11 +213,12 @@ def load_edit(ckpt: Path, i: int) -> Deltas:
     return Deltas(tensors)
 
 
-def stack_from(ckpt: Path, n: int, live: LiveWeights, names: list[str]) -> None:
-    """Make the first ``n`` edits a checkpoint holds the active stack of ``live``."""
+def stack_from(ckpt: Path, n: int, live: LiveWeights) -> None:
+    """Make the first ``n`` edits a checkpoint holds the active stack of ``live`` (every
+    tensor any of them touches: a spread stack's edits touch other layers than its hparams')."""
     for i in range(1, n + 1):
         live.deltas[i] = load_edit(ckpt, i)
-    live.set_active(live.deltas, names)
+    live.set_active(live.deltas)
 
 
 def run(
@@ -244,8 +245,6 @@ def run(
     n edits (:func:`branch`); the result then names the branch. ``spread``: the edits go to
     layer groups in turn (:class:`Spread`)."""
     zsre = bool(records) and "src" in records[0]
-    groups = spread.groups if spread else [hp.layers]
-    names = sorted({n for g in groups for n in weights_to_edit(model, hp.replace(layers=g))})
     live = LiveWeights(model)
     settings = _settings(records, hp, every, probe, gen_prompts, base, spread)
     state = None
@@ -260,7 +259,7 @@ def run(
         branch(*branch_from, checkpoint, settings)
     if checkpoint is not None:
         checkpoint.mkdir(parents=True, exist_ok=True)
-        state = _resume(checkpoint, settings, live, names)
+        state = _resume(checkpoint, settings, live)
     branched = {"branch": state["branch"]} if state and "branch" in state else {}
 
     def entropy() -> float | None:
@@ -332,7 +331,7 @@ def run(
         if zsre
         else ev.summarize([ev.score_counterfact(model, tok, r, gen_tokens=0) for r in edited])
     )
-    live.set_active([], names)
+    live.set_active([])
     stack = [live.deltas[i] for i in sorted(live.deltas)]
     return {
         "curve": curve,

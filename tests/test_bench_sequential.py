@@ -204,6 +204,14 @@ def test_a_spread_stack_edits_each_group_in_turn_and_keeps_its_own_groups_edits(
         tensors, _ = editfile.decode((ckpt / f"edit-{i:05d}.safetensors").read_bytes())
         assert sorted(tensors) == [f"model.layers.{block}.mlp.down_proj.weight"]
     assert all(e["delta_norm"] > 0 for e in out["per_edit"])
+    # forgetting.py stacks every group's tensors: base + the four stored deltas
+    model, tok = make_llama()
+    want = {n: p.detach().clone() for n, p in model.named_parameters()}
+    load_bench("forgetting").run(model, tok, RECORDS, ckpt, 4)
+    for i in range(1, 5):
+        for name, d in sequential.load_edit(ckpt, i).items():
+            want[name] += d
+    assert all(torch.equal(p, want[n]) for n, p in model.named_parameters())
     with pytest.raises(SystemExit, match="other settings"):  # resumed without the groups
         sequential.run(*make_llama(), RECORDS, h, 2, 1, checkpoint=ckpt)
     with pytest.raises(SystemExit, match="branch at most at --group-edits"):
