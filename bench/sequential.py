@@ -125,13 +125,18 @@ def _settings(
 class Spread:
     """A long stack spread over layer groups (an experiment, stop 31): edits 1..each go to
     ``groups[0]`` (the hparams' layers), the next ``each`` to ``groups[1]``, and so on, round
-    and round; an edit keeps (keep_prior_*) the keys of the earlier edits of its own group
-    only, so each group's exact keep basis holds its own edits' keys, not every edit's."""
+    and round. ``keep`` "own": an edit keeps (keep_prior_*) the keys of the earlier edits of
+    its own group only, so each group's exact keep basis holds its own edits' keys, not every
+    edit's; "all": every earlier edit's keys, as an unspread stack does (only the layers move
+    on, leaving the earlier groups' matrices as their edits made them)."""
 
-    def __init__(self, groups: list[list[int]], each: int):
+    def __init__(self, groups: list[list[int]], each: int, keep: str = "own"):
         if each < 1 or len(groups) < 2:
             raise SystemExit("--layer-groups needs --group-edits >= 1 and one group at least")
+        if keep not in ("own", "all"):
+            raise SystemExit(f"--group-keep must be 'own' or 'all', got {keep!r}")
         self.groups, self.each = [list(g) for g in groups], each  # as JSON gives them back
+        self.keep = keep
 
     def group(self, n: int) -> int:
         """The group of the edit made on ``n`` earlier ones."""
@@ -140,11 +145,14 @@ class Spread:
     def edit(self, hp: FTHyperParams, done: list) -> tuple[FTHyperParams, list]:
         """The hparams and the earlier edits to keep for the edit made on top of ``done``."""
         g = self.group(len(done))
-        own = [r for j, r in enumerate(done) if self.group(j) == g]
-        return hp.replace(layers=self.groups[g]), own
+        if self.keep == "own":
+            done = [r for j, r in enumerate(done) if self.group(j) == g]
+        return hp.replace(layers=self.groups[g]), done
 
-    def to_dict(self) -> dict:
-        return {"groups": self.groups, "each": self.each}
+    def to_dict(self) -> dict:  # "own" (the first runs') is not written
+        return {"groups": self.groups, "each": self.each} | (
+            {"keep": self.keep} if self.keep != "own" else {}
+        )
 
 
 def _resume(ckpt: Path, settings: dict, live: LiveWeights) -> dict | None:
@@ -443,6 +451,12 @@ def main(argv=None) -> None:
         "(class Spread)",
     )
     p.add_argument("--group-edits", type=int, default=0)
+    p.add_argument(
+        "--group-keep",
+        choices=["own", "all"],
+        default="own",
+        help="the earlier edits an edit keeps: its own group's, or all (class Spread)",
+    )
     args = p.parse_args(argv)
     if (args.branch_from is None) != (args.branch_at is None):
         p.error("--branch-from and --branch-at go together")
@@ -473,7 +487,9 @@ def main(argv=None) -> None:
         Path(args.checkpoint) if args.checkpoint else None,
         lm.fingerprint.to_dict(),
         (Path(args.branch_from), args.branch_at) if args.branch_from else None,
-        Spread([hp.layers, *args.layer_groups], args.group_edits) if args.layer_groups else None,
+        Spread([hp.layers, *args.layer_groups], args.group_edits, args.group_keep)
+        if args.layer_groups
+        else None,
     )
     done = result["final"]["n"]
     count = (

@@ -212,6 +212,9 @@ def test_a_spread_stack_edits_each_group_in_turn_and_keeps_its_own_groups_edits(
         for name, d in sequential.load_edit(ckpt, i).items():
             want[name] += d
     assert all(torch.equal(p, want[n]) for n, p in model.named_parameters())
+    everyone = sequential.Spread([h.layers, [0]], 2, keep="all")
+    assert everyone.edit(h, ["a", "b", "c"]) == (h.replace(layers=[0]), ["a", "b", "c"])
+    assert spread.edit(h, ["a", "b", "c"]) == (h.replace(layers=[0]), ["c"])
     with pytest.raises(SystemExit, match="other settings"):  # resumed without the groups
         sequential.run(*make_llama(), RECORDS, h, 2, 1, checkpoint=ckpt)
     with pytest.raises(SystemExit, match="branch at most at --group-edits"):
