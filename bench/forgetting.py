@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
 from bench import sequential
+from bench.reports import write_report
 from ftedit.core import evaluate as ev
 from ftedit.core.live import LiveWeights
 from ftedit.core.models import load_model
@@ -162,10 +163,7 @@ def main(argv=None) -> None:
         + f"\nAll {args.n}: right after {statistics.fmean(r['right_after'] for r in rows):.1f}, "
         f"now {statistics.fmean(r['now'] for r in rows):.1f}.\n"
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "forgetting.md").write_text(md)
-    (out / "forgetting.json").write_text(json.dumps({"by_age": ages, "edits": rows}, indent=1))
+    write_report(args.out, "forgetting", md, {"by_age": ages, "edits": rows})
     print(md)
 
 

@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
+from bench.reports import write_report
 from ftedit.core.deltas import Deltas
 from ftedit.core.ft import weights_to_edit
 from ftedit.core.hparams import load_preset
@@ -148,11 +149,7 @@ def main(argv=None) -> None:
     )
     md = table(rows, head)
     print(md)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "live_stack.md").write_text(md)
-        (out / "live_stack.json").write_text(json.dumps(rows, indent=1))
+    write_report(args.out, "live_stack", md, rows)
 
 
 if __name__ == "__main__":

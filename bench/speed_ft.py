@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
+from bench.reports import write_report
 from ftedit.core import keep
 from ftedit.core.ft import compute_deltas, training_texts
 from ftedit.core.hparams import FTHyperParams, load_preset
@@ -253,11 +254,7 @@ def main(argv=None) -> None:
         f"{args.threads} torch thread(s), CPU.\n\n" + "\n".join(table) + "\n"
     )
     print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"speed-{args.models}.md").write_text(text)
-        (out / f"speed-{args.models}.json").write_text(json.dumps(rows, indent=1))
+    write_report(args.out, f"speed-{args.models}", text, rows)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
+from bench.reports import write_report
 from ftedit.core import edit_keys as ek
 from ftedit.core import evaluate as ev
 from ftedit.core import ft
@@ -161,11 +162,7 @@ def main(argv=None) -> None:
     )
     md = table(head, rows, variants)
     print(md)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "speed_stack.md").write_text(md)
-        (out / "speed_stack.json").write_text(json.dumps(rows, indent=1))
+    write_report(args.out, "speed_stack", md, rows)
 
 
 if __name__ == "__main__":

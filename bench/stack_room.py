@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
+from bench.reports import write_report
 from bench.sequential import efficacy  # the one efficacy a stack is scored with
 from ftedit.core import evaluate as ev
 from ftedit.core import ft
@@ -126,11 +127,7 @@ def main(argv=None) -> None:
     )
     md = table(head, groups)
     print(md)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "stack_room.md").write_text(md)
-        (out / "stack_room.json").write_text(json.dumps(groups, indent=1))
+    write_report(args.out, "stack_room", md, groups)
 
 
 if __name__ == "__main__":

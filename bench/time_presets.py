@@ -15,7 +15,6 @@ preset's median ratio to the first one's on the same record.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
+from bench.reports import write_report
 from ftedit.core import evaluate as ev
 from ftedit.core import keep, prefixes
 from ftedit.core.ft import compute_deltas
@@ -87,10 +87,7 @@ def main(argv=None) -> None:
             f"| {statistics.median(r['steps'] for r in rs):g} | {ratio:.2f} |"
         )
     text = "\n".join(lines) + "\n"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "times.md").write_text(text)
-    (out / "times.json").write_text(json.dumps(rows, indent=1))
+    write_report(args.out, "times", text, rows)
     print(text)
 
 
