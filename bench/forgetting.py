@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
+from bench import checkpoints as ck
 from bench import sequential
 from bench.reports import write_report
 from ftedit.core import evaluate as ev
@@ -72,7 +73,7 @@ def run(
     ``n`` edits."""
     state = json.loads((checkpoint / "state.json").read_text())
     settings = state["settings"]
-    if settings["records"] != sequential.records_id(records):
+    if settings["records"] != ck.records_id(records):
         raise SystemExit(
             f"checkpoint {checkpoint} was made on other records ({settings['records']}): "
             "give the --dataset, --split and --n of its run"
@@ -86,7 +87,7 @@ def run(
     if metric == "tokens":
         then = []
         for i, rec in enumerate(records[:n], 1):
-            live.deltas[i] = sequential.load_edit(checkpoint, i)
+            live.deltas[i] = ck.load_edit(checkpoint, i)
             live.set_active(range(1, i + 1))  # writes edit i's tensors
             then += token_efficacy(model, tok, [rec])
         now = token_efficacy(model, tok, records[:n])
@@ -94,7 +95,7 @@ def run(
             {"edit": i, "case_id": made[i - 1]["case_id"], "right_after": a, "now": b}
             for i, (a, b) in enumerate(zip(then, now, strict=True), 1)
         ]
-    sequential.stack_from(checkpoint, n, live)
+    ck.stack_from(checkpoint, n, live)
     return [
         {
             "edit": i,

@@ -34,7 +34,6 @@ Writes sequential.md / .json / .png under ``--out``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -46,8 +45,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
+from bench import checkpoints as ck
 from ftedit.core import evaluate as ev
-from ftedit.core.deltas import Deltas
 from ftedit.core.ft import compute_deltas
 from ftedit.core.hparams import FTHyperParams, load_preset
 from ftedit.core.live import LiveWeights
@@ -55,7 +54,6 @@ from ftedit.core.metrics import _prefers
 from ftedit.core.models import load_model
 from ftedit.core.requests import EditRequest
 from ftedit.versioning.stored import stored
-from storage import editfile
 from storage.blobs import write_file_atomic  # a kill leaves the old file or the new one
 
 
@@ -102,26 +100,6 @@ def neighborhood(model, tok, records, per_record: int) -> float:
     return 100 * statistics.fmean(hits)
 
 
-def records_id(records) -> str:
-    """How a checkpoint names the records its stack was made on."""
-    digest = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
-    return f"{len(records)} records, sha256 {digest}"
-
-
-def _settings(
-    records, hp: FTHyperParams, every: int, probe: int, gen_prompts, base, spread=None
-) -> dict:
-    """What a checkpoint's edits and curve depend on: a resumed run must match it exactly."""
-    return {
-        "records": records_id(records),
-        "hparams": hp.to_dict(),
-        "every": every,
-        "probe": probe,
-        "gen_prompts": list(gen_prompts or []),
-        "base": base,
-    } | ({"spread": spread.to_dict()} if spread else {})
-
-
 class Spread:
     """A long stack spread over layer groups (an experiment, stop 31): edits 1..each go to
     ``groups[0]`` (the hparams' layers), the next ``each`` to ``groups[1]``, and so on, round
@@ -155,80 +133,6 @@ class Spread:
         )
 
 
-def _resume(ckpt: Path, settings: dict, live: LiveWeights) -> dict | None:
-    """The state a checkpoint holds (its edits made active in ``live``), or None if it has
-    none; SystemExit if it was made with other settings."""
-    state_file = ckpt / "state.json"
-    if not state_file.exists():
-        return None
-    state = json.loads(state_file.read_text())
-    saved = dict(state["settings"])
-    # a field added since the checkpoint was made is at its default there (every new field's
-    # default keeps the old behaviour): compare what the saved hparams mean today
-    saved["hparams"] = FTHyperParams.from_dict(saved["hparams"]).to_dict()
-    if saved != settings:
-        diff = sorted(k for k in settings if saved.get(k) != settings[k])
-        raise SystemExit(
-            f"checkpoint {ckpt} was made with other settings ({', '.join(diff)} differ): "
-            "run with those, or give another --checkpoint folder"
-        )
-    stack_from(ckpt, len(state["per_edit"]), live)
-    return state
-
-
-def branch(src: Path, n: int, dst: Path, settings: dict) -> None:
-    """Start checkpoint ``dst`` from the first ``n`` edits of checkpoint ``src``, to go on under
-    ``settings``: the same records, base and curve settings, other hparams (and layer groups:
-    the caller checks the first ``n`` edits are in the first group) allowed. Its state
-    names the branch. SystemExit, with nothing written, if ``dst`` already holds a run, the
-    settings differ otherwise or ``src`` holds fewer than ``n`` edits. A ``dst`` that already
-    holds this branch is left as it is (the run then continues it)."""
-    if (dst / "state.json").exists():
-        held = json.loads((dst / "state.json").read_text()).get("branch", {})
-        if (held.get("from"), held.get("at")) == (str(src), n):
-            return
-        raise SystemExit(f"checkpoint {dst} already holds another run: give an empty folder")
-    state = json.loads((src / "state.json").read_text())
-    theirs = {k: v for k, v in state["settings"].items() if k not in ("hparams", "spread")}
-    mine = {k: v for k, v in settings.items() if k not in ("hparams", "spread")}
-    if theirs != mine:
-        diff = sorted(k for k in mine if theirs.get(k) != mine[k])
-        raise SystemExit(
-            f"checkpoint {src} was made with other settings ({', '.join(diff)} differ)"
-        )
-    if not 1 <= n <= len(state["per_edit"]):
-        raise SystemExit(
-            f"checkpoint {src} holds {len(state['per_edit'])} edits; cannot branch at {n}"
-        )
-    dst.mkdir(parents=True, exist_ok=True)
-    for i in range(1, n + 1):
-        name = f"edit-{i:05d}.safetensors"
-        write_file_atomic(dst / name, (src / name).read_bytes())
-    per_edit = state["per_edit"][:n]
-    new = {
-        "settings": settings,
-        "curve": [p for p in state["curve"] if p["edits"] <= n],
-        "per_edit": per_edit,
-        "seconds": sum(e["seconds"] for e in per_edit),
-        "branch": {"from": str(src), "at": n, "hparams": state["settings"]["hparams"]},
-    }
-    write_file_atomic(dst / "state.json", json.dumps(new).encode())  # last: a whole branch
-
-
-def load_edit(ckpt: Path, i: int) -> Deltas:
-    """Edit ``i`` (from 1) of a checkpoint, as its stored form applies it."""
-    tensors, _ = editfile.decode((ckpt / f"edit-{i:05d}.safetensors").read_bytes(), packed=True)
-    return Deltas(tensors)
-
-
-def stack_from(ckpt: Path, n: int, live: LiveWeights) -> None:
-    """Make the first ``n`` edits a checkpoint holds the active stack of ``live`` (every
-    tensor any of them touches: a spread stack's edits touch other layers than its hparams')."""
-    for i in range(1, n + 1):
-        live.deltas[i] = load_edit(ckpt, i)
-    live.set_active(live.deltas)
-
-
 def run(
     model,
     tok,
@@ -250,11 +154,11 @@ def run(
     live weights are rebuilt from the same stored deltas, so the edits that follow are the
     ones an unbroken run makes (``base``: the model's fingerprint, part of the settings).
     ``branch_from`` (a checkpoint folder, n) first starts ``checkpoint`` from that one's first
-    n edits (:func:`branch`); the result then names the branch. ``spread``: the edits go to
+    n edits (:func:`checkpoints.branch`); the result then names the branch. ``spread``: the edits go to
     layer groups in turn (:class:`Spread`)."""
     zsre = bool(records) and "src" in records[0]
     live = LiveWeights(model)
-    settings = _settings(records, hp, every, probe, gen_prompts, base, spread)
+    settings = ck.settings(records, hp, every, probe, gen_prompts, base, spread)
     state = None
     if branch_from is not None:
         if checkpoint is None:
@@ -264,10 +168,10 @@ def run(
                 f"a branch at {branch_from[1]} with --group-edits {spread.each} would count "
                 "edits of the first group as another's: branch at most at --group-edits"
             )
-        branch(*branch_from, checkpoint, settings)
+        ck.branch(*branch_from, checkpoint, settings)
     if checkpoint is not None:
         checkpoint.mkdir(parents=True, exist_ok=True)
-        state = _resume(checkpoint, settings, live)
+        state = ck.resume(checkpoint, settings, live)
     branched = {"branch": state["branch"]} if state and "branch" in state else {}
 
     def entropy() -> float | None:

@@ -14,6 +14,7 @@ from tests.test_nullspace import hp
 from tests.tiny import make_llama
 
 sequential = load_bench("sequential")
+checkpoints = load_bench("checkpoints")
 
 
 def _zsre(src: str, subject: str, answer: str, loc: str, loc_ans: str) -> dict:
@@ -209,7 +210,7 @@ def test_a_spread_stack_edits_each_group_in_turn_and_keeps_its_own_groups_edits(
     want = {n: p.detach().clone() for n, p in model.named_parameters()}
     load_bench("forgetting").run(model, tok, RECORDS, ckpt, 4)
     for i in range(1, 5):
-        for name, d in sequential.load_edit(ckpt, i).items():
+        for name, d in checkpoints.load_edit(ckpt, i).items():
             want[name] += d
     assert all(torch.equal(p, want[n]) for n, p in model.named_parameters())
     everyone = sequential.Spread([h.layers, [0]], 2, keep="all")
