@@ -73,8 +73,8 @@ class LiveWeights:
         names = sorted(set(names))
         self.keep_base(names)
         held = {id(d) for d in self.deltas.values()}  # forget what no registered id holds
-        self.rebuilt = {k: v for k, v in self.rebuilt.items() if k[0] in held}
-        self.rebuilt_bytes = sum(t.nbytes for _, t in self.rebuilt.values())
+        for key in [k for k in self.rebuilt if k[0] not in held]:
+            self.rebuilt_bytes -= self.rebuilt.pop(key)[1].nbytes
         stack = [self.deltas[i] for i in ids]
         new, sums = {}, {}
         for name in names:
