@@ -218,16 +218,18 @@ def test_a_spread_stack_edits_each_group_in_turn_and_keeps_its_own_groups_edits(
     assert spread.edit(h, ["a", "b", "c"]) == (h.replace(layers=[0]), ["c"])
     with pytest.raises(SystemExit, match="other settings"):  # resumed without the groups
         sequential.run(*make_llama(), RECORDS, h, 2, 1, checkpoint=ckpt)
-    with pytest.raises(SystemExit, match="branch at most at --group-edits"):
-        sequential.run(
-            *make_llama(),
-            RECORDS,
-            h,
-            2,
-            1,
-            checkpoint=tmp_path / "b",
-            branch_from=(ckpt, 3),
-            spread=spread,
-        )
-    assert not (tmp_path / "b").exists()
+    for other in (None, everyone):  # edit 3 was made on block 0 keeping its own group's
+        with pytest.raises(SystemExit, match="branch where the two agree"):
+            sequential.run(
+                *make_llama(), RECORDS, h, 2, 1, checkpoint=tmp_path / "b",
+                branch_from=(ckpt, 3), spread=other,
+            )  # fmt: skip
+        assert not (tmp_path / "b").exists()
+    # the same groups: a branch past the first group goes on from edit 3 as it was made
+    got = sequential.run(
+        *make_llama(), RECORDS, h, 2, 1, checkpoint=tmp_path / "b", branch_from=(ckpt, 3),
+        spread=spread,
+    )  # fmt: skip
+    assert got["per_edit"][:3] == out["per_edit"][:3] and len(got["per_edit"]) == 4
+    assert got["per_edit"][3]["delta_norm"] > 0
     assert sequential._layers("8-11") == [8, 9, 10, 11] and sequential._layers("3") == [3]
