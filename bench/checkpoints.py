@@ -59,11 +59,26 @@ def resume(ckpt: Path, settings: dict, live: LiveWeights) -> dict | None:
     return state
 
 
+def plan(settings: dict, n: int) -> list[tuple]:
+    """The layers each of a run's first ``n`` edits went to and the earlier edits it kept
+    ("all", or "own": its group's), from the run's settings (``spread`` as
+    ``sequential.Spread.to_dict`` writes it): a branch goes on only where two runs agree."""
+    spread = settings.get("spread")
+    if not spread:
+        return [(tuple(settings["hparams"]["layers"]), "all")] * n
+    groups, each = spread["groups"], spread["each"]
+    own = spread.get("keep", "own") == "own"  # the first group's edits keep all there is
+    return [
+        (tuple(groups[j // each % len(groups)]), "own" if own and j >= each else "all")
+        for j in range(n)
+    ]
+
+
 def branch(src: Path, n: int, dst: Path, settings: dict) -> None:
     """Start checkpoint ``dst`` from the first ``n`` edits of checkpoint ``src``, to go on under
-    ``settings``: the same records, base and curve settings, other hparams (and layer groups:
-    the caller checks the first ``n`` edits are in the first group) allowed. Its state
-    names the branch. SystemExit, with nothing written, if ``dst`` already holds a run, the
+    ``settings``: the same records, base and curve settings; other hparams and layer groups
+    allowed where the first ``n`` edits went to the same layers and kept the same earlier
+    edits (:func:`plan`). Its state names the branch. SystemExit, with nothing written, if ``dst`` already holds a run, the
     settings differ otherwise or ``src`` holds fewer than ``n`` edits. A ``dst`` that already
     holds this branch is left as it is (the run then continues it)."""
     if (dst / "state.json").exists():
@@ -72,6 +87,11 @@ def branch(src: Path, n: int, dst: Path, settings: dict) -> None:
             return
         raise SystemExit(f"checkpoint {dst} already holds another run: give an empty folder")
     state = json.loads((src / "state.json").read_text())
+    if plan(state["settings"], n) != plan(settings, n):
+        raise SystemExit(
+            f"the first {n} edits of {src} were made on other layers, or kept other earlier "
+            "edits, than these --layer-groups give them: branch where the two agree"
+        )
     theirs = {k: v for k, v in state["settings"].items() if k not in ("hparams", "spread")}
     mine = {k: v for k, v in settings.items() if k not in ("hparams", "spread")}
     if theirs != mine:

@@ -127,27 +127,10 @@ class Spread:
             done = [r for j, r in enumerate(done) if self.group(j) == g]
         return hp.replace(layers=self.groups[g]), done
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> Spread | None:
-        return cls(d["groups"], d["each"], d.get("keep", "own")) if d else None
-
     def to_dict(self) -> dict:  # "own" (the first runs') is not written
         return {"groups": self.groups, "each": self.each} | (
             {"keep": self.keep} if self.keep != "own" else {}
         )
-
-
-def plan(layers: list[int], spread: Spread | None, n: int) -> list[tuple]:
-    """The layers each of the first ``n`` edits goes to and the earlier edits it keeps ("all"
-    or its own group's), as ``spread`` (or none: every edit on ``layers``) makes them: a branch
-    goes on from another run only where the two agree."""
-    if spread is None:
-        return [(tuple(layers), "all")] * n
-    own = spread.keep == "own"
-    return [
-        (tuple(spread.groups[spread.group(j)]), "own" if own and j >= spread.each else "all")
-        for j in range(n)
-    ]
 
 
 def run(
@@ -180,15 +163,7 @@ def run(
     if branch_from is not None:
         if checkpoint is None:
             raise SystemExit("branching needs a --checkpoint folder to hold the branch")
-        src, at = branch_from
-        theirs = json.loads((src / "state.json").read_text())["settings"]
-        made = plan(theirs["hparams"]["layers"], Spread.from_dict(theirs.get("spread")), at)
-        if made != plan(hp.layers, spread, at):
-            raise SystemExit(
-                f"the first {at} edits of {src} were made on other layers, or kept other "
-                "earlier edits, than these --layer-groups give them: branch where the two agree"
-            )
-        ck.branch(src, at, checkpoint, settings)
+        ck.branch(*branch_from, checkpoint, settings)
     if checkpoint is not None:
         checkpoint.mkdir(parents=True, exist_ok=True)
         state = ck.resume(checkpoint, settings, live)
