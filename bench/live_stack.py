@@ -8,16 +8,19 @@ bfloat16 factors its stored form holds (``lowrank:32``; random, as the measured 
 depend on the values). Three copies of the model each carry the same stack:
 
 - ``packed`` (today): ``Deltas`` of :class:`storage.codec.Packed` values, rebuilt when summed;
-  ``LiveWeights`` continues its kept float32 sum, so stacking one more edit rebuilds one, and
-  keeps rebuilt values up to ``live.REBUILT_BYTES`` (1 GiB);
-- ``packed-0``: the same with no rebuilt value kept (``rebuilt_budget`` 0);
+  ``LiveWeights`` continues its kept float32 sum, so stacking one more edit rebuilds one,
+  keeps rebuilt values up to ``live.REBUILT_BYTES`` (1 GiB) and partial sums at every
+  16th edit (sparser past ``live.MARKS_BYTES``, 256 MiB);
+- ``packed-31`` (stop 31): the same with no partial sums kept (``marks_budget`` 0);
+- ``packed-0``: neither rebuilt values nor partial sums kept;
 - ``dense`` (stop 30): the same deltas rebuilt once and held as float32 tensors, and the kept
   sums dropped before every change, so each change sums the whole stack from the base.
 
 At every ``--every`` edits: the bytes the stack's deltas (and kept rebuilt values) hold; the
 median seconds of stacking
 the next edit (made live, then taken off again, ``--repeats`` times); of reverting the middle
-edit and of making the whole stack live again (the app's revert / reapply of an old edit).
+edit and of making the whole stack live again (the app's revert / reapply of an old edit); of
+reverting the third last edit (an undo of a recent one).
 The live weights of the copies are compared bit for bit at each point.
 """
 
@@ -63,8 +66,10 @@ def make_edit(shapes: dict[str, tuple[int, int]], g: torch.Generator) -> dict[st
 
 
 def timed(live: LiveWeights, ids: list[int], whole: bool) -> float:
-    if whole:
-        live.sums.clear()  # stop 30: no kept sums
+    if whole:  # stop 30: no kept sums
+        live.sums.clear()
+        live.marks.clear()
+        live.marks_bytes = 0
     t = time.perf_counter()
     live.set_active(ids)
     return time.perf_counter() - t
@@ -76,17 +81,22 @@ def point(lives: dict[str, LiveWeights], k: int, repeats: int) -> dict:
     for v, live in lives.items():
         whole = v == "dense"
         stack, more = list(range(1, k + 1)), list(range(1, k + 2))
-        push, revert, reapply = [], [], []
+        push, revert, reapply, recent = [], [], [], []
         for _ in range(repeats):
             push.append(timed(live, more, whole))
             timed(live, stack, whole)
             revert.append(timed(live, [i for i in stack if i != (k + 1) // 2], whole))
             reapply.append(timed(live, stack, whole))
+            recent.append(timed(live, [i for i in stack if i != max(k - 2, 1)], whole))
+            timed(live, stack, whole)
         row[v] = {
-            "bytes": sum(live.deltas[i].nbytes for i in stack) + live.rebuilt_bytes,
+            "bytes": sum(live.deltas[i].nbytes for i in stack)
+            + live.rebuilt_bytes
+            + live.marks_bytes,
             "stack_s": statistics.median(push),
             "revert_middle_s": statistics.median(revert),
             "reapply_middle_s": statistics.median(reapply),
+            "revert_recent_s": statistics.median(recent),
         }
     a, *others = (lives[v].params for v in lives)
     row["same_bits"] = all(torch.equal(a[n], b[n]) for b in others for n in lives["dense"].base)
@@ -99,6 +109,7 @@ def table(rows: list[dict], head: str) -> str:
         ("stack one more, s", lambda x: f"{x['stack_s']:.3f}"),
         ("revert the middle one, s", lambda x: f"{x['revert_middle_s']:.3f}"),
         ("reapply it, s", lambda x: f"{x['reapply_middle_s']:.3f}"),
+        ("revert the third last, s", lambda x: f"{x['revert_recent_s']:.3f}"),
     ]
     variants = [v for v in rows[0] if isinstance(rows[0][v], dict)]
     md = f"{head}\n\n| edits live | " + " | ".join(f"{c}, {v}" for c, _ in cols for v in variants)
@@ -113,13 +124,16 @@ def run(model, n: int, every: int, repeats: int, names: list[str] | None = None)
     names = names or list(weights_to_edit(model, load_preset("default")))
     params = dict(model.named_parameters())
     shapes = {nm: tuple(params[nm].shape) for nm in names}
-    lives = {v: LiveWeights(copy.deepcopy(model)) for v in ("packed", "packed-0", "dense")}
-    lives["packed-0"].rebuilt_budget = 0
+    variants = ("packed", "packed-31", "packed-0", "dense")
+    lives = {v: LiveWeights(copy.deepcopy(model)) for v in variants}
+    lives["packed-31"].marks_budget = 0  # stop 31: no partial sums kept
+    lives["packed-0"].rebuilt_budget = lives["packed-0"].marks_budget = 0
     g = torch.Generator().manual_seed(0)
     rows = []
     for i in range(1, n + 2):
         edit = make_edit(shapes, g)
-        lives["packed"].deltas[i] = lives["packed-0"].deltas[i] = Deltas(edit)
+        for v in variants[:-1]:
+            lives[v].deltas[i] = Deltas(edit)
         lives["dense"].deltas[i] = Deltas({nm: p.tensor() for nm, p in edit.items()})
         k = i - 1  # edits 1..k are live, i is registered
         if k and k % every == 0:

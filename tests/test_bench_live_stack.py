@@ -11,11 +11,15 @@ def test_packed_and_dense_stacks_give_the_same_bits_and_packed_holds_less():
     names = [f"model.layers.{i}.mlp.down_proj.weight" for i in (0, 1)]
     bench = load_bench("live_stack")
     bench.RANK = 4  # the tiny matrices are 32 x 64
-    rows = bench.run(model, n=6, every=3, repeats=2, names=names)
-    assert [r["edits"] for r in rows] == [3, 6]
+    rows = bench.run(model, n=20, every=10, repeats=2, names=names)
+    assert [r["edits"] for r in rows] == [10, 20]
     for r in rows:
         assert r["same_bits"]
         assert r["packed-0"]["bytes"] * 2 < r["dense"]["bytes"]  # none kept rebuilt
-        assert r["packed"]["bytes"] > r["dense"]["bytes"]  # all kept: 1 GiB holds them
+        assert r["packed-31"]["bytes"] > r["dense"]["bytes"]  # all kept: 1 GiB holds them
+    assert [r["packed"]["bytes"] - r["packed-31"]["bytes"] for r in rows] == [
+        0,
+        len(names) * 32 * 64 * 4,  # a float32 partial sum of each at edit 16
+    ]
     md = bench.table(rows, "head")
-    assert "| 6 |" in md and "revert the middle one, s, packed-0" in md
+    assert "| 20 |" in md and "revert the third last, s, packed-31" in md

@@ -263,3 +263,52 @@ def test_live_weights_continue_kept_sums_to_the_bits_a_whole_sum_gives(monkeypat
     live.set_active([])
     for n in names:
         assert torch.equal(live.params[n].detach(), base[n])
+
+
+def test_live_weights_revert_an_edit_from_the_partial_sum_below_it(monkeypatch):
+    """Partial sums are kept at every mark_every-th edit: reverting edit 5 of 6 sums again
+    from the mark at 4 (only #6 rebuilt), to compose()'s bits; past marks_budget the marks
+    thin out to every other one and stay within it."""
+    from storage import codec
+
+    model, _ = make_llama()
+    model.to(torch.bfloat16)
+    names = [f"model.layers.{i}.mlp.down_proj.weight" for i in (0, 1)]
+    live = LiveWeights(model)
+    live.mark_every, live.rebuilt_budget = 2, 0  # every packed delta rebuilt when summed
+    base = {n: live.params[n].detach().clone() for n in names}
+    g = torch.Generator().manual_seed(1)
+    for i in range(1, 9):
+        t = {n: torch.randn(base[n].shape, generator=g) * 1e-3 for n in names}
+        live.deltas[i] = Deltas(
+            {n: codec.Packed(codec.encode(v, "lowrank:4"), "lowrank:4", v.shape) for n, v in t.items()}
+        )  # fmt: skip
+    rebuilt: list[int] = []
+    real = codec.Packed.tensor
+    monkeypatch.setattr(codec.Packed, "tensor", lambda p: rebuilt.append(1) or real(p))
+
+    def check(ids):
+        with monkeypatch.context() as m:
+            m.setattr(codec.Packed, "tensor", real)
+            for n in names:
+                want = compose(base[n], [live.deltas[i][n] for i in ids], torch.bfloat16)
+                assert torch.equal(live.params[n].detach(), want), (ids, n)
+
+    live.set_active(range(1, 7))
+    assert sorted(live.marks[names[0]]) == [2, 4, 6]
+    rebuilt.clear()
+    live.set_active([1, 2, 3, 4, 6])  # #5 leaves: from the mark at 4, #6 alone added
+    assert len(rebuilt) == len(names)
+    check([1, 2, 3, 4, 6])
+    rebuilt.clear()
+    live.set_active([2, 3, 4, 5, 6])  # #1 leaves: no mark below it, all five again
+    assert len(rebuilt) == 5 * len(names)
+    check([2, 3, 4, 5, 6])
+    one = live.marks[names[0]][2][1].nbytes
+    live.marks_budget = 5 * one  # room for five marks of the two tensors' eight
+    live.set_active(range(1, 9))
+    assert live.mark_every == 4 and live.marks_bytes <= live.marks_budget
+    assert all(sorted(m) == [4, 8] for m in live.marks.values())
+    check(range(1, 9))
+    live.set_active([1, 2, 3, 4, 5, 6, 8])
+    check([1, 2, 3, 4, 5, 6, 8])

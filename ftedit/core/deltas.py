@@ -131,8 +131,18 @@ def accumulate(
     """:func:`compose`'s sum before its one cast: a float32 copy of ``start`` plus each delta
     in order. A kept sum continued with more deltas is, add for add, the sum made whole (each
     add rounds the same way on any device: no reduction whose order a library chooses)."""
+    *_, acc = partial_sums(start, deltas, device)
+    return acc
+
+
+def partial_sums(
+    start: torch.Tensor, deltas: Iterable[torch.Tensor], device: torch.device | str | None = None
+) -> Iterator[torch.Tensor]:
+    """:func:`accumulate`'s float32 sum after 0, 1, 2, ... of ``deltas``: one tensor, added to
+    in place between yields (clone what is kept)."""
     device = device if device is not None else start.device
     acc = start.to(device=device, dtype=torch.float32, copy=True)
+    yield acc
     for d in deltas:
         acc += d.to(device=device, dtype=torch.float32)
-    return acc
+        yield acc
