@@ -19,7 +19,7 @@ def test_packed_and_dense_stacks_give_the_same_bits_and_packed_holds_less():
         assert r["packed-31"]["bytes"] > r["dense"]["bytes"]  # all kept: 1 GiB holds them
     assert [r["packed"]["bytes"] - r["packed-31"]["bytes"] for r in rows] == [
         0,
-        len(names) * 32 * 64 * 4,  # a float32 partial sum of each at edit 16
+        2 * len(names) * 32 * 64 * 4,  # at edit 16: the stack's sum, and without edit 10
     ]
     md = bench.table(rows, "head")
     assert "| 20 |" in md and "revert the third last, s, packed-31" in md

@@ -304,11 +304,23 @@ def test_live_weights_revert_an_edit_from_the_partial_sum_below_it(monkeypatch):
     live.set_active([2, 3, 4, 5, 6])  # #1 leaves: no mark below it, all five again
     assert len(rebuilt) == 5 * len(names)
     check([2, 3, 4, 5, 6])
-    one = live.marks[names[0]][2][1].nbytes
-    live.marks_budget = 5 * one  # room for five marks of the two tensors' eight
+    one = live.marks[names[0]][2][0][1].nbytes  # at 2 and 4 now: the two sets' marks
+    live.marks_budget = 7 * one  # room for seven of the two tensors' eleven
     live.set_active(range(1, 9))
     assert live.mark_every == 4 and live.marks_bytes <= live.marks_budget
     assert all(sorted(m) == [4, 8] for m in live.marks.values())
     check(range(1, 9))
     live.set_active([1, 2, 3, 4, 5, 6, 8])
+    check([1, 2, 3, 4, 5, 6, 8])
+    # two temporary sets (a diff, an evaluation) leave the live set's own marks in place
+    live.set_active([])
+    live, deltas = LiveWeights(model), live.deltas  # no sums or marks kept
+    live.deltas, live.mark_every, live.rebuilt_budget = deltas, 2, 0
+    live.set_active(range(1, 9))
+    for gone in (3, 5):
+        with live.temporarily([i for i in range(1, 9) if i != gone]):
+            pass
+    rebuilt.clear()
+    live.set_active([1, 2, 3, 4, 5, 6, 8])  # from the live set's mark at 6: #8 alone
+    assert len(rebuilt) == len(names)
     check([1, 2, 3, 4, 5, 6, 8])

@@ -56,9 +56,11 @@ class LiveWeights:
         self.rebuilt: dict[tuple[int, str], tuple[Deltas, torch.Tensor]] = {}
         self.rebuilt_budget = REBUILT_BYTES
         self.rebuilt_bytes = 0
-        # name -> {k: (the first k Deltas summed; float32 base + their values on CPU)} for k a
-        # multiple of mark_every: a revert of edit i sums again from the mark at or below i
-        self.marks: dict[str, dict[int, tuple[tuple[Deltas, ...], torch.Tensor]]] = {}
+        # name -> {k: up to two (the first k Deltas summed; float32 base + their values on
+        # CPU), the last used last} for k a multiple of mark_every: a revert of edit i sums
+        # again from a mark at or below i (two, so that a temporary set's marks do not
+        # replace the live set's)
+        self.marks: dict[str, dict[int, list[tuple[tuple[Deltas, ...], torch.Tensor]]]] = {}
         self.mark_every, self.marks_budget, self.marks_bytes = MARK_EVERY, MARKS_BYTES, 0
 
     def keep_base(self, names: Iterable[str]) -> None:
@@ -116,12 +118,14 @@ class LiveWeights:
         objects); marks passed on the way are kept."""
         start, done = self.base[name], 0
         marks = self.marks.setdefault(name, {})
-        for kept, acc in sorted(
-            [*self.sums.get(name, []), *marks.values()], key=lambda e: -len(e[0])
-        ):
+        held = [e for at in marks.values() for e in at]
+        for kept, acc in sorted([*self.sums.get(name, []), *held], key=lambda e: -len(e[0])):
             if len(kept) <= len(parts) and _same(kept, parts[: len(kept)]):
                 start, done = acc, len(kept)
                 break
+        for k, at in marks.items():  # this set's marks: the last to go
+            if k <= done:
+                at.sort(key=lambda e: _same(e[0], parts[:k]))
         values = (self._value(d, name) for d in parts[done:])
         for k, acc in enumerate(partial_sums(start, values, "cpu"), start=done):
             if k > done and k % self.mark_every == 0:
@@ -131,19 +135,19 @@ class LiveWeights:
     def _mark(self, name: str, prefix: tuple[Deltas, ...], acc: torch.Tensor) -> None:
         """Keep ``acc`` (the sum of ``prefix``) as a mark; over ``marks_budget``, keep every
         other mark only, and so on (a longer stack gets sparser marks)."""
-        marks = self.marks[name]
-        old = marks.get(len(prefix))
-        if old is not None:
-            if _same(old[0], prefix):
-                return
-            self.marks_bytes -= old[1].nbytes
-        marks[len(prefix)] = prefix, acc.clone()
+        at = self.marks[name].setdefault(len(prefix), [])
+        if any(_same(e[0], prefix) for e in at):
+            at.sort(key=lambda e: _same(e[0], prefix))  # used again: the last to go
+            return
+        if len(at) == 2:
+            self.marks_bytes -= at.pop(0)[1].nbytes
+        at.append((prefix, acc.clone()))
         self.marks_bytes += acc.nbytes
         while self.marks_bytes > self.marks_budget:
             self.mark_every *= 2
-            for kept in self.marks.values():
-                for k in [k for k in kept if k % self.mark_every]:
-                    self.marks_bytes -= kept.pop(k)[1].nbytes
+            for marks in self.marks.values():
+                for k in [k for k in marks if k % self.mark_every]:
+                    self.marks_bytes -= sum(e[1].nbytes for e in marks.pop(k))
 
     def _value(self, d: Deltas, name: str) -> torch.Tensor:
         """``d[name]``; a packed one's rebuilt value kept while the budget allows."""
