@@ -15,9 +15,10 @@ starts with one of them (an edit stacked on the live ones; the live set again af
 ``temporarily``) adds only the deltas past it: the same adds in the same order, the same bits,
 and packed deltas (:class:`~storage.codec.Packed`) are rebuilt only for those. Partial sums
 at every ``MARK_EVERY``-th edit are kept as marks, sparser as the stack grows past
-``MARKS_BYTES``: a revert of edit i sums again from the mark at or below i, not from the base. Rebuilt packed
-deltas are kept too, first come, up to ``REBUILT_BYTES`` (a revert of an old edit sums every
-other one again: 4 ms per rebuilt 576 x 1536 matrix against 0.15 ms per kept one).
+``MARKS_BYTES``: a revert of edit i sums again from the mark at or below i, not from the
+base. Rebuilt packed deltas are kept too, first come, up to ``REBUILT_BYTES`` (a revert of an
+old edit sums every edit after it again: 4 ms per rebuilt 576 x 1536 matrix against 0.15 ms
+per kept one).
 Torch only: the Workspace (store + model) and the evaluation loop both build on it.
 """
 
