@@ -78,9 +78,10 @@ def branch(src: Path, n: int, dst: Path, settings: dict) -> None:
     """Start checkpoint ``dst`` from the first ``n`` edits of checkpoint ``src``, to go on under
     ``settings``: the same records, base and curve settings; other hparams and layer groups
     allowed where the first ``n`` edits went to the same layers and kept the same earlier
-    edits (:func:`plan`). Its state names the branch. SystemExit, with nothing written, if ``dst`` already holds a run, the
-    settings differ otherwise or ``src`` holds fewer than ``n`` edits. A ``dst`` that already
-    holds this branch is left as it is (the run then continues it)."""
+    edits (:func:`plan`). Its state names the branch. SystemExit, with nothing written, if
+    ``dst`` already holds a run, the settings differ otherwise or ``src`` holds fewer than
+    ``n`` edits. A ``dst`` that already holds this branch is left as it is (the run then
+    continues it)."""
     if (dst / "state.json").exists():
         held = json.loads((dst / "state.json").read_text()).get("branch", {})
         if (held.get("from"), held.get("at")) == (str(src), n):

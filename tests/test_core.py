@@ -280,9 +280,11 @@ def test_live_weights_revert_an_edit_from_the_partial_sum_below_it(monkeypatch):
     g = torch.Generator().manual_seed(1)
     for i in range(1, 9):
         t = {n: torch.randn(base[n].shape, generator=g) * 1e-3 for n in names}
-        live.deltas[i] = Deltas(
-            {n: codec.Packed(codec.encode(v, "lowrank:4"), "lowrank:4", v.shape) for n, v in t.items()}
-        )  # fmt: skip
+        packed = {
+            n: codec.Packed(codec.encode(v, "lowrank:4"), "lowrank:4", v.shape)
+            for n, v in t.items()
+        }
+        live.deltas[i] = Deltas(packed)
     rebuilt: list[int] = []
     real = codec.Packed.tensor
     monkeypatch.setattr(codec.Packed, "tensor", lambda p: rebuilt.append(1) or real(p))
