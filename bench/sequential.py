@@ -16,7 +16,8 @@ for edit as an unbroken run would (a 1,000-edit run is longer than one sitting):
         --checkpoint runs/zsre-1000 --stop-at 17:40 --out bench/results/sequential-zsre
 
 ``--branch-from DIR --branch-at N`` starts a new ``--checkpoint`` folder from the first N edits
-of another run's (same records, base and curve settings; other hparams): the stack goes on
+of another run's (same records, base and curve settings; other hparams, and other
+``--layer-groups`` where the first N edits went to the same layers): the stack goes on
 from there under the new settings, so two settings are compared past a point only one long
 run reaches (the edits before it are the other run's, bit for bit):
 
