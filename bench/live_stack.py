@@ -5,7 +5,7 @@ against dense float32 deltas summed whole at every change (stop 30), in the same
 
 Each of N edits is a rank-32 delta of every matrix the default preset edits, given as the
 bfloat16 factors its stored form holds (``lowrank:32``; random, as the measured work does not
-depend on the values). Three copies of the model each carry the same stack:
+depend on the values). Four copies of the model each carry the same stack:
 
 - ``packed`` (today): ``Deltas`` of :class:`storage.codec.Packed` values, rebuilt when summed;
   ``LiveWeights`` continues its kept float32 sum, so stacking one more edit rebuilds one,
