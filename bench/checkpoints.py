@@ -11,6 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from bench.spread import Spread
 from ftedit.core.deltas import Deltas
 from ftedit.core.hparams import FTHyperParams
 from ftedit.core.live import LiveWeights
@@ -60,18 +61,12 @@ def resume(ckpt: Path, settings: dict, live: LiveWeights) -> dict | None:
 
 
 def plan(settings: dict, n: int) -> list[tuple]:
-    """The layers each of a run's first ``n`` edits went to and the earlier edits it kept
-    ("all", or "own": its group's), from the run's settings (``spread`` as
-    ``sequential.Spread.to_dict`` writes it): a branch goes on only where two runs agree."""
-    spread = settings.get("spread")
-    if not spread:
+    """The layers each of a run's first ``n`` edits went to and the earlier edits it kept, from
+    the run's settings (:meth:`Spread.plan`): a branch goes on only where two runs agree."""
+    spread = Spread.from_dict(settings.get("spread"))
+    if spread is None:
         return [(tuple(settings["hparams"]["layers"]), "all")] * n
-    groups, each = spread["groups"], spread["each"]
-    own = spread.get("keep", "own") == "own"  # the first group's edits keep all there is
-    return [
-        (tuple(groups[j // each % len(groups)]), "own" if own and j >= each else "all")
-        for j in range(n)
-    ]
+    return spread.plan(n)
 
 
 def branch(src: Path, n: int, dst: Path, settings: dict) -> None:

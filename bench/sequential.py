@@ -47,6 +47,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
 from bench import checkpoints as ck
+from bench.spread import Spread
 from ftedit.core import evaluate as ev
 from ftedit.core.ft import compute_deltas
 from ftedit.core.hparams import FTHyperParams, load_preset
@@ -101,39 +102,6 @@ def neighborhood(model, tok, records, per_record: int) -> float:
     return 100 * statistics.fmean(hits)
 
 
-class Spread:
-    """A long stack spread over layer groups (an experiment, stop 31): edits 1..each go to
-    ``groups[0]`` (the hparams' layers), the next ``each`` to ``groups[1]``, and so on, round
-    and round. ``keep`` "own": an edit keeps (keep_prior_*) the keys of the earlier edits of
-    its own group only, so each group's exact keep basis holds its own edits' keys, not every
-    edit's; "all": every earlier edit's keys, as an unspread stack does (only the layers move
-    on, leaving the earlier groups' matrices as their edits made them)."""
-
-    def __init__(self, groups: list[list[int]], each: int, keep: str = "own"):
-        if each < 1 or len(groups) < 2:
-            raise SystemExit("--layer-groups needs --group-edits >= 1 and one group at least")
-        if keep not in ("own", "all"):
-            raise SystemExit(f"--group-keep must be 'own' or 'all', got {keep!r}")
-        self.groups, self.each = [list(g) for g in groups], each  # as JSON gives them back
-        self.keep = keep
-
-    def group(self, n: int) -> int:
-        """The group of the edit made on ``n`` earlier ones."""
-        return (n // self.each) % len(self.groups)
-
-    def edit(self, hp: FTHyperParams, done: list) -> tuple[FTHyperParams, list]:
-        """The hparams and the earlier edits to keep for the edit made on top of ``done``."""
-        g = self.group(len(done))
-        if self.keep == "own":
-            done = [r for j, r in enumerate(done) if self.group(j) == g]
-        return hp.replace(layers=self.groups[g]), done
-
-    def to_dict(self) -> dict:  # "own" (the first runs') is not written
-        return {"groups": self.groups, "each": self.each} | (
-            {"keep": self.keep} if self.keep != "own" else {}
-        )
-
-
 def run(
     model,
     tok,
@@ -155,8 +123,8 @@ def run(
     live weights are rebuilt from the same stored deltas, so the edits that follow are the
     ones an unbroken run makes (``base``: the model's fingerprint, part of the settings).
     ``branch_from`` (a checkpoint folder, n) first starts ``checkpoint`` from that one's first
-    n edits (:func:`checkpoints.branch`); the result then names the branch. ``spread``: the edits go to
-    layer groups in turn (:class:`Spread`)."""
+    n edits (:func:`checkpoints.branch`); the result then names the branch. ``spread``: the
+    edits go to layer groups in turn (:class:`Spread`)."""
     zsre = bool(records) and "src" in records[0]
     live = LiveWeights(model)
     settings = ck.settings(records, hp, every, probe, gen_prompts, base, spread)
