@@ -121,12 +121,12 @@ class LiveWeights:
         marks = self.marks.setdefault(name, {})
         held = [e for at in marks.values() for e in at]
         for kept, acc in sorted([*self.sums.get(name, []), *held], key=lambda e: -len(e[0])):
-            if len(kept) <= len(parts) and _same(kept, parts[: len(kept)]):
+            if _starts(parts, kept):
                 start, done = acc, len(kept)
                 break
         for k, at in marks.items():  # this set's marks: the last to go
             if k <= done:
-                at.sort(key=lambda e: _same(e[0], parts[:k]))
+                at.sort(key=lambda e: _starts(parts, e[0]))
         values = (self._value(d, name) for d in parts[done:])
         for k, acc in enumerate(partial_sums(start, values, "cpu"), start=done):
             if k > done and k % self.mark_every == 0:
@@ -180,9 +180,20 @@ class LiveWeights:
             self.set_active(old, names)
 
 
+def _starts(parts: tuple[Deltas, ...], prefix: tuple[Deltas, ...]) -> bool:
+    """``parts`` begins with the same Deltas objects as ``prefix`` (its last first: a quick
+    no), without copying either."""
+    n = len(prefix)
+    return (
+        n <= len(parts)
+        and (not n or parts[n - 1] is prefix[-1])
+        and all(map(operator.is_, prefix, parts))
+    )
+
+
 def _same(a: tuple[Deltas, ...], b: tuple[Deltas, ...]) -> bool:
-    """The same Deltas objects in the same order (the last first: a quick no)."""
-    return len(a) == len(b) and (not a or a[-1] is b[-1]) and all(map(operator.is_, a, b))
+    """The same Deltas objects in the same order."""
+    return len(a) == len(b) and _starts(a, b)
 
 
 @contextmanager
